@@ -1,0 +1,172 @@
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{ApiKey, Timestamp, WaitingReason};
+
+/// A change to the replicated state: the payload of one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A change to one intent, optionally deduplicated by an idempotency key.
+    Intent {
+        command: IntentCommand,
+        idempotency: Option<IdempotencyClaim>,
+    },
+    /// Stores an API key under the SHA-256 of its secret.
+    PutApiKey { key_hash: String, key: ApiKey },
+    /// Marks a key revoked; it keeps existing so its id stays unique.
+    RevokeApiKey { id: Uuid },
+}
+
+/// The proposer's claim on an idempotency key. `scope` separates callers, so two API keys
+/// using the same `Idempotency-Key` value never collide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyClaim {
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 of the canonical request, computed by the proposer.
+    pub request_hash: String,
+    pub expires_at: Timestamp,
+}
+
+impl IdempotencyClaim {
+    /// The key under which the state machine stores the record.
+    pub fn storage_key(&self) -> String {
+        format!("{}\u{0}{}", self.scope, self.key)
+    }
+}
+
+/// What the state remembers of a used idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub intent_id: Uuid,
+    pub expires_at: Timestamp,
+}
+
+/// A new intent, validated at the edge; every field is final.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewIntent {
+    pub id: Uuid,
+    pub intent_type: String,
+    pub correlation_id: Uuid,
+    pub from_agent: String,
+    pub to_agent: String,
+    pub reply_to: Option<String>,
+    pub payload: Value,
+    pub max_delivery_attempts: u32,
+    pub deadline_at: Option<Timestamp>,
+    pub remind_after_seconds: Option<u64>,
+    pub remind_interval_seconds: Option<u64>,
+    pub max_reminders: Option<u32>,
+    pub escalate_to: Option<String>,
+    pub human_task: Option<Value>,
+}
+
+/// How the receiver resumes an intent (`POST /v1/intents/{id}/resume`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ResumeAction {
+    /// Completes with the body as `result`.
+    Complete { result: Value },
+    /// Fails with the body as `error`.
+    Fail { error: Value },
+    /// Moves to IN_PROGRESS (or records progress if already there).
+    Progress { details: Map<String, Value> },
+    /// Moves to WAITING.
+    Wait { reason: WaitingReason, details: Map<String, Value> },
+    /// The control form: continues a WAITING intent, compare-and-set on the generation.
+    ApproveCurrentStep {
+        expected_policy_generation: Option<u64>,
+        reason: Option<String>,
+    },
+}
+
+/// How a resolve ends the intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Resolution {
+    Completed { result: Value },
+    Failed { error: Value },
+    Canceled { reason: String },
+}
+
+/// A change to one intent. `at` is the proposer's clock reading, used for timestamps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum IntentCommand {
+    Create {
+        intent: NewIntent,
+        at: Timestamp,
+    },
+    /// Hands the intent to a consumer. Compare-and-set on `expected_attempt` so that two
+    /// consumers racing for the same intent cannot both win.
+    Deliver {
+        intent_id: Uuid,
+        expected_attempt: u32,
+        consumer: String,
+        at: Timestamp,
+    },
+    Acknowledge {
+        intent_id: Uuid,
+        attempt: u32,
+        actor: String,
+        at: Timestamp,
+    },
+    Resume {
+        intent_id: Uuid,
+        action: ResumeAction,
+        actor: String,
+        at: Timestamp,
+    },
+    Resolve {
+        intent_id: Uuid,
+        resolution: Resolution,
+        actor: String,
+        at: Timestamp,
+    },
+    /// The deadline passed.
+    TimeOut { intent_id: Uuid, at: Timestamp },
+    UpdateControls {
+        intent_id: Uuid,
+        patch: Map<String, Value>,
+        expected_policy_generation: Option<u64>,
+        actor: String,
+        reason: Option<String>,
+        at: Timestamp,
+    },
+    UpdatePolicy {
+        intent_id: Uuid,
+        grants_patch: Option<Map<String, Value>>,
+        envelope_patch: Option<Map<String, Value>>,
+        expected_policy_generation: Option<u64>,
+        actor: String,
+        reason: Option<String>,
+        at: Timestamp,
+    },
+}
+
+impl IntentCommand {
+    pub fn intent_id(&self) -> Uuid {
+        match self {
+            IntentCommand::Create { intent, .. } => intent.id,
+            IntentCommand::Deliver { intent_id, .. }
+            | IntentCommand::Acknowledge { intent_id, .. }
+            | IntentCommand::Resume { intent_id, .. }
+            | IntentCommand::Resolve { intent_id, .. }
+            | IntentCommand::TimeOut { intent_id, .. }
+            | IntentCommand::UpdateControls { intent_id, .. }
+            | IntentCommand::UpdatePolicy { intent_id, .. } => *intent_id,
+        }
+    }
+
+    pub fn at(&self) -> Timestamp {
+        match self {
+            IntentCommand::Create { at, .. }
+            | IntentCommand::Deliver { at, .. }
+            | IntentCommand::Acknowledge { at, .. }
+            | IntentCommand::Resume { at, .. }
+            | IntentCommand::Resolve { at, .. }
+            | IntentCommand::TimeOut { at, .. }
+            | IntentCommand::UpdateControls { at, .. }
+            | IntentCommand::UpdatePolicy { at, .. } => *at,
+        }
+    }
+}

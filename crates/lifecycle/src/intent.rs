@@ -1,0 +1,150 @@
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{Status, Timestamp, WaitingReason};
+
+/// Agent addresses are compared without the optional `agent://` scheme, so that
+/// `agent://acme/prod/billing` and `acme/prod/billing` name the same receiver.
+pub fn same_address(a: &str, b: &str) -> bool {
+    normalize_address(a) == normalize_address(b)
+}
+
+pub(crate) fn normalize_address(a: &str) -> &str {
+    a.strip_prefix("agent://").unwrap_or(a)
+}
+
+/// Who currently holds the intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingWithKind {
+    Agent,
+    Human,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingWith {
+    pub kind: PendingWithKind,
+    pub reference: String,
+}
+
+/// An intent as the replicated state holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub id: Uuid,
+    pub intent_type: String,
+    pub correlation_id: Uuid,
+    pub from_agent: String,
+    pub to_agent: String,
+    pub reply_to: Option<String>,
+    pub payload: Value,
+    pub status: Status,
+    pub waiting_reason: Option<WaitingReason>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// How many times the intent has been handed to a consumer.
+    pub delivery_attempt: u32,
+    pub max_delivery_attempts: u32,
+    pub deadline_at: Option<Timestamp>,
+    pub remind_after_seconds: Option<u64>,
+    pub remind_interval_seconds: Option<u64>,
+    pub max_reminders: Option<u32>,
+    pub remind_count: u32,
+    pub escalate_to: Option<String>,
+    pub human_task: Option<Value>,
+    pub pending_with: Option<PendingWith>,
+    /// Bumped by every accepted controls/policy patch and control-form resume; clients use it
+    /// as a compare-and-set token.
+    pub policy_generation: u64,
+    pub controls: Map<String, Value>,
+    pub grants: Map<String, Value>,
+    pub envelope: Map<String, Value>,
+    /// The `seq` of the newest event; events are numbered 1..=last_seq with no gaps.
+    pub last_seq: u64,
+    /// The receiving agent's queue cursor at which this intent was last offered.
+    pub agent_cursor: u64,
+    /// Set when the intent failed because every delivery attempt was used up.
+    pub dead_lettered: bool,
+}
+
+/// The names of lifecycle events as clients see them (`intent.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Created,
+    Submitted,
+    Delivered,
+    Acknowledged,
+    InProgress,
+    Progress,
+    Waiting,
+    Resumed,
+    Completed,
+    Failed,
+    Canceled,
+    TimedOut,
+    ControlsUpdated,
+    PolicyUpdated,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "intent.created",
+            EventType::Submitted => "intent.submitted",
+            EventType::Delivered => "intent.delivered",
+            EventType::Acknowledged => "intent.acknowledged",
+            EventType::InProgress => "intent.in_progress",
+            EventType::Progress => "intent.progress",
+            EventType::Waiting => "intent.waiting",
+            EventType::Resumed => "intent.resumed",
+            EventType::Completed => "intent.completed",
+            EventType::Failed => "intent.failed",
+            EventType::Canceled => "intent.canceled",
+            EventType::TimedOut => "intent.timed_out",
+            EventType::ControlsUpdated => "intent.controls_updated",
+            EventType::PolicyUpdated => "intent.policy_updated",
+        }
+    }
+
+    /// The event that records entering `status`.
+    pub fn entering(status: Status) -> EventType {
+        match status {
+            Status::Created => EventType::Created,
+            Status::Submitted => EventType::Submitted,
+            Status::Delivered => EventType::Delivered,
+            Status::Acknowledged => EventType::Acknowledged,
+            Status::InProgress => EventType::InProgress,
+            Status::Waiting => EventType::Waiting,
+            Status::Completed => EventType::Completed,
+            Status::Failed => EventType::Failed,
+            Status::Canceled => EventType::Canceled,
+            Status::TimedOut => EventType::TimedOut,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventType::Completed | EventType::Failed | EventType::Canceled | EventType::TimedOut
+        )
+    }
+}
+
+/// One entry of an intent's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub intent_id: Uuid,
+    pub seq: u64,
+    pub event_type: EventType,
+    /// The intent's status after this event.
+    pub status: Status,
+    pub at: Timestamp,
+    pub actor: String,
+    pub waiting_reason: Option<WaitingReason>,
+    pub handler: Option<String>,
+    pub details: Map<String, Value>,
+}

@@ -1,0 +1,47 @@
+//! The intent lifecycle as pure data and rules.
+//!
+//! Every change to the replicated state is a [`Command`]. [`apply`] turns a command and a
+//! read-only view of the current state into the writes it causes (or a [`Rejection`]) without
+//! reading a clock, a random source or the network: whatever is nondeterministic (ids,
+//! timestamps, request hashes) was decided by the proposer and travels inside the command.
+//! That is what lets every replica apply the same log to the same state, and what lets the
+//! rules be tested exhaustively without a runtime.
+
+mod access;
+mod apply;
+mod command;
+mod intent;
+mod status;
+
+pub use access::{ApiKey, Role};
+pub use apply::{apply, Applied, Reply, StateView, Write};
+pub use command::{
+    Command, IdempotencyClaim, IdempotencyRecord, IntentCommand, NewIntent, Resolution,
+    ResumeAction,
+};
+pub use intent::{Event, EventType, Intent, PendingWith, PendingWithKind};
+pub use status::{Status, WaitingReason};
+
+/// Timestamps are UTC instants; the proposer reads the clock, never apply.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// Why a command was refused. A rejection changes nothing in the state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum Rejection {
+    #[error("intent {0} not found")]
+    NotFound(uuid::Uuid),
+    #[error("intent {0} already exists")]
+    AlreadyExists(uuid::Uuid),
+    #[error("illegal transition from {from} to {to}")]
+    IllegalTransition { from: Status, to: Status },
+    #[error("intent is terminal ({0}) and can no longer change")]
+    Terminal(Status),
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    #[error("stale delivery attempt: expected {expected}, current {current}")]
+    StaleAttempt { expected: u32, current: u32 },
+    #[error("policy generation mismatch: expected {expected}, current {current}")]
+    PolicyGenerationMismatch { expected: u64, current: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}
