@@ -1,1 +1,22 @@
-//! placeholder, being written
+//! openraft wiring for intentd: one [`Cluster`] per process.
+//!
+//! Every write is a [`Command`](intentd_lifecycle::Command) appended to the Raft log and
+//! acknowledged only after a majority has it on disk and the local state machine applied it.
+//! Writes that reach a follower are forwarded to the leader over the internal plane
+//! ([`proto`]), which never shares a port with the public APIs.
+
+mod cluster;
+mod error;
+mod network;
+mod service;
+
+pub use cluster::{start, Cluster, NodeConfig, NodeStatus, RaftTimings};
+pub use error::ConsensusError;
+
+/// Generated types of `proto/raft.proto`.
+pub mod proto {
+    tonic::include_proto!("intentd.raft.v1");
+}
+
+/// The openraft instance type of intentd.
+pub type Raft = openraft::Raft<intentd_storage::TypeConfig>;

@@ -30,7 +30,7 @@ impl ApiKey {
     pub fn principal(&self) -> String {
         match &self.role {
             Role::Agent { address } => address.clone(),
-            Role::Admin | Role::Client => format!("key:{}", self.name),
+            Role::Admin | Role::Client => format!("agent://intentd/keys/{}", self.name),
         }
     }
 

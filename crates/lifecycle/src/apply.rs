@@ -417,7 +417,12 @@ impl Change {
         }
     }
 
-    fn enter(&mut self, to: Status, actor: &str, details: Map<String, Value>) -> Result<(), Rejection> {
+    fn enter(
+        &mut self,
+        to: Status,
+        actor: &str,
+        details: Map<String, Value>,
+    ) -> Result<(), Rejection> {
         self.enter_as(to, EventType::entering(to), actor, details)
     }
 

@@ -73,7 +73,10 @@ pub enum ResumeAction {
     /// Moves to IN_PROGRESS (or records progress if already there).
     Progress { details: Map<String, Value> },
     /// Moves to WAITING.
-    Wait { reason: WaitingReason, details: Map<String, Value> },
+    Wait {
+        reason: WaitingReason,
+        details: Map<String, Value>,
+    },
     /// The control form: continues a WAITING intent, compare-and-set on the generation.
     ApproveCurrentStep {
         expected_policy_generation: Option<u64>,
@@ -123,7 +126,10 @@ pub enum IntentCommand {
         at: Timestamp,
     },
     /// The deadline passed.
-    TimeOut { intent_id: Uuid, at: Timestamp },
+    TimeOut {
+        intent_id: Uuid,
+        at: Timestamp,
+    },
     UpdateControls {
         intent_id: Uuid,
         patch: Map<String, Value>,

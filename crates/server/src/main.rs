@@ -1,1 +1,69 @@
-fn main() {}
+//! `intentd`: the server (`serve`) and a command-line client for its HTTP API.
+
+mod client;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "intentd", version, about = "Self-hosted intent delivery cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a node (with no cluster settings: a one-node cluster under ./data).
+    Serve(config::ServeArgs),
+    /// Send, read and watch intents.
+    Intents(client::IntentsCmd),
+    /// Act as a receiving agent.
+    Agents(client::AgentsCmd),
+    /// Manage API keys (admin key required).
+    Keys(client::KeysCmd),
+}
+
+fn init_tracing(format: config::LogFormat) {
+    let filter = EnvFilter::try_from_env("INTENTD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("intentd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Commands::Serve(args) => {
+                let config = args.resolve()?;
+                init_tracing(config.log_format);
+                serve::run(config).await
+            }
+            Commands::Intents(cmd) => cmd.run().await,
+            Commands::Agents(cmd) => cmd.run().await,
+            Commands::Keys(cmd) => cmd.run().await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("intentd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

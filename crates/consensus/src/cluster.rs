@@ -1,0 +1,382 @@
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+
+use intentd_lifecycle::{Command, Reply};
+use intentd_storage::{LogStore, Response as SmResponse, StateMachine, StateReader};
+
+use crate::error::{ConsensusError, ForwardError};
+use crate::network::{channel, NetworkFactory};
+use crate::proto::raft_internal_client::RaftInternalClient;
+use crate::proto::raft_internal_server::RaftInternalServer;
+use crate::proto::{ForwardRequest, ReadIndexRequest};
+use crate::service::{write_as_leader, InternalService};
+use crate::Raft;
+
+/// Raft timing knobs. The defaults aim at writes resuming well within 2 s after the leader
+/// dies: a follower notices within one election timeout (400-800 ms) and one round trip later
+/// the new leader commits.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one; logs behind it are purged.
+    pub snapshot_after_logs: u64,
+    /// Entries kept behind a snapshot so a briefly lagging follower needs no snapshot.
+    pub logs_to_keep: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+            snapshot_after_logs: 20_000,
+            logs_to_keep: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    /// Raft (internal plane) addresses of every voter at first formation, this node included.
+    pub peers: BTreeMap<u64, String>,
+    pub timings: RaftTimings,
+    /// How long a write or read barrier may take before the caller gets 503.
+    pub request_timeout: Duration,
+}
+
+/// What a node says about itself on `/health` and the cluster status calls.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: String,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub last_applied: u64,
+    /// openraft 0.9 does not publish the commit index; applied entries are committed, so this
+    /// is the applied index: a lower bound of the real commit index.
+    pub commit_index: u64,
+    pub last_log_index: u64,
+    pub members: Vec<u64>,
+}
+
+/// A running node: the Raft instance, its local state machine and the internal plane.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: u64,
+    raft: Raft,
+    reader: StateReader,
+    request_timeout: Duration,
+    election_timeout: Duration,
+    /// Channels to peers for forwarding, keyed by node id and address so an address change
+    /// after a membership change gets a fresh channel.
+    peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
+}
+
+/// Starts Raft on the given stores, serves the internal plane on `raft_listener` until
+/// `shutdown` resolves, and forms the cluster if it was never formed.
+///
+/// Formation happens exactly once: only the lowest configured node id initialises, and only
+/// when its own log and vote are empty. A restarted node finds its membership in the log.
+pub async fn start(
+    config: NodeConfig,
+    log_store: LogStore,
+    state_machine: StateMachine,
+    raft_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Cluster, ConsensusError> {
+    let t = &config.timings;
+    let raft_config = Config {
+        cluster_name: "intentd".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_min_ms,
+        election_timeout_max: t.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: t.logs_to_keep,
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(ConsensusError::internal)?;
+    let reader = state_machine.reader();
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        NetworkFactory,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(ConsensusError::internal)?;
+
+    let service = InternalService {
+        raft: raft.clone(),
+        write_timeout: config.request_timeout,
+    };
+    let incoming = TcpListenerStream::new(raft_listener);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(RaftInternalServer::new(service))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "internal plane stopped");
+        }
+    });
+
+    let first = config.peers.keys().next().copied();
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(ConsensusError::internal)?;
+    if !initialized && first == Some(config.node_id) {
+        let members: BTreeMap<u64, BasicNode> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        tracing::info!(?members, "forming a new cluster");
+        raft.initialize(members)
+            .await
+            .map_err(ConsensusError::internal)?;
+    }
+
+    Ok(Cluster {
+        inner: Arc::new(Inner {
+            node_id: config.node_id,
+            raft,
+            reader,
+            request_timeout: config.request_timeout,
+            election_timeout: Duration::from_millis(t.election_max_ms),
+            peers: Mutex::new(HashMap::new()),
+        }),
+    })
+}
+
+impl Cluster {
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn reader(&self) -> &StateReader {
+        &self.inner.reader
+    }
+
+    /// Replicates `command` and returns the state machine's reply. `Ok` means a majority has
+    /// the entry on disk and this node applied it, so a read on this node right after sees it.
+    pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = if leader == self.inner.node_id {
+                self.check_quorum()?;
+                write_as_leader(&self.inner.raft, command.clone(), remaining).await
+            } else {
+                self.forward(leader, &command, remaining).await
+            };
+            match outcome {
+                Ok(SmResponse::Applied(reply)) => return Ok(reply),
+                Ok(SmResponse::Rejected(rejection)) => {
+                    return Err(ConsensusError::Rejected(rejection))
+                }
+                Ok(SmResponse::Empty) => {
+                    return Err(ConsensusError::Internal(
+                        "a command entry produced no reply".into(),
+                    ))
+                }
+                // Definitely not appended: look for the new leader and try again.
+                Err(ForwardError::NotLeader { .. }) | Err(ForwardError::Unavailable) => {
+                    self.wait_for_change(leader, deadline).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Linearizable read barrier (read index): once it returns, the local state machine holds
+    /// every write acknowledged before the call started, wherever it was acknowledged.
+    pub async fn read_barrier(&self) -> Result<(), ConsensusError> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let leader = self.wait_for_leader(deadline).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if leader == self.inner.node_id {
+            self.check_quorum()?;
+            return match tokio::time::timeout(remaining, self.inner.raft.ensure_linearizable())
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(ConsensusError::Unavailable {
+                    retry_after_secs: 1,
+                }),
+            };
+        }
+        let mut client = self.peer(leader)?;
+        let mut request = tonic::Request::new(ReadIndexRequest {});
+        request.set_timeout(remaining);
+        let index = client
+            .read_index(request)
+            .await
+            .map_err(|_| ConsensusError::Unavailable {
+                retry_after_secs: 1,
+            })?
+            .into_inner()
+            .read_index;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.inner
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| ConsensusError::Unavailable {
+                retry_after_secs: 1,
+            })
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        NodeStatus {
+            node_id: m.id,
+            role: role.into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_applied: applied,
+            commit_index: applied,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            members: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    /// Stops Raft; the state machine and log stay as they are on disk.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<u64, ConsensusError> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(ConsensusError::Unavailable {
+                    retry_after_secs: 1,
+                });
+            }
+        }
+    }
+
+    /// Waits until the known leader differs from `stale` or the term moves on.
+    async fn wait_for_change(&self, stale: u64, deadline: Instant) -> Result<(), ConsensusError> {
+        let mut metrics = self.inner.raft.metrics();
+        let term = metrics.borrow().current_term;
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(stale) || m.current_term != term {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(ConsensusError::Unavailable {
+                    retry_after_secs: 1,
+                });
+            }
+        }
+    }
+
+    /// A leader that has not heard from a quorum for two election timeouts is cut off; saying
+    /// so at once beats letting the caller wait for a proposal that cannot commit.
+    fn check_quorum(&self) -> Result<(), ConsensusError> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return Ok(());
+        }
+        let limit = 2 * self.inner.election_timeout.as_millis() as u64;
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms <= limit => Ok(()),
+            _ => Err(ConsensusError::Unavailable {
+                retry_after_secs: 1,
+            }),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<SmResponse, ForwardError> {
+        let mut client = self
+            .peer(leader)
+            .map_err(|_| ForwardError::Unavailable)?;
+        let bytes =
+            serde_json::to_vec(command).map_err(|e| ForwardError::Internal(e.to_string()))?;
+        let mut request = tonic::Request::new(ForwardRequest { command: bytes });
+        request.set_timeout(timeout);
+        // Once the request may have left, its fate is unknown to us: ambiguous, never retried
+        // here (a caller with an idempotency key can retry safely).
+        let reply = client
+            .forward(request)
+            .await
+            .map_err(|_| ForwardError::Ambiguous)?;
+        serde_json::from_slice::<Result<SmResponse, ForwardError>>(&reply.into_inner().result)
+            .map_err(|e| ForwardError::Internal(e.to_string()))?
+    }
+
+    fn peer(&self, node_id: u64) -> Result<RaftInternalClient<Channel>, ConsensusError> {
+        let metrics = self.inner.raft.metrics();
+        let addr = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node_id)
+            .map(|n| n.addr.clone())
+            .ok_or(ConsensusError::Unavailable {
+                retry_after_secs: 1,
+            })?;
+        let mut peers = self.inner.peers.lock().expect("peer map lock poisoned");
+        if let Some(client) = peers.get(&(node_id, addr.clone())) {
+            return Ok(client.clone());
+        }
+        let client = RaftInternalClient::new(channel(&addr).map_err(ConsensusError::internal)?);
+        peers.insert((node_id, addr), client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,353 @@
+//! Client subcommands: thin wrappers over the public HTTP API, printing JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+
+/// Where and as whom the client talks.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Base URL of any node's HTTP API.
+    #[arg(long, env = "INTENTD_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API key; defaults to the key in ./data/admin.key when that file exists.
+    #[arg(long, env = "INTENTD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl Conn {
+    fn key(&self) -> anyhow::Result<String> {
+        if let Some(k) = &self.api_key {
+            return Ok(k.clone());
+        }
+        let path = PathBuf::from("./data/admin.key");
+        match std::fs::read_to_string(&path) {
+            Ok(k) => Ok(k.trim().to_string()),
+            Err(_) => bail!("no API key: pass --api-key or set INTENTD_API_KEY"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server.trim_end_matches('/'), path)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req
+            .header("x-api-key", self.key()?)
+            .send()
+            .await
+            .context("calling intentd")?;
+        let status = resp.status();
+        let body: Value = resp.json().await.context("reading the answer")?;
+        if !status.is_success() {
+            bail!("{status}: {body}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(reqwest::Client::new().get(self.url(path))).await
+    }
+
+    async fn post(&self, path: &str, body: &Value, idem: Option<&str>) -> anyhow::Result<Value> {
+        let mut req = reqwest::Client::new().post(self.url(path)).json(body);
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        self.send(req).await
+    }
+
+    /// Follows an SSE stream, calling `on_event(name, id, data)` per event; returns when the
+    /// server closes the stream. Returns whether the stream ended with `stream.timeout`.
+    async fn sse(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, Option<u64>, Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        let resp = reqwest::Client::new()
+            .get(self.url(path))
+            .header("x-api-key", self.key()?)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .context("opening the stream")?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            bail!("{status}: {body}");
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        let (mut name, mut id, mut data) = (String::new(), None, String::new());
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.context("reading the stream")?));
+            while let Some(pos) = buf.find('\n') {
+                let line = buf[..pos].trim_end_matches('\r').to_string();
+                buf.drain(..=pos);
+                if line.is_empty() {
+                    if name == "stream.timeout" {
+                        return Ok(true);
+                    }
+                    if !data.is_empty() {
+                        on_event(&name, id, serde_json::from_str(&data)?)?;
+                    }
+                    (name, id, data) = (String::new(), None, String::new());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IntentsCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: IntentsAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum IntentsAction {
+    /// Submit an intent.
+    Send {
+        /// Receiving agent, e.g. agent://acme/prod/payments.
+        #[arg(long)]
+        to: String,
+        /// Intent type, e.g. payment.charge.v1.
+        #[arg(long = "type")]
+        intent_type: String,
+        /// JSON object payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// RFC 3339 deadline after which the intent times out.
+        #[arg(long)]
+        deadline_at: Option<String>,
+    },
+    /// Show an intent.
+    Get { id: String },
+    /// List an intent's events after `since`.
+    Events {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Follow an intent's events until it reaches a terminal status.
+    Watch {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Resume an intent as its receiver with a JSON body (see the API's resume actions).
+    Resume {
+        id: String,
+        #[arg(long, default_value = "{}")]
+        body: String,
+    },
+    /// Resolve an intent: COMPLETED (with --result), FAILED (with --error) or CANCELED.
+    Resolve {
+        id: String,
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        result: Option<String>,
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn json_arg(name: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("--{name} is not valid JSON"))
+}
+
+impl IntentsCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        match self.action {
+            IntentsAction::Send {
+                to,
+                intent_type,
+                payload,
+                idempotency_key,
+                reply_to,
+                deadline_at,
+            } => {
+                let mut body = json!({
+                    "intent_type": intent_type,
+                    "correlation_id": uuid::Uuid::new_v4(),
+                    "to_agent": to,
+                    "payload": json_arg("payload", &payload)?,
+                });
+                if let Some(r) = reply_to {
+                    body["reply_to"] = json!(r);
+                }
+                if let Some(d) = deadline_at {
+                    body["deadline_at"] = json!(d);
+                }
+                print(&c.post("/v1/intents", &body, idempotency_key.as_deref()).await?);
+            }
+            IntentsAction::Get { id } => print(&c.get(&format!("/v1/intents/{id}")).await?),
+            IntentsAction::Events { id, since } => {
+                print(&c.get(&format!("/v1/intents/{id}/events?since={since}")).await?)
+            }
+            IntentsAction::Watch { id, mut since } => loop {
+                let mut terminal = false;
+                let timed_out = c
+                    .sse(
+                        &format!("/v1/intents/{id}/events/stream?since={since}&wait_seconds=30"),
+                        |_, seq, event| {
+                            since = seq.unwrap_or(since).max(since);
+                            let status = event["status"].as_str().unwrap_or_default();
+                            terminal = matches!(
+                                status,
+                                "COMPLETED" | "FAILED" | "CANCELED" | "TIMED_OUT"
+                            );
+                            println!("{event}");
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                if terminal || !timed_out {
+                    break;
+                }
+            },
+            IntentsAction::Resume { id, body } => print(
+                &c.post(&format!("/v1/intents/{id}/resume"), &json_arg("body", &body)?, None)
+                    .await?,
+            ),
+            IntentsAction::Resolve {
+                id,
+                status,
+                result,
+                error,
+                reason,
+            } => {
+                let mut body = json!({ "status": status });
+                if let Some(r) = result {
+                    body["result"] = json_arg("result", &r)?;
+                }
+                if let Some(e) = error {
+                    body["error"] = json_arg("error", &e)?;
+                }
+                if let Some(r) = reason {
+                    body["reason"] = json!(r);
+                }
+                print(&c.post(&format!("/v1/intents/{id}/resolve"), &body, None).await?)
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentsCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: AgentsAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentsAction {
+    /// Print every delivery for ADDRESS as one JSON line, reconnecting until interrupted.
+    Listen {
+        address: String,
+        /// Resume after this agent-stream cursor.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// List known agents.
+    List,
+}
+
+impl AgentsCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        match self.action {
+            AgentsAction::Listen { address, mut since } => {
+                let path = address.trim_start_matches("agent://").to_string();
+                loop {
+                    c.sse(
+                        &format!("/v1/agents/{path}/intents/stream?since={since}&wait_seconds=30"),
+                        |_, cursor, delivery| {
+                            since = cursor.unwrap_or(since).max(since);
+                            println!("{delivery}");
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                }
+            }
+            AgentsAction::List => print(&c.get("/v1/agents").await?),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeysCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysAction {
+    /// Create a key; the secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, client or agent.
+        #[arg(long, default_value = "client")]
+        role: String,
+        /// For agent keys: the only address the key may act for.
+        #[arg(long)]
+        address: Option<String>,
+    },
+    List,
+    Revoke { id: String },
+}
+
+impl KeysCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        match self.action {
+            KeysAction::Create {
+                name,
+                role,
+                address,
+            } => {
+                let mut body = json!({ "name": name, "role": role });
+                if let Some(a) = address {
+                    body["address"] = json!(a);
+                }
+                print(&c.post("/v1/admin/keys", &body, None).await?);
+            }
+            KeysAction::List => print(&c.get("/v1/admin/keys").await?),
+            KeysAction::Revoke { id } => {
+                let req = reqwest::Client::new().delete(c.url(&format!("/v1/admin/keys/{id}")));
+                print(&c.send(req).await?);
+            }
+        }
+        Ok(())
+    }
+}

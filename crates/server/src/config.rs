@@ -1,0 +1,317 @@
+//! Server configuration in layers: built-in defaults, then a TOML file (`--config`), then
+//! `INTENTD_*` environment variables, then command-line flags. clap merges the last two
+//! (a flag beats its variable); [`ServeArgs::resolve`] lays them over the file and the
+//! defaults, and [`Config::validate`] checks the result once, before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The flags of `intentd serve`. Every one is optional here so that an absent flag lets the
+/// file or the default decide.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags and INTENTD_* variables win over it).
+    #[arg(long, env = "INTENTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the Raft log, snapshots and the state machine live [default: ./data].
+    #[arg(long, env = "INTENTD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Public HTTP API (REST + SSE) [default: 127.0.0.1:8080].
+    #[arg(long, env = "INTENTD_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Public gRPC port (gRPC health checking) [default: 127.0.0.1:9090].
+    #[arg(long, env = "INTENTD_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Internal Raft plane; never expose it publicly [default: 127.0.0.1:7000].
+    #[arg(long, env = "INTENTD_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// This node's id in the cluster [default: 1].
+    #[arg(long, env = "INTENTD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Raft addresses of all voters at first formation: `1=HOST:PORT,2=HOST:PORT,...`.
+    /// Without it the node forms a one-node cluster on its own --raft-addr.
+    #[arg(long, env = "INTENTD_PEERS")]
+    pub peers: Option<String>,
+    /// An admin API key to ensure exists. Without it, a fresh cluster creates one, prints it
+    /// once and writes it to DATA_DIR/admin.key (mode 0600).
+    #[arg(long, env = "INTENTD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Largest accepted intent body, in bytes [default: 131072].
+    #[arg(long, env = "INTENTD_MAX_INTENT_BYTES")]
+    pub max_intent_bytes: Option<usize>,
+    /// Delivery attempts before an intent fails with delivery_failed [default: 5].
+    #[arg(long, env = "INTENTD_MAX_DELIVERY_ATTEMPTS")]
+    pub max_delivery_attempts: Option<u32>,
+    /// How long a write or linearizable read may wait for the cluster, in ms [default: 5000].
+    #[arg(long, env = "INTENTD_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "INTENTD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The same settings as they may appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
+    raft_addr: Option<SocketAddr>,
+    node_id: Option<u64>,
+    peers: Option<String>,
+    admin_key: Option<String>,
+    max_intent_bytes: Option<usize>,
+    max_delivery_attempts: Option<u32>,
+    request_timeout_ms: Option<u64>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub node_id: u64,
+    /// Voters at first formation, this node included.
+    pub peers: BTreeMap<u64, String>,
+    pub admin_key: Option<String>,
+    pub max_intent_bytes: usize,
+    pub max_delivery_attempts: u32,
+    pub request_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let node_id = self.node_id.or(file.node_id).unwrap_or(1);
+        let raft_addr = self
+            .raft_addr
+            .or(file.raft_addr)
+            .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal address"));
+        let peers = match self.peers.or(file.peers) {
+            Some(spec) => parse_peers(&spec)?,
+            None => BTreeMap::from([(node_id, raft_addr.to_string())]),
+        };
+        let log_format = match self.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("log_format", format!("unknown format {other}"))),
+        };
+        let config = Config {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            http_addr: self
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal address")),
+            grpc_addr: self
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("literal address")),
+            raft_addr,
+            node_id,
+            peers,
+            admin_key: self.admin_key.or(file.admin_key),
+            max_intent_bytes: self
+                .max_intent_bytes
+                .or(file.max_intent_bytes)
+                .unwrap_or(128 * 1024),
+            max_delivery_attempts: self
+                .max_delivery_attempts
+                .or(file.max_delivery_attempts)
+                .unwrap_or(5),
+            request_timeout: Duration::from_millis(
+                self.request_timeout_ms
+                    .or(file.request_timeout_ms)
+                    .unwrap_or(5_000),
+            ),
+            log_format,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be at least 1"));
+        }
+        if !self.peers.contains_key(&self.node_id) {
+            return Err(invalid(
+                "peers",
+                format!("node {} is not among the peers", self.node_id),
+            ));
+        }
+        let ports = [self.http_addr, self.grpc_addr, self.raft_addr];
+        for (i, a) in ports.iter().enumerate() {
+            if ports[i + 1..].contains(a) {
+                return Err(invalid(
+                    "addresses",
+                    format!("{a} is used for two listeners; the internal plane needs its own port"),
+                ));
+            }
+        }
+        if let Some(key) = &self.admin_key {
+            if key.len() < 16 {
+                return Err(invalid("admin_key", "must be at least 16 characters"));
+            }
+        }
+        if self.max_intent_bytes < 1024 {
+            return Err(invalid("max_intent_bytes", "must be at least 1024"));
+        }
+        if self.max_delivery_attempts == 0 {
+            return Err(invalid("max_delivery_attempts", "must be at least 1"));
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err(invalid("request_timeout_ms", "must be at least 100"));
+        }
+        Ok(())
+    }
+
+    /// The settings as a log line, without secrets.
+    pub fn describe(&self) -> String {
+        format!(
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?}",
+            self.node_id,
+            self.data_dir.display(),
+            self.http_addr,
+            self.grpc_addr,
+            self.raft_addr,
+            self.peers,
+            if self.admin_key.is_some() { "<set>" } else { "<none>" },
+            self.max_intent_bytes,
+            self.max_delivery_attempts,
+            self.request_timeout,
+        )
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("peers", format!("`{part}` is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid("peers", format!("`{id}` is not a node id")))?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(invalid("peers", format!("`{addr}` is not HOST:PORT")));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(invalid("peers", format!("node {id} is named twice")));
+        }
+    }
+    if peers.is_empty() {
+        return Err(invalid("peers", "no peers given"));
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_form_a_one_node_cluster() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.peers, BTreeMap::from([(1, "127.0.0.1:7000".to_string())]));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "node_id = 2\nhttp_addr = \"127.0.0.1:8082\"\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.peers.len(), 2);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_field_named() {
+        let unknown_peer = ServeArgs {
+            node_id: Some(4),
+            peers: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        };
+        assert!(unknown_peer.resolve().unwrap_err().to_string().contains("peers"));
+        assert!(parse_peers("1=nohost").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        let same_port = ServeArgs {
+            http_addr: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(same_port.resolve().is_err());
+    }
+}

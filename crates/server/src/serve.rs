@@ -1,0 +1,210 @@
+//! `intentd serve`: opens the stores, starts Raft and the internal plane, then the public
+//! HTTP and gRPC listeners, and runs until Ctrl-C or SIGTERM.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use intentd_consensus::{Cluster, ConsensusError, NodeConfig, RaftTimings};
+use intentd_http_api::auth::{generate_key, hash_key};
+use intentd_http_api::ApiConfig;
+use intentd_lifecycle::{ApiKey, Command, Role};
+
+use crate::config::Config;
+
+const ADMIN_KEY_FILE: &str = "admin.key";
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = %config.describe(), "starting intentd");
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let (log_store, state_machine) =
+        intentd_storage::open(&config.data_dir, intentd_storage::StorageOptions::default())
+            .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
+
+    // Bind every listener before anything starts, so a taken port fails fast and clearly.
+    let raft_listener = TcpListener::bind(config.raft_addr)
+        .await
+        .with_context(|| format!("binding the raft address {}", config.raft_addr))?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the http address {}", config.http_addr))?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the grpc address {}", config.grpc_addr))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let cluster = intentd_consensus::start(
+        NodeConfig {
+            node_id: config.node_id,
+            peers: config.peers.clone(),
+            timings: RaftTimings::default(),
+            request_timeout: config.request_timeout,
+        },
+        log_store,
+        state_machine,
+        raft_listener,
+        stopped(stop_rx.clone()),
+    )
+    .await
+    .context("starting raft")?;
+
+    if config.peers.keys().next() == Some(&config.node_id) {
+        ensure_admin_key(&cluster, &config).await?;
+    }
+
+    let api = intentd_http_api::app(
+        cluster.clone(),
+        ApiConfig {
+            max_intent_body_bytes: config.max_intent_bytes,
+            default_max_delivery_attempts: config.max_delivery_attempts,
+            ..ApiConfig::default()
+        },
+    );
+    let http = tokio::spawn(intentd_http_api::serve(
+        http_listener,
+        api,
+        stopped(stop_rx.clone()),
+    ));
+    let grpc = tokio::spawn(serve_grpc(
+        grpc_listener,
+        cluster.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(http = %config.http_addr, grpc = %config.grpc_addr, raft = %config.raft_addr, "intentd is serving");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = http.await {
+        tracing::warn!(error = %e, "http server ended with an error");
+    }
+    if let Ok(Err(e)) = grpc.await {
+        tracing::warn!(error = %e, "grpc server ended with an error");
+    }
+    cluster.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Makes sure the cluster has an admin key. An explicit key is stored (hashed) if missing; a
+/// cluster without any admin key gets a generated one, shown once and kept in a 0600 file.
+async fn ensure_admin_key(cluster: &Cluster, config: &Config) -> anyhow::Result<()> {
+    // A restarted node may not have re-applied its log yet; catch up with the leader before
+    // deciding that a key is missing (re-storing a revoked key would revive it).
+    cluster
+        .read_barrier()
+        .await
+        .context("waiting for the state to catch up")?;
+    if let Some(secret) = &config.admin_key {
+        let hash = hash_key(secret);
+        if cluster.reader().api_key(&hash)?.is_none() {
+            put_admin_key(cluster, hash, "admin").await?;
+            tracing::info!("stored the configured admin key");
+        }
+        return Ok(());
+    }
+    let has_admin = cluster
+        .reader()
+        .api_keys()?
+        .iter()
+        .any(|(_, k)| k.role == Role::Admin && !k.revoked);
+    if has_admin {
+        return Ok(());
+    }
+    let secret = generate_key();
+    put_admin_key(cluster, hash_key(&secret), "bootstrap-admin").await?;
+    let path = config.data_dir.join(ADMIN_KEY_FILE);
+    write_secret_file(&path, &secret)?;
+    println!("intentd: created an admin API key (shown once, also in {}):", path.display());
+    println!("{secret}");
+    Ok(())
+}
+
+async fn put_admin_key(cluster: &Cluster, key_hash: String, name: &str) -> anyhow::Result<()> {
+    let command = Command::PutApiKey {
+        key_hash,
+        key: ApiKey {
+            id: uuid::Uuid::new_v4(),
+            name: name.into(),
+            role: Role::Admin,
+            created_at: chrono::Utc::now(),
+            revoked: false,
+        },
+    };
+    // The very first write of a fresh node may race its own election; retry until it lands.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match cluster.write(command.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(ConsensusError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                continue
+            }
+            Err(e) => return Err(e).context("storing the admin key"),
+        }
+    }
+}
+
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The public gRPC port. It serves the standard gRPC health service, SERVING while this node
+/// knows a leader; the intent service joins it with the cluster work (see ARCHITECTURE.md).
+async fn serve_grpc(
+    listener: TcpListener,
+    cluster: Cluster,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let mut metrics = cluster.raft().metrics();
+    tokio::spawn(async move {
+        loop {
+            let serving = metrics.borrow_and_update().current_leader.is_some();
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
