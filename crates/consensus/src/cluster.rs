@@ -343,9 +343,7 @@ impl Cluster {
         command: &Command,
         timeout: Duration,
     ) -> Result<SmResponse, ForwardError> {
-        let mut client = self
-            .peer(leader)
-            .map_err(|_| ForwardError::Unavailable)?;
+        let mut client = self.peer(leader).map_err(|_| ForwardError::Unavailable)?;
         let bytes =
             serde_json::to_vec(command).map_err(|e| ForwardError::Internal(e.to_string()))?;
         let mut request = tonic::Request::new(ForwardRequest { command: bytes });

@@ -28,7 +28,9 @@ impl ConsensusError {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum ForwardError {
     /// The receiver is not the leader (any more); the sender should look again.
-    NotLeader { leader_id: Option<u64> },
+    NotLeader {
+        leader_id: Option<u64>,
+    },
     Unavailable,
     Ambiguous,
     Internal(String),

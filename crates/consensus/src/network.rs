@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use openraft::error::{Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::error::{
+    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -66,7 +68,8 @@ impl PeerClient {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Network(NetworkError::new(e))),
         };
-        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { payload });
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {

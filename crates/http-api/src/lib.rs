@@ -1,1 +1,119 @@
-//! placeholder, being written
+//! The HTTP edge of intentd: the AXME/AXP v1 REST and SSE API.
+//!
+//! ```text
+//!  request -> context middleware (trace id, request id, span)
+//!          -> extractors (Caller: API key -> 401/403; JsonBody: 400/413; ids: 422)
+//!          -> handler: validate -> build a lifecycle Command -> Cluster::write (Raft)
+//!                      or read_barrier + StateReader for reads; streams wait on subscribe()
+//!          -> views (domain -> contract JSON) | ApiError (the one error shape)
+//! ```
+//!
+//! Each resource lives in its own module under `routes` with its own `router()`; [`app`]
+//! merges them. The edge owns no domain types: it translates JSON to the lifecycle crate's
+//! commands and the replies back to JSON.
+
+pub mod auth;
+mod context;
+mod error;
+mod extract;
+mod routes;
+mod sse;
+mod validate;
+mod views;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use intentd_consensus::Cluster;
+
+pub use error::ApiError;
+
+/// Limits and defaults of the edge. The server fills it from its layered config.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest `POST /v1/intents` body; bigger is a 413 (the contract's default is 128 KiB).
+    pub max_intent_body_bytes: usize,
+    /// Largest body of the other write routes (resolve results can be bigger than payloads).
+    pub max_request_body_bytes: usize,
+    /// Used when a create request does not set `max_delivery_attempts`.
+    pub default_max_delivery_attempts: u32,
+    /// How long an `Idempotency-Key` is remembered; the contract promises at least 24 h.
+    pub idempotency_ttl: Duration,
+    /// How many events or queue entries a stream reads from storage per step.
+    pub stream_batch: usize,
+    /// How many events `GET /v1/intents/{id}/events` returns at most per call.
+    pub max_events_per_page: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_intent_body_bytes: 128 * 1024,
+            max_request_body_bytes: 1024 * 1024,
+            default_max_delivery_attempts: 5,
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            stream_batch: 100,
+            max_events_per_page: 1000,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// Writes go through Raft; reads come from the local replica of the state machine.
+    pub(crate) cluster: Cluster,
+    pub(crate) config: Arc<ApiConfig>,
+}
+
+/// The whole API as a router, apart from any listener so tests can drive it in process.
+pub fn app(cluster: Cluster, config: ApiConfig) -> Router {
+    let state = AppState {
+        cluster,
+        config: Arc::new(config),
+    };
+    routes::router(&state.config)
+        .layer(axum::middleware::from_fn(context::middleware))
+        .with_state(state)
+}
+
+/// How long open connections (mostly SSE streams, which last up to `wait_seconds`) get to
+/// finish after shutdown is requested before `serve` returns anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `app` on an already bound listener until `shutdown` completes. Taking a bound
+/// listener lets tests bind port 0 and read the port before serving.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        shutdown.await;
+        let _ = fired_tx.send(true);
+    };
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .into_future();
+    let grace_expired = async move {
+        // If the sender is dropped without firing, the server is already gone.
+        if fired_rx.wait_for(|fired| *fired).await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = grace_expired => {
+            tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "connections still open after the shutdown grace period; closing"
+            );
+            Ok(())
+        }
+    }
+}

@@ -82,7 +82,9 @@ impl Conn {
         let mut buf = String::new();
         let (mut name, mut id, mut data) = (String::new(), None, String::new());
         while let Some(chunk) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk.context("reading the stream")?));
+            buf.push_str(&String::from_utf8_lossy(
+                &chunk.context("reading the stream")?,
+            ));
             while let Some(pos) = buf.find('\n') {
                 let line = buf[..pos].trim_end_matches('\r').to_string();
                 buf.drain(..=pos);
@@ -108,7 +110,10 @@ impl Conn {
 }
 
 fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
 }
 
 #[derive(Debug, clap::Args)]
@@ -202,12 +207,16 @@ impl IntentsCmd {
                 if let Some(d) = deadline_at {
                     body["deadline_at"] = json!(d);
                 }
-                print(&c.post("/v1/intents", &body, idempotency_key.as_deref()).await?);
+                print(
+                    &c.post("/v1/intents", &body, idempotency_key.as_deref())
+                        .await?,
+                );
             }
             IntentsAction::Get { id } => print(&c.get(&format!("/v1/intents/{id}")).await?),
-            IntentsAction::Events { id, since } => {
-                print(&c.get(&format!("/v1/intents/{id}/events?since={since}")).await?)
-            }
+            IntentsAction::Events { id, since } => print(
+                &c.get(&format!("/v1/intents/{id}/events?since={since}"))
+                    .await?,
+            ),
             IntentsAction::Watch { id, mut since } => loop {
                 let mut terminal = false;
                 let timed_out = c
@@ -216,10 +225,8 @@ impl IntentsCmd {
                         |_, seq, event| {
                             since = seq.unwrap_or(since).max(since);
                             let status = event["status"].as_str().unwrap_or_default();
-                            terminal = matches!(
-                                status,
-                                "COMPLETED" | "FAILED" | "CANCELED" | "TIMED_OUT"
-                            );
+                            terminal =
+                                matches!(status, "COMPLETED" | "FAILED" | "CANCELED" | "TIMED_OUT");
                             println!("{event}");
                             Ok(())
                         },
@@ -230,8 +237,12 @@ impl IntentsCmd {
                 }
             },
             IntentsAction::Resume { id, body } => print(
-                &c.post(&format!("/v1/intents/{id}/resume"), &json_arg("body", &body)?, None)
-                    .await?,
+                &c.post(
+                    &format!("/v1/intents/{id}/resume"),
+                    &json_arg("body", &body)?,
+                    None,
+                )
+                .await?,
             ),
             IntentsAction::Resolve {
                 id,
@@ -250,7 +261,10 @@ impl IntentsCmd {
                 if let Some(r) = reason {
                     body["reason"] = json!(r);
                 }
-                print(&c.post(&format!("/v1/intents/{id}/resolve"), &body, None).await?)
+                print(
+                    &c.post(&format!("/v1/intents/{id}/resolve"), &body, None)
+                        .await?,
+                )
             }
         }
         Ok(())
@@ -324,7 +338,9 @@ enum KeysAction {
         address: Option<String>,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 impl KeysCmd {

@@ -255,7 +255,10 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
             .parse()
             .map_err(|_| invalid("peers", format!("`{id}` is not a node id")))?;
         let addr = addr.trim();
-        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             return Err(invalid("peers", format!("`{addr}` is not HOST:PORT")));
         }
         if peers.insert(id, addr.to_string()).is_some() {
@@ -304,7 +307,11 @@ mod tests {
             peers: Some("1=a:1,2=b:2".into()),
             ..Default::default()
         };
-        assert!(unknown_peer.resolve().unwrap_err().to_string().contains("peers"));
+        assert!(unknown_peer
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("peers"));
         assert!(parse_peers("1=nohost").is_err());
         assert!(parse_peers("x=a:1").is_err());
         assert!(parse_peers("1=a:1,1=b:2").is_err());

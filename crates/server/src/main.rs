@@ -1,5 +1,6 @@
 //! `intentd`: the server (`serve`) and a command-line client for its HTTP API.
 
+mod bench;
 mod client;
 mod config;
 mod serve;
@@ -8,7 +9,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "intentd", version, about = "Self-hosted intent delivery cluster")]
+#[command(
+    name = "intentd",
+    version,
+    about = "Self-hosted intent delivery cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -24,6 +29,8 @@ enum Commands {
     Agents(client::AgentsCmd),
     /// Manage API keys (admin key required).
     Keys(client::KeysCmd),
+    /// Drive a closed-loop create load and print throughput and latency percentiles.
+    Bench(bench::BenchCmd),
 }
 
 fn init_tracing(format: config::LogFormat) {
@@ -57,6 +64,7 @@ fn main() -> std::process::ExitCode {
             Commands::Intents(cmd) => cmd.run().await,
             Commands::Agents(cmd) => cmd.run().await,
             Commands::Keys(cmd) => cmd.run().await,
+            Commands::Bench(cmd) => cmd.run().await,
         }
     });
     match result {

@@ -124,7 +124,10 @@ async fn ensure_admin_key(cluster: &Cluster, config: &Config) -> anyhow::Result<
     put_admin_key(cluster, hash_key(&secret), "bootstrap-admin").await?;
     let path = config.data_dir.join(ADMIN_KEY_FILE);
     write_secret_file(&path, &secret)?;
-    println!("intentd: created an admin API key (shown once, also in {}):", path.display());
+    println!(
+        "intentd: created an admin API key (shown once, also in {}):",
+        path.display()
+    );
     println!("{secret}");
     Ok(())
 }

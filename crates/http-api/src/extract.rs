@@ -1,0 +1,107 @@
+//! Extractors for request bodies and headers, so handlers only see checked input and every
+//! rejection comes out as an [`ApiError`] (never axum's plain-text rejections).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A request body that parsed as JSON. Route body-size limits (`DefaultBodyLimit`) apply
+/// while reading it, and an oversized body is a 413.
+pub(crate) struct JsonBody(pub(crate) Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::InvalidRequest(
+                "a JSON request body is required".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))
+    }
+}
+
+/// `axum::extract::Path` with its rejection turned into an [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct PathParam<T>(pub(crate) T);
+
+/// `axum::extract::Query` with its rejection (a 400) turned into an [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct QueryParams<T>(pub(crate) T);
+
+/// The optional `Idempotency-Key` header.
+pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
+
+/// Keys are opaque to us but stored in the replicated state, so their size is bounded.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(raw) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let key = raw
+            .to_str()
+            .map(str::trim)
+            .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(ApiError::InvalidRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+            )));
+        }
+        Ok(IdempotencyKey(Some(key.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    async fn json(body: &'static str) -> Result<Value, ApiError> {
+        let req = Request::builder().uri("/").body(Body::from(body)).unwrap();
+        JsonBody::from_request(req, &()).await.map(|b| b.0)
+    }
+
+    #[tokio::test]
+    async fn bad_or_empty_json_is_400() {
+        assert_eq!(json("{").await.unwrap_err().code(), "invalid_request");
+        assert_eq!(json("  ").await.unwrap_err().code(), "invalid_request");
+        assert_eq!(json(r#"{"a":1}"#).await.unwrap()["a"], 1);
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_header() {
+        let mut parts = Request::builder()
+            .header("Idempotency-Key", "abc")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let key = IdempotencyKey::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(key.0.as_deref(), Some("abc"));
+        let long = "k".repeat(256);
+        let mut parts = Request::builder()
+            .header("Idempotency-Key", long)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(IdempotencyKey::from_request_parts(&mut parts, &())
+            .await
+            .is_err());
+    }
+}

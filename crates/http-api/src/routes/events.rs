@@ -1,0 +1,196 @@
+//! An intent's event log: the list (`?since=N`) and the SSE stream that `observe()` and
+//! `wait_for()` use.
+//!
+//! Streams are served from the local replica: applied state only ever moves forward, so a
+//! stream never goes backwards, and it wakes on [`StateReader::subscribe`] rather than polling.
+//!
+//! [`StateReader::subscribe`]: intentd_storage::StateReader::subscribe
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::load_intent;
+use crate::auth::Caller;
+use crate::context::RequestContext;
+use crate::error::ApiError;
+use crate::extract::{PathParam, QueryParams};
+use crate::validate::path_uuid;
+use crate::{sse, views, AppState};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/intents/{id}/events", get(list_events))
+        .route("/v1/intents/{id}/events/stream", get(stream_events))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/intents/{id}/events?since=N`: events with `seq > N`, in order.
+async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    // Linearizable like GET of the intent, so the log is never behind a status already seen.
+    let intent = load_intent(&state, id, true).await?;
+    caller.require_observer_of(&intent)?;
+    let max = state.config.max_events_per_page;
+    let limit = query.limit.unwrap_or(max).clamp(1, max);
+    let events = state
+        .cluster
+        .reader()
+        .events(&id, query.since.unwrap_or(0), limit)?;
+    let events: Vec<Value> = events.iter().map(views::event).collect();
+    Ok(Json(json!({ "ok": true, "events": events })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StreamQuery {
+    since: Option<u64>,
+    wait_seconds: Option<u64>,
+}
+
+/// The contract's bounds on `wait_seconds`. Out-of-range values are clamped rather than
+/// refused: the SDK computes them from the caller's own timeout.
+pub(crate) const DEFAULT_WAIT_SECONDS: u64 = 15;
+pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
+
+pub(crate) fn wait_duration(wait_seconds: Option<u64>) -> Duration {
+    Duration::from_secs(
+        wait_seconds
+            .unwrap_or(DEFAULT_WAIT_SECONDS)
+            .clamp(1, MAX_WAIT_SECONDS),
+    )
+}
+
+/// Where a stream resumes: `Last-Event-ID` (what a reconnecting browser sends) wins over the
+/// `since` parameter.
+pub(crate) fn resume_cursor(headers: &HeaderMap, since: Option<u64>) -> Result<u64, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(since.unwrap_or(0)),
+        Some(raw) => raw
+            .to_str()
+            .ok()
+            .and_then(sse::parse_cursor)
+            .ok_or_else(|| {
+                ApiError::InvalidRequest("Last-Event-ID must be a non-negative integer".into())
+            }),
+    }
+}
+
+/// `GET /v1/intents/{id}/events/stream?since=N&wait_seconds=W`.
+///
+/// Sends every event after `since` as `event: <event_type>`, `id: <seq>`; closes right after a
+/// terminal event; after `W` seconds without a new event sends `stream.timeout` and closes, so
+/// the client reconnects from the highest `seq` it saw.
+async fn stream_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    let since = resume_cursor(&headers, query.since)?;
+    let wait = wait_duration(query.wait_seconds);
+    let intent = load_intent(&state, id, false).await?;
+    caller.require_observer_of(&intent)?;
+    let reader = state.cluster.reader().clone();
+    let batch = state.config.stream_batch;
+    let span = ctx.span;
+
+    let frames = async_stream::stream! {
+        // Subscribed before the first read, so an event applied between the read and the wait
+        // still wakes the stream.
+        let mut applied = reader.subscribe();
+        let mut cursor = since;
+        let mut deadline = Instant::now() + wait;
+        'stream: loop {
+            applied.borrow_and_update();
+            let events = match reader.events(&id, cursor, batch) {
+                Ok(events) => events,
+                Err(error) => {
+                    span.in_scope(|| tracing::error!(%error, "reading events for a stream failed"));
+                    break 'stream;
+                }
+            };
+            if !events.is_empty() {
+                for event in &events {
+                    cursor = event.seq;
+                    yield Ok::<Bytes, Infallible>(sse::frame(
+                        event.event_type.as_str(),
+                        Some(event.seq),
+                        &views::event(event),
+                    ));
+                    if event.event_type.is_terminal() {
+                        break 'stream;
+                    }
+                }
+                deadline = Instant::now() + wait;
+                continue;
+            }
+            // Nothing new. A terminal intent will never have more: say so now rather than
+            // holding the connection for the whole wait.
+            let terminal = matches!(reader.intent(&id), Ok(Some(i)) if i.status.is_terminal());
+            if terminal {
+                yield Ok(sse::timeout_frame(cursor));
+                break 'stream;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => continue,
+                // The state machine is shutting down; the client will reconnect elsewhere.
+                Ok(Err(_)) => break 'stream,
+                Err(_elapsed) => {
+                    yield Ok(sse::timeout_frame(cursor));
+                    break 'stream;
+                }
+            }
+        }
+    };
+    Ok(sse::response(frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn wait_seconds_are_clamped_to_the_contract() {
+        assert_eq!(wait_duration(None), Duration::from_secs(15));
+        assert_eq!(wait_duration(Some(0)), Duration::from_secs(1));
+        assert_eq!(wait_duration(Some(600)), Duration::from_secs(60));
+        assert_eq!(wait_duration(Some(7)), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn last_event_id_overrides_since() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(resume_cursor(&headers, Some(3)).unwrap(), 3);
+        assert_eq!(resume_cursor(&headers, None).unwrap(), 0);
+        headers.insert("last-event-id", HeaderValue::from_static("9"));
+        assert_eq!(resume_cursor(&headers, Some(3)).unwrap(), 9);
+        headers.insert("last-event-id", HeaderValue::from_static("nine"));
+        assert_eq!(
+            resume_cursor(&headers, Some(3)).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+}

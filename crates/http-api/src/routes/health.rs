@@ -1,0 +1,42 @@
+//! `GET /health`: unauthenticated, so load balancers and operators can ask any node who it is
+//! and whether it knows a leader (without one, writes would fail with 503).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let status = state.cluster.status();
+    let has_leader = status.leader_id.is_some();
+    let body = json!({
+        "ok": has_leader,
+        "node_id": status.node_id,
+        "role": status.role,
+        "leader_id": status.leader_id,
+        "term": status.term,
+        "applied_index": state.cluster.reader().applied_index(),
+        "commit_index": status.commit_index,
+        "last_log_index": status.last_log_index,
+        "members": status.members,
+    });
+    if has_leader {
+        return Json(body).into_response();
+    }
+    let Value::Object(fields) = body else {
+        unreachable!("json! of an object literal is an object")
+    };
+    ApiError::Unavailable {
+        message: "this node knows no leader right now".into(),
+        retry_after_secs: 1,
+    }
+    .into_response_with(fields)
+}

@@ -1,0 +1,864 @@
+//! Intents: create, read, and the receiver's and operator's changes (resolve, resume,
+//! controls, policy). Every change is one lifecycle command proposed through Raft; the reply is
+//! sent only once it is committed on a majority and applied here.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use intentd_lifecycle::{
+    Event, Intent, IntentCommand, NewIntent, Resolution, ResumeAction, Timestamp, WaitingReason,
+};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::{claim, load_intent, now, write_intent, Written};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{IdempotencyKey, JsonBody, PathParam};
+use crate::validate::{check_len, is_intent_type, parse_rfc3339, parse_uuid, path_uuid, Body};
+use crate::{views, ApiConfig, AppState};
+
+pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
+    let create = Router::new()
+        .route("/v1/intents", post(create_intent))
+        .layer(DefaultBodyLimit::max(config.max_intent_body_bytes));
+    let others = Router::new()
+        .route("/v1/intents/{id}", get(get_intent))
+        .route("/v1/intents/{id}/resolve", post(resolve_intent))
+        .route("/v1/intents/{id}/resume", post(resume_intent))
+        .route("/v1/intents/{id}/controls", post(update_controls))
+        .route("/v1/intents/{id}/policy", post(update_policy))
+        .layer(DefaultBodyLimit::max(config.max_request_body_bytes));
+    create.merge(others)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies
+
+/// The fields of `api.intents.create.request.v1.json`.
+const CREATE_FIELDS: &[&str] = &[
+    "intent_type",
+    "correlation_id",
+    "from_agent",
+    "to_agent",
+    "reply_to",
+    "payload",
+    "deadline_at",
+    "remind_after_seconds",
+    "remind_interval_seconds",
+    "max_reminders",
+    "escalate_to",
+    "max_delivery_attempts",
+    "human_task",
+];
+
+/// A create request that passed the contract; the handler adds what the server decides.
+#[derive(Debug, PartialEq)]
+struct CreateRequest {
+    intent_type: String,
+    correlation_id: Uuid,
+    from_agent: Option<String>,
+    to_agent: String,
+    reply_to: Option<String>,
+    payload: Value,
+    deadline_at: Option<Timestamp>,
+    remind_after_seconds: Option<u64>,
+    remind_interval_seconds: Option<u64>,
+    max_reminders: Option<u32>,
+    escalate_to: Option<String>,
+    max_delivery_attempts: Option<u32>,
+    human_task: Option<Value>,
+}
+
+/// Agent addresses are 3..=383 characters.
+fn address(b: &Body<'_>, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(a) = b.str(name)? else {
+        return Ok(None);
+    };
+    check_len(name, a, 3, 383)?;
+    Ok(Some(a.to_string()))
+}
+
+fn parse_create(body: &Value) -> Result<CreateRequest, ApiError> {
+    let b = Body::strict(body)?;
+    b.deny_unknown(CREATE_FIELDS)?;
+    let intent_type = b.required_str("intent_type")?;
+    if !is_intent_type(intent_type) {
+        return Err(ApiError::SchemaInvalid(format!(
+            "intent_type {intent_type:?} does not match ^[a-z0-9_]+(?:\\.[a-z0-9_]+)+\\.v[0-9]+$"
+        )));
+    }
+    let correlation_id = parse_uuid(b.required_str("correlation_id")?)
+        .ok_or_else(|| ApiError::SchemaInvalid("correlation_id must be a UUID".into()))?;
+    let to_agent = address(&b, "to_agent")?
+        .ok_or_else(|| ApiError::SchemaInvalid("to_agent is required".into()))?;
+    // The contract lists a non-object payload among the rule violations (422), not as a
+    // malformed request.
+    let payload = match b.map().get("payload") {
+        None => return Err(ApiError::SchemaInvalid("payload is required".into())),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return Err(ApiError::SchemaInvalid("payload must be an object".into())),
+    };
+    let deadline_at = b
+        .str("deadline_at")?
+        .map(|s| {
+            parse_rfc3339(s).ok_or_else(|| {
+                ApiError::SchemaInvalid("deadline_at must be an RFC 3339 date-time".into())
+            })
+        })
+        .transpose()?;
+    let escalate_to = b.str("escalate_to")?;
+    if let Some(e) = escalate_to {
+        check_len("escalate_to", e, 0, 383)?;
+    }
+    let human_task = b.object("human_task")?;
+    if let Some(task) = human_task {
+        check_human_task(task)?;
+    }
+    Ok(CreateRequest {
+        intent_type: intent_type.to_string(),
+        correlation_id,
+        from_agent: address(&b, "from_agent")?,
+        to_agent,
+        reply_to: address(&b, "reply_to")?,
+        payload,
+        deadline_at,
+        remind_after_seconds: b.uint("remind_after_seconds", 1)?,
+        remind_interval_seconds: b.uint("remind_interval_seconds", 1)?,
+        max_reminders: b.uint32("max_reminders", 1)?,
+        escalate_to: escalate_to.map(str::to_string),
+        max_delivery_attempts: b.uint32("max_delivery_attempts", 1)?,
+        human_task: human_task.map(|t| Value::Object(t.clone())),
+    })
+}
+
+const HUMAN_TASK_TYPES: &[&str] = &[
+    "approval",
+    "review",
+    "clarification",
+    "provide_data",
+    "attach_file",
+    "manual_action",
+    "confirmation",
+    "validate_real_world",
+    "validate_output",
+    "assignment",
+    "delegation",
+    "reroute",
+    "override",
+    "escalate",
+];
+
+/// `HumanTaskSpec` of the create schema.
+fn check_human_task(task: &Map<String, Value>) -> Result<(), ApiError> {
+    let b = Body::strict_map(task);
+    b.deny_unknown(&[
+        "title",
+        "description",
+        "task_type",
+        "allowed_outcomes",
+        "required_comment",
+        "assignees",
+        "evidence_required",
+        "form_schema",
+    ])?;
+    check_len("human_task.title", b.required_str("title")?, 0, 255)?;
+    if let Some(d) = b.str("description")? {
+        check_len("human_task.description", d, 0, 2000)?;
+    }
+    if let Some(t) = b.str("task_type")? {
+        if !HUMAN_TASK_TYPES.contains(&t) {
+            return Err(ApiError::SchemaInvalid(format!(
+                "human_task.task_type {t:?} is not one of {}",
+                HUMAN_TASK_TYPES.join(", ")
+            )));
+        }
+    }
+    b.str_array("allowed_outcomes", (1, 64), (1, 20))?;
+    b.str_array("assignees", (1, 383), (1, 20))?;
+    b.bool("required_comment")?;
+    b.bool("evidence_required")?;
+    b.object("form_schema")?;
+    Ok(())
+}
+
+/// `api.intents.resolve.request.v1.json`, with its if/then rules.
+fn parse_resolve(body: &Value) -> Result<(Resolution, Option<String>), ApiError> {
+    let b = Body::strict(body)?;
+    b.deny_unknown(&["status", "actor", "result", "error", "reason"])?;
+    let status = b.required_str("status")?;
+    let actor = b.str("actor")?;
+    if let Some(a) = actor {
+        check_len("actor", a, 3, 255)?;
+    }
+    let result = b.object("result")?;
+    let error = b.object("error")?;
+    let reason = b.str("reason")?;
+    if let Some(r) = reason {
+        check_len("reason", r, 0, 2000)?;
+    }
+    let needs = |field: &str| {
+        ApiError::SchemaInvalid(format!("{field} is required when status is {status}"))
+    };
+    let resolution = match status {
+        "COMPLETED" => Resolution::Completed {
+            result: Value::Object(result.ok_or_else(|| needs("result"))?.clone()),
+        },
+        "FAILED" => Resolution::Failed {
+            error: Value::Object(error.ok_or_else(|| needs("error"))?.clone()),
+        },
+        "CANCELED" => Resolution::Canceled {
+            reason: reason.ok_or_else(|| needs("reason"))?.to_string(),
+        },
+        other => {
+            return Err(ApiError::SchemaInvalid(format!(
+                "status {other:?} is not one of COMPLETED, FAILED, CANCELED"
+            )))
+        }
+    };
+    Ok((resolution, actor.map(str::to_string)))
+}
+
+/// The two forms of a resume body (see `API.md`): the control form, recognised by
+/// `approve_current_step`, and the receiver form, chosen by `action`.
+fn parse_resume(body: &Value) -> Result<(ResumeAction, Option<String>), ApiError> {
+    let b = Body::lenient(body)?;
+    if b.map().contains_key("approve_current_step") {
+        if b.bool("approve_current_step")? == Some(false) {
+            return Err(ApiError::SchemaInvalid(
+                "approve_current_step=false is not an action; resolve the intent to reject it"
+                    .into(),
+            ));
+        }
+        let reason = b.str("reason")?;
+        if let Some(r) = reason {
+            check_len("reason", r, 0, 2000)?;
+        }
+        let actor = b.str("actor")?;
+        if let Some(a) = actor {
+            check_len("actor", a, 3, 255)?;
+        }
+        let action = ResumeAction::ApproveCurrentStep {
+            expected_policy_generation: b.uint("expected_policy_generation", 0)?,
+            reason: reason.map(str::to_string),
+        };
+        return Ok((action, actor.map(str::to_string)));
+    }
+    // In the receiver form the body is the agent's own data (the result, the error, the
+    // progress details), so an `actor` in it is used only if it happens to be a string.
+    let actor = b
+        .map()
+        .get("actor")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut details = b.map().clone();
+    details.remove("action");
+    let action = match b.str("action")? {
+        None | Some("complete") => ResumeAction::Complete {
+            result: body.clone(),
+        },
+        Some("fail") => ResumeAction::Fail {
+            error: body.clone(),
+        },
+        Some("progress") => ResumeAction::Progress { details },
+        Some("wait") => {
+            let reason = match b.str("waiting_reason")? {
+                None => WaitingReason::WaitingForAgent,
+                Some(r) => WaitingReason::parse(r).ok_or_else(|| {
+                    ApiError::SchemaInvalid(format!(
+                        "waiting_reason {r:?} is not one of WAITING_FOR_HUMAN, \
+                         WAITING_FOR_TOOL, WAITING_FOR_AGENT, WAITING_FOR_TIME"
+                    ))
+                })?,
+            };
+            details.remove("waiting_reason");
+            ResumeAction::Wait { reason, details }
+        }
+        Some(other) => {
+            return Err(ApiError::SchemaInvalid(format!(
+                "action {other:?} is not one of complete, fail, progress, wait"
+            )))
+        }
+    };
+    Ok((action, actor))
+}
+
+/// The fields controls and policy patches share (the gateway's request models).
+#[derive(Debug, PartialEq)]
+struct PatchMeta {
+    expected_policy_generation: Option<u64>,
+    actor: Option<String>,
+    reason: Option<String>,
+}
+
+fn parse_patch_meta(b: &Body<'_>) -> Result<PatchMeta, ApiError> {
+    let actor = b.str("actor")?;
+    if let Some(a) = actor {
+        check_len("actor", a, 3, 255)?;
+    }
+    let reason = b.str("reason")?;
+    if let Some(r) = reason {
+        check_len("reason", r, 0, 2000)?;
+    }
+    Ok(PatchMeta {
+        expected_policy_generation: b.uint("expected_policy_generation", 0)?,
+        actor: actor.map(str::to_string),
+        reason: reason.map(str::to_string),
+    })
+}
+
+fn parse_controls(body: &Value) -> Result<(Map<String, Value>, PatchMeta), ApiError> {
+    let b = Body::lenient(body)?;
+    let patch = b.required_object("controls_patch")?.clone();
+    Ok((patch, parse_patch_meta(&b)?))
+}
+
+type PolicyPatch = (
+    Option<Map<String, Value>>,
+    Option<Map<String, Value>>,
+    PatchMeta,
+);
+
+fn parse_policy(body: &Value) -> Result<PolicyPatch, ApiError> {
+    let b = Body::lenient(body)?;
+    let grants = b.object("grants_patch")?.cloned();
+    let envelope = b.object("envelope_patch")?.cloned();
+    if grants.is_none() && envelope.is_none() {
+        return Err(ApiError::SchemaInvalid(
+            "a policy update needs grants_patch or envelope_patch".into(),
+        ));
+    }
+    Ok((grants, envelope, parse_patch_meta(&b)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+/// Idempotency scope of the per-intent routes: the same key value used by another caller, on
+/// another route or another intent is a different key.
+fn scope(caller: &Caller, route: &str, id: Uuid) -> String {
+    format!("{}:{route}:{id}", caller.principal())
+}
+
+/// `POST /v1/intents`. The reply means the intent is committed on a majority.
+async fn create_intent(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let req = parse_create(&body)?;
+    let at = now();
+    // Agent keys always send as themselves; other keys may name the sender (the field is
+    // deprecated in the contract but still honoured for operators relaying on behalf).
+    let from_agent = match req.from_agent {
+        Some(from) if !caller.is_agent() => from,
+        _ => caller.principal(),
+    };
+    let intent = NewIntent {
+        id: Uuid::new_v4(),
+        intent_type: req.intent_type,
+        correlation_id: req.correlation_id,
+        from_agent,
+        to_agent: req.to_agent,
+        reply_to: req.reply_to,
+        payload: req.payload,
+        max_delivery_attempts: req
+            .max_delivery_attempts
+            .unwrap_or(state.config.default_max_delivery_attempts),
+        deadline_at: req.deadline_at,
+        remind_after_seconds: req.remind_after_seconds,
+        remind_interval_seconds: req.remind_interval_seconds,
+        max_reminders: req.max_reminders,
+        escalate_to: req.escalate_to,
+        human_task: req.human_task,
+    };
+    let claim = claim(&state, caller.principal(), key, &body, at);
+    let written = write_intent(&state, IntentCommand::Create { intent, at }, claim).await?;
+    let intent = &written.intent;
+    tracing::info!(intent_id = %intent.id, replayed = written.replayed, "intent created");
+    Ok(Json(json!({
+        "ok": true,
+        "intent_id": intent.id,
+        "status": intent.status.as_str(),
+        "created_at": views::timestamp(&intent.created_at),
+    })))
+}
+
+/// `GET /v1/intents/{id}`: linearizable, never older than a write already acknowledged.
+async fn get_intent(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    let intent = load_intent(&state, id, true).await?;
+    caller.require_observer_of(&intent)?;
+    Ok(Json(
+        json!({ "ok": true, "intent": views::intent(&intent) }),
+    ))
+}
+
+/// Loads the intent a change targets and checks the caller may make it. The check is on the
+/// local replica: `to_agent` never changes, so a lagging replica cannot give a wrong answer.
+async fn authorize_change(state: &AppState, caller: &Caller, id: Uuid) -> Result<Intent, ApiError> {
+    let intent = load_intent(state, id, false).await?;
+    caller.require_receiver_of(&intent)?;
+    Ok(intent)
+}
+
+/// The event that ended the intent: the last one the command appended, or, on an idempotent
+/// replay (which appends nothing), the intent's last event, which is terminal for good.
+fn terminal_event(state: &AppState, written: &Written) -> Result<Event, ApiError> {
+    if let Some(event) = written.events.last() {
+        return Ok(event.clone());
+    }
+    let intent = &written.intent;
+    state
+        .cluster
+        .reader()
+        .events(&intent.id, intent.last_seq.saturating_sub(1), 1)?
+        .pop()
+        .ok_or_else(|| {
+            ApiError::Internal(format!(
+                "intent {} has no event {}",
+                intent.id, intent.last_seq
+            ))
+        })
+}
+
+/// `POST /v1/intents/{id}/resolve`.
+async fn resolve_intent(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    let (resolution, actor) = parse_resolve(&body)?;
+    authorize_change(&state, &caller, id).await?;
+    let at = now();
+    let claim = claim(&state, scope(&caller, "resolve", id), key, &body, at);
+    let command = IntentCommand::Resolve {
+        intent_id: id,
+        resolution,
+        actor: caller.actor(actor.as_deref()),
+        at,
+    };
+    let written = write_intent(&state, command, claim).await?;
+    let event = terminal_event(&state, &written)?;
+    let intent = &written.intent;
+    tracing::info!(intent_id = %id, status = %intent.status, replayed = written.replayed, "intent resolved");
+    Ok(Json(json!({
+        "ok": true,
+        "intent": views::intent(intent),
+        "event": views::event(&event),
+        "completion_delivery": completion_delivery(intent),
+    })))
+}
+
+/// Whether the outcome is routed back to a `reply_to` agent, whose inbox thread is the intent.
+fn completion_delivery(intent: &Intent) -> Value {
+    match &intent.reply_to {
+        Some(reply_to) => json!({
+            "delivered": true,
+            "reply_to": reply_to,
+            "thread_id": intent.id,
+        }),
+        None => json!({ "delivered": false, "reason": "no_reply_to" }),
+    }
+}
+
+/// The reply of resume, controls and policy.
+fn applied_reply(written: &Written) -> Json<Value> {
+    Json(json!({
+        "ok": true,
+        "applied": !written.replayed,
+        "policy_generation": written.intent.policy_generation,
+        "intent": views::intent(&written.intent),
+    }))
+}
+
+/// `POST /v1/intents/{id}/resume`.
+async fn resume_intent(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    let (action, actor) = parse_resume(&body)?;
+    authorize_change(&state, &caller, id).await?;
+    let at = now();
+    let claim = claim(&state, scope(&caller, "resume", id), key, &body, at);
+    let command = IntentCommand::Resume {
+        intent_id: id,
+        action,
+        actor: caller.actor(actor.as_deref()),
+        at,
+    };
+    let written = write_intent(&state, command, claim).await?;
+    tracing::info!(intent_id = %id, status = %written.intent.status, replayed = written.replayed, "intent resumed");
+    Ok(applied_reply(&written))
+}
+
+/// `POST /v1/intents/{id}/controls`: operators only; agent keys cannot loosen their own rules.
+async fn update_controls(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    let (patch, meta) = parse_controls(&body)?;
+    caller.require_not_agent()?;
+    load_intent(&state, id, false).await?;
+    let at = now();
+    let claim = claim(&state, scope(&caller, "controls", id), key, &body, at);
+    let command = IntentCommand::UpdateControls {
+        intent_id: id,
+        patch,
+        expected_policy_generation: meta.expected_policy_generation,
+        actor: caller.actor(meta.actor.as_deref()),
+        reason: meta.reason,
+        at,
+    };
+    let written = write_intent(&state, command, claim).await?;
+    Ok(applied_reply(&written))
+}
+
+/// `POST /v1/intents/{id}/policy`.
+async fn update_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_uuid("intent_id", &id)?;
+    let (grants_patch, envelope_patch, meta) = parse_policy(&body)?;
+    caller.require_not_agent()?;
+    load_intent(&state, id, false).await?;
+    let at = now();
+    let claim = claim(&state, scope(&caller, "policy", id), key, &body, at);
+    let command = IntentCommand::UpdatePolicy {
+        intent_id: id,
+        grants_patch,
+        envelope_patch,
+        expected_policy_generation: meta.expected_policy_generation,
+        actor: caller.actor(meta.actor.as_deref()),
+        reason: meta.reason,
+        at,
+    };
+    let written = write_intent(&state, command, claim).await?;
+    Ok(applied_reply(&written))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_create() -> Value {
+        json!({
+            "intent_type": "intent.generic.v1",
+            "correlation_id": "6f1c2a7e-1b8f-4a1c-9a8e-3f4f7e2d9c10",
+            "to_agent": "agent://acme/prod/billing",
+            "payload": {"amount": 3},
+        })
+    }
+
+    fn create_code(mutate: impl FnOnce(&mut Map<String, Value>)) -> &'static str {
+        let mut body = valid_create();
+        mutate(body.as_object_mut().unwrap());
+        parse_create(&body).unwrap_err().code()
+    }
+
+    #[test]
+    fn a_minimal_create_parses() {
+        let req = parse_create(&valid_create()).unwrap();
+        assert_eq!(req.intent_type, "intent.generic.v1");
+        assert_eq!(req.to_agent, "agent://acme/prod/billing");
+        assert_eq!(req.max_delivery_attempts, None);
+        assert_eq!(req.payload, json!({"amount": 3}));
+    }
+
+    #[test]
+    fn a_full_create_parses() {
+        let mut body = valid_create();
+        let m = body.as_object_mut().unwrap();
+        m.insert("from_agent".into(), json!("agent://acme/prod/sender"));
+        m.insert("reply_to".into(), json!("agent://acme/prod/sender"));
+        m.insert("deadline_at".into(), json!("2030-01-01T00:00:00Z"));
+        m.insert("remind_after_seconds".into(), json!(60));
+        m.insert("max_reminders".into(), json!(3));
+        m.insert("max_delivery_attempts".into(), json!(2));
+        m.insert(
+            "human_task".into(),
+            json!({"title": "Approve", "task_type": "approval", "allowed_outcomes": ["yes", "no"]}),
+        );
+        let req = parse_create(&body).unwrap();
+        assert_eq!(req.max_delivery_attempts, Some(2));
+        assert_eq!(req.max_reminders, Some(3));
+        assert!(req.deadline_at.is_some());
+        assert_eq!(req.human_task.unwrap()["title"], "Approve");
+    }
+
+    #[test]
+    fn create_contract_violations_are_422() {
+        // (field, new value; None removes the field)
+        let cases: Vec<(&str, Option<Value>)> = vec![
+            ("intent_type", Some(json!("Generic"))),
+            ("correlation_id", Some(json!("123"))),
+            ("to_agent", None),
+            ("payload", None),
+            ("payload", Some(json!([1]))),
+            ("to_agent", Some(json!("ab"))),
+            ("to_agent", Some(json!("a".repeat(384)))),
+            ("deadline_at", Some(json!("next tuesday"))),
+            ("surprise", Some(json!(1))),
+            ("max_delivery_attempts", Some(json!(0))),
+            ("human_task", Some(json!({"description": "no title"}))),
+            (
+                "human_task",
+                Some(json!({"title": "t", "task_type": "vibes"})),
+            ),
+        ];
+        for (field, value) in cases {
+            let code = create_code(|m| match value.clone() {
+                Some(v) => {
+                    m.insert(field.into(), v);
+                }
+                None => {
+                    m.remove(field);
+                }
+            });
+            assert_eq!(code, "schema_invalid", "{field}: {value:?}");
+        }
+    }
+
+    #[test]
+    fn create_wrong_types_are_400() {
+        assert_eq!(
+            create_code(|m| {
+                m.insert("intent_type".into(), json!(5));
+            }),
+            "invalid_request"
+        );
+        assert_eq!(
+            create_code(|m| {
+                m.insert("max_delivery_attempts".into(), json!("five"));
+            }),
+            "invalid_request"
+        );
+        assert_eq!(
+            create_code(|m| {
+                m.insert("reply_to".into(), Value::Null);
+            }),
+            "invalid_request"
+        );
+        assert_eq!(
+            parse_create(&json!("x")).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn resolve_requires_the_field_its_status_needs() {
+        let (r, actor) =
+            parse_resolve(&json!({"status": "COMPLETED", "result": {"ok": 1}})).unwrap();
+        assert_eq!(
+            r,
+            Resolution::Completed {
+                result: json!({"ok": 1})
+            }
+        );
+        assert_eq!(actor, None);
+        let (r, _) = parse_resolve(&json!({"status": "FAILED", "error": {"code": "x"}})).unwrap();
+        assert_eq!(
+            r,
+            Resolution::Failed {
+                error: json!({"code": "x"})
+            }
+        );
+        let (r, actor) =
+            parse_resolve(&json!({"status": "CANCELED", "reason": "dup", "actor": "ops"})).unwrap();
+        assert_eq!(
+            r,
+            Resolution::Canceled {
+                reason: "dup".into()
+            }
+        );
+        assert_eq!(actor.as_deref(), Some("ops"));
+
+        for bad in [
+            json!({"status": "COMPLETED"}),
+            json!({"status": "FAILED", "result": {}}),
+            json!({"status": "CANCELED"}),
+            json!({"status": "DONE", "result": {}}),
+            json!({"result": {}}),
+            json!({"status": "COMPLETED", "result": {}, "extra": 1}),
+            json!({"status": "COMPLETED", "result": {}, "actor": "ab"}),
+        ] {
+            assert_eq!(
+                parse_resolve(&bad).unwrap_err().code(),
+                "schema_invalid",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_resolve(&json!({"status": "COMPLETED", "result": "yes"}))
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn resume_receiver_forms() {
+        let body = json!({"answer": 42});
+        assert_eq!(
+            parse_resume(&body).unwrap().0,
+            ResumeAction::Complete {
+                result: body.clone()
+            }
+        );
+        let body = json!({"action": "complete", "answer": 42});
+        assert_eq!(
+            parse_resume(&body).unwrap().0,
+            ResumeAction::Complete {
+                result: body.clone()
+            }
+        );
+        let body = json!({"action": "fail", "code": "boom"});
+        assert_eq!(
+            parse_resume(&body).unwrap().0,
+            ResumeAction::Fail {
+                error: body.clone()
+            }
+        );
+        let (action, _) = parse_resume(&json!({"action": "progress", "pct": 50})).unwrap();
+        let mut details = Map::new();
+        details.insert("pct".into(), json!(50));
+        assert_eq!(
+            action,
+            ResumeAction::Progress {
+                details: details.clone()
+            }
+        );
+        let (action, _) = parse_resume(&json!({"action": "wait", "pct": 50})).unwrap();
+        assert_eq!(
+            action,
+            ResumeAction::Wait {
+                reason: WaitingReason::WaitingForAgent,
+                details: details.clone()
+            }
+        );
+        let (action, _) = parse_resume(
+            &json!({"action": "wait", "waiting_reason": "WAITING_FOR_HUMAN", "pct": 50}),
+        )
+        .unwrap();
+        assert_eq!(
+            action,
+            ResumeAction::Wait {
+                reason: WaitingReason::WaitingForHuman,
+                details
+            }
+        );
+    }
+
+    #[test]
+    fn resume_control_form() {
+        let (action, actor) = parse_resume(&json!({
+            "approve_current_step": true,
+            "expected_policy_generation": 3,
+            "reason": "looks good",
+            "actor": "ops-bot",
+        }))
+        .unwrap();
+        assert_eq!(
+            action,
+            ResumeAction::ApproveCurrentStep {
+                expected_policy_generation: Some(3),
+                reason: Some("looks good".into())
+            }
+        );
+        assert_eq!(actor.as_deref(), Some("ops-bot"));
+        let (action, _) = parse_resume(&json!({
+            "approve_current_step": true, "expected_policy_generation": null, "reason": null
+        }))
+        .unwrap();
+        assert_eq!(
+            action,
+            ResumeAction::ApproveCurrentStep {
+                expected_policy_generation: None,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn resume_bad_bodies() {
+        for (body, code) in [
+            (json!({"action": "explode"}), "schema_invalid"),
+            (json!({"action": 7}), "invalid_request"),
+            (
+                json!({"action": "wait", "waiting_reason": "BORED"}),
+                "schema_invalid",
+            ),
+            (json!({"approve_current_step": false}), "schema_invalid"),
+            (json!({"approve_current_step": "yes"}), "invalid_request"),
+            (
+                json!({"approve_current_step": true, "expected_policy_generation": -1}),
+                "schema_invalid",
+            ),
+            (json!([1, 2]), "invalid_request"),
+        ] {
+            assert_eq!(parse_resume(&body).unwrap_err().code(), code, "{body}");
+        }
+        // A non-string actor inside a result is the agent's data, not a bad request.
+        assert!(parse_resume(&json!({"actor": {"id": 1}})).is_ok());
+    }
+
+    #[test]
+    fn controls_and_policy_bodies() {
+        let (patch, meta) = parse_controls(&json!({
+            "controls_patch": {"paused": true}, "expected_policy_generation": 0
+        }))
+        .unwrap();
+        assert_eq!(patch["paused"], true);
+        assert_eq!(meta.expected_policy_generation, Some(0));
+        assert_eq!(
+            parse_controls(&json!({})).unwrap_err().code(),
+            "schema_invalid"
+        );
+        assert_eq!(
+            parse_controls(&json!({"controls_patch": 1}))
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
+        let (grants, envelope, _) =
+            parse_policy(&json!({"grants_patch": {"a": 1}, "envelope_patch": null})).unwrap();
+        assert!(grants.is_some() && envelope.is_none());
+        assert_eq!(
+            parse_policy(&json!({"reason": "x"})).unwrap_err().code(),
+            "schema_invalid"
+        );
+    }
+
+    #[test]
+    fn completion_delivery_follows_reply_to() {
+        let mut intent = views::tests::sample_intent();
+        assert_eq!(
+            completion_delivery(&intent),
+            json!({"delivered": false, "reason": "no_reply_to"})
+        );
+        intent.reply_to = Some("agent://acme/prod/sender".into());
+        let v = completion_delivery(&intent);
+        assert_eq!(v["delivered"], true);
+        assert_eq!(v["thread_id"], json!(intent.id));
+    }
+}

@@ -1,0 +1,690 @@
+//! The state machine: sled, fed only by [`intentd_lifecycle::apply`].
+//!
+//! # Why sled may lose writes and that is fine
+//! sled 0.34 syncs with `sync_file_range`, which does not survive power loss, and abrupt kills
+//! have been reported to damage it. So nothing that openraft relies on for safety lives only in
+//! sled: the log is in the WAL (fdatasynced before acknowledgement) and snapshots are fsynced
+//! files. sled holds a *cache* of "snapshot + log applied up to `last_applied`". At open, if
+//! sled does not open, or its `last_applied` is behind the newest snapshot, it is rebuilt from
+//! that snapshot, and openraft re-applies the log after `last_applied`. Because every apply
+//! writes its entries and `last_applied` in one atomic batch, whatever prefix of batches sled
+//! recovers is a consistent state at a known log position.
+//!
+//! # Trees
+//! The live state is one tree (`state-<generation>`) with the key layout of [`crate::keys`].
+//! The default tree holds only `current_tree`, the name of the live one. Installing a snapshot
+//! fills a fresh tree and then switches the pointer, so readers never see a half-installed
+//! state and a crash mid-install leaves the old tree live (and the durable snapshot file newer
+//! than it, so the next open redoes the install from that file).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use intentd_lifecycle::{ApiKey, IdempotencyRecord, Intent, StateView, Write};
+use openraft::storage::RaftStateMachine;
+use openraft::{BasicNode, Entry};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageError as RaftError,
+    StorageIOError, StoredMembership,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::fsutil::{self, DirLock};
+use crate::reader::StateReader;
+use crate::snapshot::{self, Meta};
+use crate::{keys, Response, StorageError, StorageOptions, TypeConfig};
+
+const CURRENT_TREE: &[u8] = b"current_tree";
+const TREE_PREFIX: &str = "state-";
+/// Records per sled batch while loading a snapshot: bounds memory, not atomicity (the tree
+/// being filled is not live until the pointer switches).
+const LOAD_BATCH: usize = 4096;
+
+type Membership = StoredMembership<u64, BasicNode>;
+
+pub(crate) struct SmShared {
+    db: sled::Db,
+    /// The live state tree, swapped whole by an install.
+    tree: RwLock<(String, sled::Tree)>,
+    /// Serialises everything that writes the live tree or must see it still: apply, the
+    /// iteration of a snapshot build, the switch of an install.
+    apply_lock: Mutex<()>,
+    /// Index of the last applied entry, for readers that must not touch sled.
+    applied: AtomicU64,
+    /// Bumped after each applied batch is visible.
+    watch: watch::Sender<u64>,
+    snap_dir: PathBuf,
+    /// Local counter that makes snapshot file names and ids unique.
+    snap_seq: AtomicU64,
+    /// The newest complete snapshot. Its lock also orders renames and deletions of snapshot
+    /// files.
+    current: Mutex<Option<(Meta, snapshot::SnapFile)>>,
+    _lock: Arc<DirLock>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn decode<T: DeserializeOwned>(v: Option<impl AsRef<[u8]>>) -> Result<Option<T>, StorageError> {
+    v.map(|v| serde_json::from_slice(v.as_ref()))
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn read_applied(tree: &sled::Tree) -> Result<(Option<LogId<u64>>, Membership), StorageError> {
+    let last = decode::<LogId<u64>>(tree.get(keys::LAST_APPLIED)?)?;
+    let membership = decode::<Membership>(tree.get(keys::MEMBERSHIP)?)?.unwrap_or_default();
+    Ok((last, membership))
+}
+
+impl SmShared {
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.watch.subscribe()
+    }
+
+    fn publish(&self, last: Option<LogId<u64>>) {
+        let index = last.map_or(0, |l| l.index);
+        self.applied.store(index, Ordering::Release);
+        self.watch.send_replace(index);
+    }
+
+    /// Applies one batch of committed entries.
+    ///
+    /// # Correctness
+    /// All writes of all entries and `last_applied` (and the membership, if one changed) go to
+    /// sled in one atomic `Batch`: after a crash sled holds all of this call or none of it.
+    /// Entries see the writes of earlier entries of the same call through the overlay of
+    /// [`BatchView`]. A rejected command writes nothing but still advances `last_applied`.
+    fn apply_blocking(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Response>, StorageError> {
+        let _guard = lock(&self.apply_lock);
+        let tree = self.tree();
+        let view = BatchView::new(&tree);
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    Response::Empty
+                }
+                EntryPayload::Normal(command) => {
+                    let result = intentd_lifecycle::apply(&view, &command);
+                    if let Some(e) = view.error.take() {
+                        return Err(e);
+                    }
+                    match result {
+                        Ok(applied) => {
+                            view.store(applied.writes)?;
+                            Response::Applied(applied.reply)
+                        }
+                        Err(rejection) => {
+                            tracing::debug!(log_id = %entry.log_id, %rejection, "command rejected");
+                            Response::Rejected(rejection)
+                        }
+                    }
+                }
+            };
+            responses.push(response);
+        }
+        let Some(last) = last else {
+            return Ok(responses);
+        };
+        let mut batch = sled::Batch::default();
+        for (k, v) in view.overlay.into_inner() {
+            batch.insert(k, v);
+        }
+        batch.insert(keys::LAST_APPLIED, serde_json::to_vec(&last)?);
+        if let Some(m) = membership {
+            batch.insert(keys::MEMBERSHIP, serde_json::to_vec(&m)?);
+        }
+        tree.apply_batch(batch)?;
+        self.publish(Some(last));
+        Ok(responses)
+    }
+
+    /// Builds a snapshot file of the live tree.
+    ///
+    /// # Correctness
+    /// The tree is iterated while holding the apply lock, so no apply (or install) runs
+    /// meanwhile and the file is exactly the state at `last_applied`. That stalls applies for
+    /// the length of the scan: the simple correct choice, as sled has no point-in-time view.
+    /// The file is fsynced, renamed and the directory fsynced before this returns, because
+    /// openraft purges the log behind the snapshot it is given.
+    /// Returns the file opened before it is promoted, so that a newer snapshot installed
+    /// meanwhile (which deletes this one) cannot pull it away from the caller.
+    fn build_blocking(&self) -> Result<(Meta, File), StorageError> {
+        let seq = self.snap_seq.fetch_add(1, Ordering::Relaxed);
+        let (meta, path, tmp) = {
+            let _guard = lock(&self.apply_lock);
+            let tree = self.tree();
+            let (last, membership) = read_applied(&tree)?;
+            let (term, index) = last.map_or((0, 0), |l| (l.leader_id.term, l.index));
+            let meta = Meta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id: format!("{term}-{index}-{seq}"),
+            };
+            let path = self.snap_dir.join(snapshot::file_name(&meta, seq));
+            let tmp = fsutil::tmp_path(&path);
+            let mut w = BufWriter::new(File::create(&tmp)?);
+            let records = tree
+                .iter()
+                .filter(|r| !matches!(r, Ok((k, _)) if k.first() == Some(&keys::META)))
+                .map(|r| r.map_err(StorageError::from));
+            let count = snapshot::write(&mut w, &meta, records)?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            tracing::info!(snapshot = %meta.snapshot_id, records = count, "snapshot built");
+            (meta, path, tmp)
+        };
+        fs::rename(&tmp, &path)?;
+        fsutil::fsync_dir(&self.snap_dir)?;
+        // Not needed for safety (see the module doc), but it makes the rebuild at open rare.
+        self.db.flush()?;
+        let file = snapshot::SnapFile {
+            index: meta.last_log_id.map_or(0, |l| l.index),
+            seq,
+            path,
+        };
+        let handle = File::open(&file.path)?;
+        self.promote(&meta, &file)?;
+        Ok((meta, handle))
+    }
+
+    /// Makes `file` the current snapshot if it is the newest, and deletes every other one.
+    fn promote(&self, meta: &Meta, file: &snapshot::SnapFile) -> Result<(), StorageError> {
+        let mut current = lock(&self.current);
+        let newer = current
+            .as_ref()
+            .is_none_or(|(_, c)| (file.index, file.seq) > (c.index, c.seq));
+        if newer {
+            *current = Some((meta.clone(), file.clone()));
+        }
+        let keep = current.as_ref().map(|(_, c)| c.path.clone());
+        let mut removed = false;
+        for old in snapshot::list(&self.snap_dir, false)? {
+            if Some(&old.path) != keep.as_ref() {
+                // An open handle (a transfer in progress) keeps reading the unlinked file.
+                fs::remove_file(&old.path)?;
+                removed = true;
+            }
+        }
+        if removed {
+            fsutil::fsync_dir(&self.snap_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Fills a fresh tree from a snapshot and makes it the live state.
+    fn load_and_switch(&self, path: &Path, expected: Option<&Meta>) -> Result<Meta, StorageError> {
+        let (meta, reader) = snapshot::Reader::new(BufReader::new(File::open(path)?), path)?;
+        if let Some(expected) = expected {
+            if &meta != expected {
+                return Err(StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: 0,
+                    reason: format!("snapshot holds {meta}, expected {expected}"),
+                });
+            }
+        }
+        let generation = {
+            let live = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            tree_generation(&live.0).unwrap_or(0) + 1
+        };
+        let name = format!("{TREE_PREFIX}{generation:020}");
+        let fresh = self.db.open_tree(&name)?;
+        fresh.clear()?;
+        let filled = (|| -> Result<(), StorageError> {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for rec in reader {
+                let (k, v) = rec?;
+                batch.insert(k, v);
+                n += 1;
+                if n % LOAD_BATCH == 0 {
+                    fresh.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+            batch.insert(keys::LAST_APPLIED, serde_json::to_vec(&meta.last_log_id)?);
+            batch.insert(keys::MEMBERSHIP, serde_json::to_vec(&meta.last_membership)?);
+            fresh.apply_batch(batch)?;
+            Ok(())
+        })();
+        if let Err(e) = filled {
+            drop(fresh);
+            let _ = self.db.drop_tree(&name);
+            return Err(e);
+        }
+
+        let _guard = lock(&self.apply_lock);
+        self.db.insert(CURRENT_TREE, name.as_bytes())?;
+        let old = std::mem::replace(
+            &mut *self.tree.write().unwrap_or_else(|p| p.into_inner()),
+            (name, fresh),
+        );
+        self.db.drop_tree(&old.0)?;
+        self.db.flush()?;
+        self.publish(meta.last_log_id);
+        tracing::info!(snapshot = %meta.snapshot_id, "state machine loaded from snapshot");
+        Ok(meta)
+    }
+
+    /// # Correctness
+    /// The received bytes are copied into the snapshot directory and fsynced, and the copy is
+    /// fully checked (every checksum, the record count); only then is it renamed into place
+    /// (durable), loaded into a fresh tree and that tree made live. A crash before the switch
+    /// leaves a durable snapshot newer than sled, which the next open installs. The copy is
+    /// needed because openraft may hand over any file, not only the one from
+    /// `begin_receiving_snapshot`.
+    fn install_blocking(&self, meta: &Meta, mut received: File) -> Result<(), StorageError> {
+        let seq = self.snap_seq.fetch_add(1, Ordering::Relaxed);
+        let file = snapshot::SnapFile {
+            index: meta.last_log_id.map_or(0, |l| l.index),
+            seq,
+            path: self.snap_dir.join(snapshot::file_name(meta, seq)),
+        };
+        let tmp = fsutil::tmp_path(&file.path);
+        received.seek(SeekFrom::Start(0))?;
+        {
+            let mut out = File::create(&tmp)?;
+            std::io::copy(&mut BufReader::new(received), &mut out)?;
+            out.sync_all()?;
+        }
+        if let Err(e) = self.load_and_switch_from_tmp(&tmp, &file.path, meta) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.promote(meta, &file)
+    }
+
+    fn load_and_switch_from_tmp(
+        &self,
+        tmp: &Path,
+        path: &Path,
+        meta: &Meta,
+    ) -> Result<(), StorageError> {
+        // Check the whole file before it becomes the durable newest snapshot: a bad snapshot
+        // under a `.snap` name would be loaded again at every open.
+        snapshot::verify(tmp)?;
+        fs::rename(tmp, path)?;
+        fsutil::fsync_dir(&self.snap_dir)?;
+        self.load_and_switch(path, Some(meta))?;
+        Ok(())
+    }
+}
+
+fn tree_generation(name: &str) -> Option<u64> {
+    name.strip_prefix(TREE_PREFIX)?.parse().ok()
+}
+
+/// The state as seen by one entry of a batch: sled plus the writes of the entries before it.
+struct BatchView<'a> {
+    tree: &'a sled::Tree,
+    overlay: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// `StateView` cannot return errors; the first one is kept here and fails the batch.
+    error: RefCell<Option<StorageError>>,
+}
+
+impl<'a> BatchView<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        BatchView {
+            tree,
+            overlay: RefCell::new(BTreeMap::new()),
+            error: RefCell::new(None),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(v) = self.overlay.borrow().get(key) {
+            return Ok(Some(v.clone()));
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn get_or_fail(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.get(key) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn decode_or_fail<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        match decode(self.get_or_fail(key)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.borrow_mut().insert(key, value);
+    }
+
+    /// Translates the lifecycle's writes into keys; the only place that knows both.
+    fn store(&self, writes: Vec<Write>) -> Result<(), StorageError> {
+        for write in writes {
+            match write {
+                Write::Intent(intent) => {
+                    let key = keys::intent(&intent.id);
+                    if self.get(&key)?.is_none() {
+                        let n = self
+                            .get(keys::INTENT_COUNT)?
+                            .and_then(|v| keys::u64_value(&v))
+                            .unwrap_or(0);
+                        self.put(keys::INTENT_COUNT.to_vec(), (n + 1).to_be_bytes().to_vec());
+                    }
+                    self.put(key, serde_json::to_vec(&intent)?);
+                }
+                Write::Event(event) => {
+                    self.put(
+                        keys::event(&event.intent_id, event.seq),
+                        serde_json::to_vec(&event)?,
+                    );
+                }
+                Write::Idempotency { key, record } => {
+                    self.put(keys::idempotency(&key), serde_json::to_vec(&record)?);
+                }
+                Write::AgentQueue {
+                    agent,
+                    cursor,
+                    intent_id,
+                } => {
+                    self.put(keys::queue(&agent, cursor), intent_id.as_bytes().to_vec());
+                    let last = self
+                        .get(&keys::cursor(&agent))?
+                        .and_then(|v| keys::u64_value(&v))
+                        .unwrap_or(0);
+                    self.put(
+                        keys::cursor(&agent),
+                        last.max(cursor).to_be_bytes().to_vec(),
+                    );
+                }
+                Write::ApiKey { key_hash, key } => {
+                    self.put(keys::api_key_id(&key.id), key_hash.as_bytes().to_vec());
+                    self.put(keys::api_key(&key_hash), serde_json::to_vec(&key)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateView for BatchView<'_> {
+    fn intent(&self, id: &Uuid) -> Option<Intent> {
+        self.decode_or_fail(&keys::intent(id))
+    }
+
+    fn idempotency(&self, storage_key: &str) -> Option<IdempotencyRecord> {
+        self.decode_or_fail(&keys::idempotency(storage_key))
+    }
+
+    fn agent_cursor(&self, agent: &str) -> u64 {
+        self.get_or_fail(&keys::cursor(agent))
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0)
+    }
+
+    fn api_key_by_id(&self, id: &Uuid) -> Option<(String, ApiKey)> {
+        let hash = String::from_utf8(self.get_or_fail(&keys::api_key_id(id))?).ok()?;
+        let key = self.decode_or_fail(&keys::api_key(&hash))?;
+        Some((hash, key))
+    }
+}
+
+/// The replicated state machine. Cheap to clone; every clone is the same state.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied_index", &self.shared.applied_index())
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_sled(dir: &Path, opts: &StorageOptions) -> Result<sled::Db, StorageError> {
+    Ok(sled::Config::new()
+        .path(dir)
+        .cache_capacity(opts.sled_cache_bytes)
+        .open()?)
+}
+
+/// Opens the live tree named by the pointer, creating the first one, and drops any other
+/// state tree (an install that never switched, or an old one not yet dropped).
+fn open_live_tree(db: &sled::Db) -> Result<(String, sled::Tree, Option<LogId<u64>>), StorageError> {
+    let name = match db.get(CURRENT_TREE)? {
+        Some(v) => String::from_utf8(v.to_vec())
+            .ok()
+            .filter(|n| tree_generation(n).is_some())
+            .ok_or_else(|| StorageError::Inconsistent("bad current_tree pointer".into()))?,
+        None => {
+            let name = format!("{TREE_PREFIX}{:020}", 1);
+            db.insert(CURRENT_TREE, name.as_bytes())?;
+            name
+        }
+    };
+    for other in db.tree_names() {
+        let other = String::from_utf8_lossy(&other).into_owned();
+        if other != name && other.starts_with(TREE_PREFIX) {
+            db.drop_tree(other.as_bytes())?;
+        }
+    }
+    let tree = db.open_tree(&name)?;
+    let (last, _) = read_applied(&tree)?;
+    Ok((name, tree, last))
+}
+
+impl StateMachine {
+    /// Opens sled under `sm_dir`, rebuilding it from the newest snapshot in `snap_dir` when it
+    /// is damaged or behind that snapshot (see the module doc for why that is sound).
+    pub(crate) fn open(
+        sm_dir: &Path,
+        snap_dir: &Path,
+        opts: &StorageOptions,
+        lock: Arc<DirLock>,
+    ) -> Result<StateMachine, StorageError> {
+        fs::create_dir_all(snap_dir)?;
+        let snaps = snapshot::list(snap_dir, true)?;
+        let newest = match snaps.last() {
+            Some(f) => {
+                let (meta, _) =
+                    snapshot::Reader::new(BufReader::new(File::open(&f.path)?), &f.path)?;
+                Some((meta, f.clone()))
+            }
+            None => None,
+        };
+        let snap_seq = snaps.iter().map(|s| s.seq + 1).max().unwrap_or(1);
+
+        let opened = open_sled(sm_dir, opts).and_then(|db| {
+            let live = open_live_tree(&db)?;
+            Ok((db, live))
+        });
+        let (db, (name, tree, last)) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, dir = %sm_dir.display(), "state machine unreadable; rebuilding it from snapshot and log");
+                if sm_dir.exists() {
+                    fs::remove_dir_all(sm_dir)?;
+                }
+                let db = open_sled(sm_dir, opts)?;
+                let live = open_live_tree(&db)?;
+                (db, live)
+            }
+        };
+        let (watch, _) = watch::channel(last.map_or(0, |l| l.index));
+        let shared = SmShared {
+            db,
+            tree: RwLock::new((name, tree)),
+            apply_lock: Mutex::new(()),
+            applied: AtomicU64::new(last.map_or(0, |l| l.index)),
+            watch,
+            snap_dir: snap_dir.to_path_buf(),
+            snap_seq: AtomicU64::new(snap_seq),
+            current: Mutex::new(newest.clone()),
+            _lock: lock,
+        };
+        if let Some((meta, file)) = newest {
+            if last < meta.last_log_id {
+                tracing::warn!(
+                    sled_last_applied = ?last,
+                    snapshot = %meta.snapshot_id,
+                    "state machine is behind the newest snapshot; rebuilding it from the snapshot"
+                );
+                shared.load_and_switch(&file.path, Some(&meta))?;
+            }
+        }
+        tracing::info!(applied = shared.applied_index(), "state machine opened");
+        Ok(StateMachine {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// A read-only view of the local state, for any task.
+    pub fn reader(&self) -> StateReader {
+        StateReader::new(Arc::clone(&self.shared))
+    }
+
+    pub(crate) fn last_applied(&self) -> Result<Option<LogId<u64>>, StorageError> {
+        Ok(read_applied(&self.shared.tree())?.0)
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SmShared) -> Result<T, StorageError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || f(&shared)).await?
+    }
+
+    fn open_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = lock(&self.shared.current);
+        let Some((meta, file)) = current.as_ref() else {
+            return Ok(None);
+        };
+        let f = File::open(&file.path)?;
+        Ok(Some(Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftError<u64>> {
+        let res = self.blocking(|s| s.build_blocking()).await;
+        let (meta, f) =
+            res.map_err(|e| e.into_raft(|a| StorageIOError::write_snapshot(None, a)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Membership), RaftError<u64>> {
+        read_applied(&self.shared.tree())
+            .map_err(|e| e.into_raft(StorageIOError::read_state_machine))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |s| s.apply_blocking(entries))
+            .await
+            .map_err(|e| e.into_raft(StorageIOError::write_state_machine))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    /// An anonymous file in the snapshot directory: unlinked at once, so an interrupted
+    /// transfer leaves nothing behind.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftError<u64>> {
+        let res = self
+            .blocking(|s| {
+                let seq = s.snap_seq.fetch_add(1, Ordering::Relaxed);
+                let path = s.snap_dir.join(format!("recv-{seq:020}.tmp"));
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                fs::remove_file(&path)?;
+                Ok(f)
+            })
+            .await;
+        let f = res.map_err(|e| e.into_raft(|a| StorageIOError::write_snapshot(None, a)))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), RaftError<u64>> {
+        let received = snapshot.into_std().await;
+        let meta = meta.clone();
+        let signature = meta.signature();
+        self.blocking(move |s| s.install_blocking(&meta, received))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "snapshot install failed");
+                RaftError::from(StorageIOError::write_snapshot(
+                    Some(signature),
+                    openraft::AnyError::new(&e),
+                ))
+            })
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftError<u64>> {
+        self.open_snapshot()
+            .map_err(|e| e.into_raft(|a| StorageIOError::read_snapshot(None, a)))
+    }
+}

@@ -1,0 +1,174 @@
+//! Every error status of the contract, each with the JSON error body.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{intent_body, within, Api, Server, PAYMENTS};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn oversized_intent_is_413_and_one_under_the_limit_is_accepted() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+
+        let mut big = intent_body(PAYMENTS);
+        big["payload"] = json!({ "blob": "x".repeat(129 * 1024) });
+        api.post_raw("/v1/intents", serde_json::to_vec(&big).expect("json"))
+            .await
+            .assert_error(413, "payload_too_large");
+
+        let mut fits = intent_body(PAYMENTS);
+        fits["payload"] = json!({ "blob": "x".repeat(100 * 1024) });
+        api.create_ok(&fits).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn contract_violations_are_422_schema_invalid() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+
+        let mut bad_type = intent_body(PAYMENTS);
+        bad_type["intent_type"] = json!("Payment Charge");
+        api.create(&bad_type, None)
+            .await
+            .assert_error(422, "schema_invalid");
+
+        let mut unversioned = intent_body(PAYMENTS);
+        unversioned["intent_type"] = json!("payment.charge");
+        api.create(&unversioned, None)
+            .await
+            .assert_error(422, "schema_invalid");
+
+        let mut bad_corr = intent_body(PAYMENTS);
+        bad_corr["correlation_id"] = json!("not-a-uuid");
+        api.create(&bad_corr, None)
+            .await
+            .assert_error(422, "schema_invalid");
+
+        let mut no_target = intent_body(PAYMENTS);
+        no_target
+            .as_object_mut()
+            .expect("object")
+            .remove("to_agent");
+        api.create(&no_target, None)
+            .await
+            .assert_error(422, "schema_invalid");
+
+        let mut scalar_payload = intent_body(PAYMENTS);
+        scalar_payload["payload"] = json!("a string");
+        api.create(&scalar_payload, None)
+            .await
+            .assert_error(422, "schema_invalid");
+
+        for path in ["/v1/intents/not-a-uuid", "/v1/intents/not-a-uuid/events"] {
+            api.get(path).await.assert_error(422, "schema_invalid");
+        }
+        api.post(
+            "/v1/intents/1234/resolve",
+            &json!({"status": "COMPLETED", "result": {}}),
+        )
+        .await
+        .assert_error(422, "schema_invalid");
+
+        // None of the refused creates left anything behind.
+        let ok = api.create_ok(&intent_body(PAYMENTS)).await;
+        assert_eq!(api.events(&ok).await.len(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn malformed_json_and_parameters_are_400() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        api.post_raw("/v1/intents", r#"{"intent_type": "payment.charge.v1", "#)
+            .await
+            .assert_error(400, "invalid_request");
+        api.post_raw("/v1/intents", "not json at all")
+            .await
+            .assert_error(400, "invalid_request");
+
+        let id = api.create_ok(&intent_body(PAYMENTS)).await;
+        api.post_raw(&format!("/v1/intents/{id}/resume"), "{oops")
+            .await
+            .assert_error(400, "invalid_request");
+        api.get(&format!("/v1/intents/{id}/events?since=abc"))
+            .await
+            .assert_error(400, "invalid_request");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_intent_is_404() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        let id = uuid::Uuid::new_v4();
+        api.get(&format!("/v1/intents/{id}"))
+            .await
+            .assert_error(404, "not_found");
+        api.get(&format!("/v1/intents/{id}/events"))
+            .await
+            .assert_error(404, "not_found");
+        api.post(
+            &format!("/v1/intents/{id}/resolve"),
+            &json!({"status": "COMPLETED", "result": {}}),
+        )
+        .await
+        .assert_error(404, "not_found");
+        api.post(
+            &format!("/v1/intents/{id}/resume"),
+            &json!({"action": "progress"}),
+        )
+        .await
+        .assert_error(404, "not_found");
+        api.post(
+            &format!("/v1/intents/{id}/controls"),
+            &json!({"controls_patch": {"a": 1}}),
+        )
+        .await
+        .assert_error(404, "not_found");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json_errors() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        api.get("/v1/no-such-thing")
+            .await
+            .assert_error(404, "not_found");
+        api.get("/definitely/not/here")
+            .await
+            .assert_error(404, "not_found");
+        let wrong_method = Api::send(api.builder(Method::DELETE, "/v1/intents")).await;
+        assert!(
+            wrong_method.status == 405 || wrong_method.status == 404,
+            "DELETE /v1/intents answered {}",
+            wrong_method.status
+        );
+        assert_eq!(
+            wrong_method.body["ok"],
+            json!(false),
+            "non-JSON error body: {:?}",
+            wrong_method.text
+        );
+        assert!(
+            wrong_method.body["error"]["code"].is_string(),
+            "{}",
+            wrong_method.text
+        );
+    })
+    .await
+}

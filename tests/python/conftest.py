@@ -1,0 +1,181 @@
+"""Fixtures that run the real intentd binary for the SDK suite.
+
+Each test gets its own one-node server on free loopback ports with a temporary data
+directory and an explicit admin key; readiness is `GET /health` answering 200 as leader,
+waited for with a deadline. The binary is $INTENTD_BIN, else <repo>/target/debug/intentd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import jsonschema
+import pytest
+from axme import AxmeClient, AxmeClientConfig
+
+REPO = Path(__file__).resolve().parents[2]
+VENDORED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
+# CI lays shared/ beside the clone; a developer's machine may not have it.
+SHARED_SCHEMAS = REPO.parent / "shared" / "reference" / "axme-api" / "schemas" / "public_api"
+
+READY_DEADLINE_S = 60.0
+STOP_DEADLINE_S = 20.0
+
+PAYMENTS = "agent://acme/prod/payments"
+
+
+def intentd_bin() -> Path:
+    return Path(os.environ.get("INTENTD_BIN", REPO / "target" / "debug" / "intentd"))
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Server:
+    base_url: str
+    admin_key: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def client(self, api_key: str | None = None) -> AxmeClient:
+        return AxmeClient(AxmeClientConfig(base_url=self.base_url, api_key=api_key or self.admin_key))
+
+    def create_key(self, name: str, role: str, address: str | None = None) -> str:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if address is not None:
+            body["address"] = address
+        resp = httpx.post(
+            f"{self.base_url}/v1/admin/keys",
+            json=body,
+            headers={"x-api-key": self.admin_key},
+            timeout=15,
+        )
+        assert resp.status_code == 200, resp.text
+        key = resp.json()["key"]
+        assert isinstance(key, str) and key
+        return key
+
+
+def _wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + READY_DEADLINE_S
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        code = server.process.poll()
+        if code is not None:
+            pytest.fail(f"intentd exited with {code} before it was ready\n{server.log_tail()}")
+        try:
+            resp = httpx.get(f"{server.base_url}/health", timeout=2)
+            if resp.status_code == 200 and resp.json().get("role") == "leader":
+                return
+            last = f"{resp.status_code} {resp.text}"
+        except (httpx.HTTPError, ValueError) as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    pytest.fail(f"intentd not ready after {READY_DEADLINE_S}s; last /health: {last}\n{server.log_tail()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    binary = intentd_bin()
+    if not binary.is_file():
+        pytest.fail(f"intentd binary not found at {binary}: build it or set INTENTD_BIN")
+    http_port, grpc_port, raft_port = _free_ports(3)
+    admin_key = "sdk-admin-" + secrets.token_hex(16)
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [
+            str(binary), "serve",
+            "--data-dir", str(data_dir),
+            "--http-addr", f"127.0.0.1:{http_port}",
+            "--grpc-addr", f"127.0.0.1:{grpc_port}",
+            "--raft-addr", f"127.0.0.1:{raft_port}",
+            "--node-id", "1",
+            "--admin-key", admin_key,
+        ],
+        # The test alone decides the configuration: no INTENTD_* from the caller's shell.
+        env={k: v for k, v in os.environ.items() if not k.startswith("INTENTD_")},
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    srv = Server(f"http://127.0.0.1:{http_port}", admin_key, data_dir, log_path, process)
+    try:
+        _wait_ready(srv)
+        yield srv
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[AxmeClient]:
+    with server.client() as c:
+        yield c
+
+
+def schema_path(name: str) -> Path:
+    """The reference schema from shared/ when present, else the vendored copy."""
+    shared = SHARED_SCHEMAS / name
+    return shared if shared.is_file() else VENDORED_SCHEMAS / name
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    return json.loads(schema_path(name).read_text())
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Validates with formats (uuid, date-time) checked, not just annotated."""
+    schema = load_schema(schema_name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        details = "\n".join(f"  at /{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+        pytest.fail(f"response does not match {schema_name}:\n{details}\ninstance: {json.dumps(instance)[:2000]}")
+
+
+def payment_intent(to_agent: str = PAYMENTS, amount_cents: int = 1250) -> dict[str, Any]:
+    return {
+        "intent_type": "payment.charge.v1",
+        "to_agent": to_agent,
+        "payload": {"amount_cents": amount_cents, "currency": "EUR", "order_id": "ord-" + uuid.uuid4().hex[:8]},
+    }
