@@ -2,42 +2,58 @@
 # The one test command: formatting, lints, every Rust test (unit, property, storage suite,
 # end-to-end against the real binary) and the official Python SDK suite.
 # Usage: bash tests/run.sh   (from anywhere; creates .venv on first use)
+#
+# Every check runs even when an earlier one failed (except when the build itself fails), so
+# one run shows everything that is wrong; the exit status is non-zero if anything failed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-step() { printf '\n==> %s\n' "$*"; }
+failed=()
 
-step "cargo fmt --all --check"
-cargo fmt --all --check
+# step NAME CMD...: runs CMD, records NAME as failed if it exits non-zero.
+step() {
+    local name="$1"
+    shift
+    printf '\n==> %s: %s\n' "$name" "$*"
+    if "$@"; then
+        return 0
+    fi
+    failed+=("$name")
+    return 1
+}
 
-step "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
-
-step "cargo build --workspace --all-targets"
-cargo build --workspace --all-targets
-
-# Rust tests: nextest when installed (parallel per test, clear summary), cargo test otherwise.
-# The e2e tests start real servers; two at a time suits a 2-core machine.
-if cargo nextest --version >/dev/null 2>&1; then
-    step "cargo nextest run --workspace"
-    cargo nextest run --workspace --no-fail-fast --test-threads 2
-    # nextest does not run doctests.
-    step "cargo test --workspace --doc"
-    cargo test --workspace --doc
-else
-    step "cargo test --workspace"
-    cargo test --workspace --no-fail-fast -- --test-threads 2
+step "fmt" cargo fmt --all --check || true
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings || true
+if ! step "build" cargo build --workspace --all-targets; then
+    printf '\nrun.sh: the build failed; no tests were run\n' >&2
+    exit 1
 fi
 
-step "Python SDK suite (.venv)"
+# Rust tests: nextest when installed (a process per test, a clear summary), cargo test
+# otherwise. The e2e tests start real servers; two at a time suits a 2-core machine.
+if cargo nextest --version >/dev/null 2>&1; then
+    # nextest does not run doctests; run them first so the runners' summaries stay last.
+    step "doctests" cargo test --workspace --doc || true
+    step "rust tests" cargo nextest run --workspace --no-fail-fast --test-threads 2 || true
+else
+    step "rust tests" cargo test --workspace --no-fail-fast -- --test-threads 2 || true
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    step "venv" "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+step "pip install" .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    -r tests/python/requirements.txt
 
 export INTENTD_BIN="${INTENTD_BIN:-$ROOT/target/debug/intentd}"
-step "pytest tests/python (INTENTD_BIN=$INTENTD_BIN)"
-.venv/bin/python -m pytest tests/python -c tests/python/pytest.ini --rootdir tests/python -q
+step "sdk tests" .venv/bin/python -m pytest tests/python -c tests/python/pytest.ini \
+    --rootdir tests/python -q || true
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf '\nrun.sh: FAILED: %s\n' "${failed[*]}" >&2
+    exit 1
+fi
+printf '\nrun.sh: fmt, clippy, build, Rust tests and SDK tests all green\n'

@@ -40,7 +40,7 @@ fn numbered_body(worker: usize, n: usize) -> Value {
 async fn acknowledged_creates_survive_sigkill() {
     within(Duration::from_secs(240), async {
         const WORKERS: usize = 8;
-        const PER_WORKER: usize = 25;
+        const PER_WORKER: usize = 50;
         let mut server = Server::start().await;
         let api = server.admin();
 
@@ -79,7 +79,7 @@ async fn acknowledged_creates_survive_sigkill() {
 async fn sigkill_during_continuous_load_loses_no_acknowledged_intent() {
     within(Duration::from_secs(240), async {
         const WORKERS: usize = 6;
-        const KILL_AFTER: usize = 150;
+        const KILL_AFTER: usize = 300;
         const MAX_PER_WORKER: usize = 500;
         let mut server = Server::start().await;
         let api = server.admin();
@@ -190,6 +190,76 @@ async fn sigterm_and_sigint_shut_down_cleanly_and_keep_state() {
             server.admin().intent(&id).await["status"],
             json!("COMPLETED")
         );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn idempotency_records_and_agent_cursors_survive_sigkill() {
+    within(Duration::from_secs(180), async {
+        let mut server = Server::start().await;
+        let api = server.admin();
+        let body = intent_body(PAYMENTS);
+        let first = api.create(&body, Some("order-after-crash")).await;
+        first.assert_ok(200);
+        let id = first.body["intent_id"].clone();
+
+        // Deliver it, and remember the agent cursor the listener reached.
+        let listen = |since: u64| {
+            format!(
+                "/v1/agents/{}/intents/stream?since={since}&wait_seconds=1",
+                crate::support::address_path(PAYMENTS)
+            )
+        };
+        let frames = crate::support::SseStream::open_ok(&api, &listen(0), &[])
+            .await
+            .rest(Duration::from_secs(10))
+            .await;
+        let delivered: Vec<_> = frames
+            .iter()
+            .filter(|f| f.event() == "intent.delivered")
+            .map(|f| f.json())
+            .collect();
+        assert_eq!(delivered.len(), 1, "{frames:?}");
+        let cursor = delivered[0]["seq"].as_u64().expect("seq");
+
+        server.kill();
+        server.restart().await;
+        let api = server.admin();
+
+        // The dedup record is replicated state: the retry after the crash is a replay.
+        let again = api.create(&body, Some("order-after-crash")).await;
+        again.assert_ok(200);
+        assert_eq!(
+            again.body["intent_id"], id,
+            "retry after restart made a new intent"
+        );
+        let mut changed = body.clone();
+        changed["payload"]["amount_cents"] = json!(1);
+        api.create(&changed, Some("order-after-crash"))
+            .await
+            .assert_error(409, "idempotency_conflict");
+
+        let id = id.as_str().expect("id");
+        let intent = api.intent(id).await;
+        assert_eq!(intent["status"], json!("DELIVERED"));
+        assert_eq!(intent["delivery_attempt"], json!(1));
+
+        // The agent cursor only grows across the restart: a resumed listen sees only the new
+        // intent, under a larger cursor.
+        let newer = api.create_ok(&intent_body(PAYMENTS)).await;
+        let frames = crate::support::SseStream::open_ok(&api, &listen(cursor), &[])
+            .await
+            .rest(Duration::from_secs(10))
+            .await;
+        let delivered: Vec<_> = frames
+            .iter()
+            .filter(|f| f.event() == "intent.delivered")
+            .map(|f| f.json())
+            .collect();
+        assert_eq!(delivered.len(), 1, "{frames:?}");
+        assert_eq!(delivered[0]["intent_id"], json!(newer));
+        assert!(delivered[0]["seq"].as_u64().expect("seq") > cursor);
     })
     .await
 }

@@ -161,7 +161,7 @@ impl From<Rejection> for ApiError {
             Rejection::NotFound(_) => ApiError::NotFound(message),
             Rejection::AlreadyExists(_) => conflict("already_exists"),
             Rejection::IllegalTransition { .. } => conflict("invalid_transition"),
-            Rejection::Terminal(_) => conflict("intent_terminal"),
+            Rejection::Terminal { .. } => conflict("intent_terminal"),
             Rejection::IdempotencyConflict => conflict("idempotency_conflict"),
             Rejection::StaleAttempt { .. } => conflict("stale_attempt"),
             Rejection::PolicyGenerationMismatch { .. } => conflict("policy_generation_mismatch"),
@@ -238,7 +238,13 @@ mod tests {
                 },
                 "invalid_transition",
             ),
-            (Rejection::Terminal(Status::Completed), "intent_terminal"),
+            (
+                Rejection::Terminal {
+                    from: Status::Completed,
+                    to: Some(Status::Failed),
+                },
+                "intent_terminal",
+            ),
             (Rejection::IdempotencyConflict, "idempotency_conflict"),
             (
                 Rejection::StaleAttempt {

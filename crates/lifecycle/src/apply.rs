@@ -282,7 +282,10 @@ fn create(state: &impl StateView, new: &NewIntent, at: Timestamp) -> Applied {
 fn deliver(change: &mut Change, expected_attempt: u32, consumer: &str) -> Result<(), Rejection> {
     let intent = &change.intent;
     if intent.status.is_terminal() {
-        return Err(Rejection::Terminal(intent.status));
+        return Err(Rejection::Terminal {
+            from: intent.status,
+            to: Some(Status::Delivered),
+        });
     }
     if !matches!(intent.status, Status::Submitted | Status::Delivered) {
         return Err(Rejection::IllegalTransition {
@@ -393,7 +396,7 @@ impl Change {
     fn check(&self, to: Status) -> Result<(), Rejection> {
         let from = self.intent.status;
         if from.is_terminal() {
-            return Err(Rejection::Terminal(from));
+            return Err(Rejection::Terminal { from, to: Some(to) });
         }
         if !from.can_transition_to(to) {
             return Err(Rejection::IllegalTransition { from, to });
@@ -404,7 +407,10 @@ impl Change {
     /// Patches are refused on terminal intents and on a stale generation.
     fn open_for_patch(&self, expected: Option<u64>) -> Result<(), Rejection> {
         if self.intent.status.is_terminal() {
-            return Err(Rejection::Terminal(self.intent.status));
+            return Err(Rejection::Terminal {
+                from: self.intent.status,
+                to: None,
+            });
         }
         match expected {
             Some(expected) if expected != self.intent.policy_generation => {

@@ -34,8 +34,9 @@ pub enum Rejection {
     AlreadyExists(uuid::Uuid),
     #[error("illegal transition from {from} to {to}")]
     IllegalTransition { from: Status, to: Status },
-    #[error("intent is terminal ({0}) and can no longer change")]
-    Terminal(Status),
+    /// `to` is the status the command tried to reach, when it names one.
+    #[error("intent is terminal ({from}) and can no longer change{}", to.map(|t| format!(": {from} -> {t} is not allowed")).unwrap_or_default())]
+    Terminal { from: Status, to: Option<Status> },
     #[error("idempotency key reused with a different request")]
     IdempotencyConflict,
     #[error("stale delivery attempt: expected {expected}, current {current}")]

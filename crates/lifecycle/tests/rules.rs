@@ -442,7 +442,13 @@ fn completing_from_delivered_records_the_implied_in_progress_step() {
         ]
     );
     let second = state.run(&command_for(&state, id, &Step::ResolveCompleted, 3));
-    assert_eq!(second, Err(Rejection::Terminal(Status::Completed)));
+    assert_eq!(
+        second,
+        Err(Rejection::Terminal {
+            from: Status::Completed,
+            to: Some(Status::Completed)
+        })
+    );
 }
 
 #[test]

@@ -42,6 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let state_handle = state_machine.clone();
     let cluster = intentd_consensus::start(
         NodeConfig {
             node_id: config.node_id,
@@ -91,6 +92,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "grpc server ended with an error");
     }
     cluster.shutdown().await;
+    if let Err(e) = state_handle.flush().await {
+        tracing::warn!(error = %e, "flushing the state machine at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }
