@@ -12,12 +12,12 @@ use tonic::transport::Channel;
 use intentd_lifecycle::{Command, Reply};
 use intentd_storage::{LogStore, Response as SmResponse, StateMachine, StateReader};
 
-use crate::error::{ConsensusError, ForwardError};
+use crate::error::{ConsensusError, ForwardError, MembershipChange};
 use crate::network::{channel, NetworkFactory};
 use crate::proto::raft_internal_client::RaftInternalClient;
 use crate::proto::raft_internal_server::RaftInternalServer;
-use crate::proto::{ForwardRequest, ReadIndexRequest};
-use crate::service::{write_as_leader, InternalService};
+use crate::proto::{ForwardRequest, RaftPayload, ReadIndexRequest};
+use crate::service::{change_as_leader, write_as_leader, InternalService};
 use crate::Raft;
 
 /// Raft timing knobs. The defaults aim at writes resuming well within 2 s after the leader
@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub timings: RaftTimings,
     /// How long a write or read barrier may take before the caller gets 503.
     pub request_timeout: Duration,
+    /// Never form a cluster: wait to be added by one (a new node, or one whose data was lost).
+    pub join: bool,
 }
 
 /// What a node says about itself on `/health` and the cluster status calls.
@@ -69,6 +71,15 @@ pub struct NodeStatus {
     pub commit_index: u64,
     pub last_log_index: u64,
     pub members: Vec<u64>,
+}
+
+/// The cluster's membership as this node last saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MembershipView {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Raft address of every member, voters and learners.
+    pub nodes: BTreeMap<u64, String>,
 }
 
 /// A running node: the Raft instance, its local state machine and the internal plane.
@@ -87,6 +98,12 @@ struct Inner {
     /// after a membership change gets a fresh channel.
     peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
 }
+
+/// How long a request waits before trying the same leader again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bounds a membership change, which includes a learner catching up with the whole log.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Starts Raft on the given stores, serves the internal plane on `raft_listener` until
 /// `shutdown` resolves, and forms the cluster if it was never formed.
@@ -127,6 +144,7 @@ pub async fn start(
     let service = InternalService {
         raft: raft.clone(),
         write_timeout: config.request_timeout,
+        membership_timeout: MEMBERSHIP_TIMEOUT,
     };
     let incoming = TcpListenerStream::new(raft_listener);
     tokio::spawn(async move {
@@ -144,7 +162,7 @@ pub async fn start(
         .is_initialized()
         .await
         .map_err(ConsensusError::internal)?;
-    if !initialized && first == Some(config.node_id) {
+    if !initialized && !config.join && first == Some(config.node_id) {
         let members: BTreeMap<u64, BasicNode> = config
             .peers
             .iter()
@@ -217,40 +235,92 @@ impl Cluster {
     /// every write acknowledged before the call started, wherever it was acknowledged.
     pub async fn read_barrier(&self) -> Result<(), ConsensusError> {
         let deadline = Instant::now() + self.inner.request_timeout;
-        let leader = self.wait_for_leader(deadline).await?;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            match self.read_index_from(leader, deadline).await {
+                Ok(index) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "read barrier")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| ConsensusError::Unavailable {
+                            retry_after_secs: 1,
+                        });
+                }
+                // A new leader may not have committed in its term yet, or the leader just
+                // died: look again until the deadline.
+                Err(_) if Instant::now() < deadline => {
+                    self.wait_for_change(leader, deadline).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Asks `leader` (possibly this node) for the index a linearizable read must wait for.
+    async fn read_index_from(&self, leader: u64, deadline: Instant) -> Result<u64, ConsensusError> {
+        let unavailable = || ConsensusError::Unavailable {
+            retry_after_secs: 1,
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if leader == self.inner.node_id {
             self.check_quorum()?;
             return match tokio::time::timeout(remaining, self.inner.raft.ensure_linearizable())
                 .await
             {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(ConsensusError::Unavailable {
-                    retry_after_secs: 1,
-                }),
+                Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(_)) | Err(_) => Err(unavailable()),
             };
         }
         let mut client = self.peer(leader)?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
         request.set_timeout(remaining);
-        let index = client
-            .read_index(request)
-            .await
-            .map_err(|_| ConsensusError::Unavailable {
-                retry_after_secs: 1,
-            })?
-            .into_inner()
-            .read_index;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        self.inner
-            .raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map(|_| ())
-            .map_err(|_| ConsensusError::Unavailable {
-                retry_after_secs: 1,
-            })
+        let reply = client.read_index(request).await.map_err(|_| unavailable())?;
+        Ok(reply.into_inner().read_index)
+    }
+
+    pub fn membership(&self) -> MembershipView {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        MembershipView {
+            voters,
+            learners,
+            nodes,
+        }
+    }
+
+    /// Changes the membership through the leader, wherever this node is.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipView, ConsensusError> {
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = if leader == self.inner.node_id {
+                change_as_leader(&self.inner.raft, change.clone(), remaining).await
+            } else {
+                self.forward_membership(leader, &change, remaining).await
+            };
+            match outcome {
+                Ok(()) => return Ok(self.membership()),
+                Err(ForwardError::NotLeader { .. }) | Err(ForwardError::Unavailable) => {
+                    self.wait_for_change(leader, deadline).await?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -299,10 +369,13 @@ impl Cluster {
         }
     }
 
-    /// Waits until the known leader differs from `stale` or the term moves on.
+    /// Waits before another try at `stale`: until the known leader or term changes, or for
+    /// a short retry interval (a new leader may simply not have committed in its term yet).
+    /// Past the deadline the caller gets 503.
     async fn wait_for_change(&self, stale: u64, deadline: Instant) -> Result<(), ConsensusError> {
         let mut metrics = self.inner.raft.metrics();
         let term = metrics.borrow().current_term;
+        let retry_at = deadline.min(Instant::now() + RETRY_INTERVAL);
         loop {
             {
                 let m = metrics.borrow_and_update();
@@ -310,13 +383,17 @@ impl Cluster {
                     return Ok(());
                 }
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
+            if tokio::time::timeout_at(retry_at, metrics.changed())
                 .await
                 .is_err()
             {
-                return Err(ConsensusError::Unavailable {
-                    retry_after_secs: 1,
-                });
+                return if Instant::now() < deadline {
+                    Ok(())
+                } else {
+                    Err(ConsensusError::Unavailable {
+                        retry_after_secs: 1,
+                    })
+                };
             }
         }
     }
@@ -348,13 +425,30 @@ impl Cluster {
             serde_json::to_vec(command).map_err(|e| ForwardError::Internal(e.to_string()))?;
         let mut request = tonic::Request::new(ForwardRequest { command: bytes });
         request.set_timeout(timeout);
-        // Once the request may have left, its fate is unknown to us: ambiguous, never retried
-        // here (a caller with an idempotency key can retry safely).
         let reply = client
             .forward(request)
             .await
-            .map_err(|_| ForwardError::Ambiguous)?;
+            .map_err(|status| forward_failure(&status))?;
         serde_json::from_slice::<Result<SmResponse, ForwardError>>(&reply.into_inner().result)
+            .map_err(|e| ForwardError::Internal(e.to_string()))?
+    }
+
+    async fn forward_membership(
+        &self,
+        leader: u64,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<(), ForwardError> {
+        let mut client = self.peer(leader).map_err(|_| ForwardError::Unavailable)?;
+        let payload =
+            serde_json::to_vec(change).map_err(|e| ForwardError::Internal(e.to_string()))?;
+        let mut request = tonic::Request::new(RaftPayload { payload });
+        request.set_timeout(timeout);
+        let reply = client
+            .change_membership(request)
+            .await
+            .map_err(|status| forward_failure(&status))?;
+        serde_json::from_slice::<Result<(), ForwardError>>(&reply.into_inner().payload)
             .map_err(|e| ForwardError::Internal(e.to_string()))?
     }
 
@@ -377,4 +471,30 @@ impl Cluster {
         peers.insert((node_id, addr), client.clone());
         Ok(client)
     }
+}
+
+/// Classifies a failed call to the leader. A refused connection means the request never
+/// left, so the caller may look for the new leader and try again; any other failure may have
+/// happened after the leader received it, so its fate is unknown (a caller with an
+/// idempotency key can retry safely).
+fn forward_failure(status: &tonic::Status) -> ForwardError {
+    if connection_refused(status) {
+        ForwardError::Unavailable
+    } else {
+        ForwardError::Ambiguous
+    }
+}
+
+/// Whether a call failed because the peer refused the connection: nothing was sent.
+pub(crate) fn connection_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }

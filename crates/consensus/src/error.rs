@@ -14,6 +14,10 @@ pub enum ConsensusError {
     /// it may or may not commit. Callers with an idempotency key can retry safely.
     #[error("the write may or may not have been committed")]
     Ambiguous,
+    /// The cluster refused an administrative request as it stands (e.g. a membership change
+    /// while another is in progress, or removing the last voter).
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("internal consensus error: {0}")]
     Internal(String),
 }
@@ -33,6 +37,8 @@ pub(crate) enum ForwardError {
     },
     Unavailable,
     Ambiguous,
+    /// The leader refused the request as invalid (e.g. a membership change in progress).
+    Refused(String),
     Internal(String),
 }
 
@@ -45,7 +51,19 @@ impl From<ForwardError> for ConsensusError {
                 }
             }
             ForwardError::Ambiguous => ConsensusError::Ambiguous,
+            ForwardError::Refused(m) => ConsensusError::Refused(m),
             ForwardError::Internal(m) => ConsensusError::Internal(m),
         }
     }
+}
+
+/// A membership change as it travels to the leader.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum MembershipChange {
+    /// Adds a non-voting member; answers once it has caught up with the log.
+    AddLearner { node_id: u64, raft_addr: String },
+    /// Turns a learner into a voter.
+    Promote { node_id: u64 },
+    /// Removes a voter or learner from the cluster.
+    Remove { node_id: u64 },
 }

@@ -10,8 +10,8 @@ mod error;
 mod network;
 mod service;
 
-pub use cluster::{start, Cluster, NodeConfig, NodeStatus, RaftTimings};
-pub use error::ConsensusError;
+pub use cluster::{start, Cluster, MembershipView, NodeConfig, NodeStatus, RaftTimings};
+pub use error::{ConsensusError, MembershipChange};
 
 /// Generated types of `proto/raft.proto`.
 pub mod proto {

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
+use openraft::network::Backoff;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -77,7 +79,13 @@ impl PeerClient {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         }
-        .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
+        .map_err(|status| {
+            if crate::cluster::connection_refused(&status) {
+                RPCError::Unreachable(Unreachable::new(&status))
+            } else {
+                RPCError::Network(NetworkError::new(&status))
+            }
+        })?;
         let decoded: Result<Resp, RaftError<u64, E>> =
             serde_json::from_slice(&reply.into_inner().payload)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -115,5 +123,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, Infallible> {
         self.call(Rpc::Vote, &rpc, &option).await
+    }
+
+    /// A peer that refuses connections is retried after 50 ms, doubling up to 500 ms: quick
+    /// enough that a restarted node rejoins at once, slow enough not to spin on a dead one.
+    fn backoff(&self) -> Backoff {
+        let steps = (0..4).map(|i| Duration::from_millis(50 << i));
+        Backoff::new(steps.chain(std::iter::repeat(Duration::from_millis(500))))
     }
 }

@@ -9,7 +9,11 @@ use tonic::{Request, Response, Status};
 use intentd_lifecycle::Command;
 use intentd_storage::Response as SmResponse;
 
-use crate::error::ForwardError;
+use std::collections::BTreeSet;
+
+use openraft::{BasicNode, ChangeMembers};
+
+use crate::error::{ForwardError, MembershipChange};
 use crate::proto::raft_internal_server::RaftInternal;
 use crate::proto::{
     ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
@@ -20,6 +24,8 @@ pub(crate) struct InternalService {
     pub(crate) raft: Raft,
     /// Bounds a forwarded write on the leader, so a follower's caller never waits forever.
     pub(crate) write_timeout: Duration,
+    /// Adding a learner waits for it to catch up, which can take far longer than a write.
+    pub(crate) membership_timeout: Duration,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
@@ -47,6 +53,53 @@ pub(crate) async fn write_as_leader(
         }
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(ForwardError::Internal(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Internal(e.to_string())),
+    }
+}
+
+/// Runs a membership change on this node as leader. openraft refuses a change while another
+/// is in flight; that refusal reaches the caller as an error, never as a silent retry.
+pub(crate) async fn change_as_leader(
+    raft: &Raft,
+    change: MembershipChange,
+    timeout: Duration,
+) -> Result<(), ForwardError> {
+    let fut = async {
+        match change {
+            MembershipChange::AddLearner { node_id, raft_addr } => {
+                raft.add_learner(node_id, BasicNode::new(raft_addr), true)
+                    .await
+            }
+            MembershipChange::Promote { node_id } => {
+                let voters = BTreeSet::from([node_id]);
+                raft.change_membership(ChangeMembers::AddVoterIds(voters), false)
+                    .await
+            }
+            MembershipChange::Remove { node_id } => {
+                let metrics = raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                let ids = BTreeSet::from([node_id]);
+                if membership.voter_ids().any(|v| v == node_id) {
+                    raft.change_membership(ChangeMembers::RemoveVoters(ids), false)
+                        .await
+                } else {
+                    raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
+                        .await
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(ForwardError::Ambiguous),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(ForwardError::NotLeader {
+                leader_id: f.leader_id,
+            })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ForwardError::Refused(e.to_string()))
         }
         Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Internal(e.to_string())),
     }
@@ -92,6 +145,17 @@ impl RaftInternal for InternalService {
         let result = write_as_leader(&self.raft, command, self.write_timeout).await;
         Ok(Response::new(ForwardResponse {
             result: encode(&result)?,
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let change: MembershipChange = decode(&request.into_inner().payload)?;
+        let result = change_as_leader(&self.raft, change, self.membership_timeout).await;
+        Ok(Response::new(RaftPayload {
+            payload: encode(&result)?,
         }))
     }
 

@@ -367,3 +367,53 @@ impl KeysCmd {
         Ok(())
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: ClusterAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterAction {
+    /// This node's view of the cluster: role, leader, term, indexes and membership.
+    Status,
+    /// Add a non-voting member; returns once it has caught up with the log.
+    AddLearner {
+        #[arg(long)]
+        node_id: u64,
+        /// The new node's raft (internal plane) address, HOST:PORT.
+        #[arg(long)]
+        raft_addr: String,
+    },
+    /// Turn a learner into a voter.
+    Promote { node_id: u64 },
+    /// Remove a voter or learner.
+    Remove { node_id: u64 },
+}
+
+impl ClusterCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        let answer = match self.action {
+            ClusterAction::Status => c.get("/v1/cluster/status").await?,
+            ClusterAction::AddLearner { node_id, raft_addr } => {
+                let body = json!({ "node_id": node_id, "raft_addr": raft_addr });
+                c.post("/v1/cluster/learners", &body, None).await?
+            }
+            ClusterAction::Promote { node_id } => {
+                c.post(&format!("/v1/cluster/members/{node_id}/promote"), &json!({}), None)
+                    .await?
+            }
+            ClusterAction::Remove { node_id } => {
+                let req =
+                    reqwest::Client::new().delete(c.url(&format!("/v1/cluster/members/{node_id}")));
+                c.send(req).await?
+            }
+        };
+        print(&answer);
+        Ok(())
+    }
+}

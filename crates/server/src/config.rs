@@ -78,6 +78,15 @@ pub struct ServeArgs {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "INTENTD_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Never form a cluster; wait to be added by one (a new node, or one whose data was lost).
+    #[arg(long, env = "INTENTD_JOIN")]
+    pub join: bool,
+    /// Build a snapshot after this many log entries since the last one [default: 20000].
+    #[arg(long, env = "INTENTD_SNAPSHOT_AFTER_LOGS")]
+    pub snapshot_after_logs: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging followers [default: 1000].
+    #[arg(long, env = "INTENTD_SNAPSHOT_LOGS_TO_KEEP")]
+    pub snapshot_logs_to_keep: Option<u64>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -95,6 +104,9 @@ struct FileConfig {
     max_delivery_attempts: Option<u32>,
     request_timeout_ms: Option<u64>,
     log_format: Option<String>,
+    join: Option<bool>,
+    snapshot_after_logs: Option<u64>,
+    snapshot_logs_to_keep: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +130,9 @@ pub struct Config {
     pub max_delivery_attempts: u32,
     pub request_timeout: Duration,
     pub log_format: LogFormat,
+    pub join: bool,
+    pub snapshot_after_logs: u64,
+    pub snapshot_logs_to_keep: u64,
 }
 
 impl ServeArgs {
@@ -171,6 +186,15 @@ impl ServeArgs {
                     .unwrap_or(5_000),
             ),
             log_format,
+            join: self.join || file.join.unwrap_or(false),
+            snapshot_after_logs: self
+                .snapshot_after_logs
+                .or(file.snapshot_after_logs)
+                .unwrap_or(20_000),
+            snapshot_logs_to_keep: self
+                .snapshot_logs_to_keep
+                .or(file.snapshot_logs_to_keep)
+                .unwrap_or(1_000),
         };
         config.validate()?;
         Ok(config)
@@ -208,6 +232,9 @@ impl Config {
         if self.max_delivery_attempts == 0 {
             return Err(invalid("max_delivery_attempts", "must be at least 1"));
         }
+        if self.snapshot_after_logs == 0 {
+            return Err(invalid("snapshot_after_logs", "must be at least 1"));
+        }
         if self.request_timeout < Duration::from_millis(100) {
             return Err(invalid("request_timeout_ms", "must be at least 100"));
         }
@@ -217,17 +244,20 @@ impl Config {
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
             self.grpc_addr,
             self.raft_addr,
             self.peers,
+            self.join,
             if self.admin_key.is_some() { "<set>" } else { "<none>" },
             self.max_intent_bytes,
             self.max_delivery_attempts,
             self.request_timeout,
+            self.snapshot_after_logs,
+            self.snapshot_logs_to_keep,
         )
     }
 }

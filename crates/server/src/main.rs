@@ -29,6 +29,8 @@ enum Commands {
     Agents(client::AgentsCmd),
     /// Manage API keys (admin key required).
     Keys(client::KeysCmd),
+    /// Inspect and change the cluster's membership (admin key required).
+    Cluster(client::ClusterCmd),
     /// Drive a closed-loop create load and print throughput and latency percentiles.
     Bench(bench::BenchCmd),
 }
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Commands::Agents(cmd) => cmd.run().await,
             Commands::Keys(cmd) => cmd.run().await,
             Commands::Bench(cmd) => cmd.run().await,
+            Commands::Cluster(cmd) => cmd.run().await,
         }
     });
     match result {

@@ -17,6 +17,8 @@ use intentd_lifecycle::{ApiKey, Command, Role};
 use crate::config::Config;
 
 const ADMIN_KEY_FILE: &str = "admin.key";
+/// How long a forming node waits for its cluster to elect a leader before giving up.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(config = %config.describe(), "starting intentd");
@@ -47,8 +49,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         NodeConfig {
             node_id: config.node_id,
             peers: config.peers.clone(),
-            timings: RaftTimings::default(),
+            timings: RaftTimings {
+                snapshot_after_logs: config.snapshot_after_logs,
+                logs_to_keep: config.snapshot_logs_to_keep,
+                ..RaftTimings::default()
+            },
             request_timeout: config.request_timeout,
+            join: config.join,
         },
         log_store,
         state_machine,
@@ -58,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
 
-    if config.peers.keys().next() == Some(&config.node_id) {
+    if !config.join && config.peers.keys().next() == Some(&config.node_id) {
         ensure_admin_key(&cluster, &config).await?;
     }
 
@@ -103,11 +110,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// cluster without any admin key gets a generated one, shown once and kept in a 0600 file.
 async fn ensure_admin_key(cluster: &Cluster, config: &Config) -> anyhow::Result<()> {
     // A restarted node may not have re-applied its log yet; catch up with the leader before
-    // deciding that a key is missing (re-storing a revoked key would revive it).
-    cluster
-        .read_barrier()
-        .await
-        .context("waiting for the state to catch up")?;
+    // deciding that a key is missing (re-storing a revoked key would revive it). A forming
+    // cluster may need a few elections before it can answer, so this retries for a while.
+    let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
+    loop {
+        match cluster.read_barrier().await {
+            Ok(()) => break,
+            Err(ConsensusError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("waiting for a leader before checking the admin key");
+            }
+            Err(e) => return Err(e).context("waiting for the state to catch up"),
+        }
+    }
     if let Some(secret) = &config.admin_key {
         let hash = hash_key(secret);
         if cluster.reader().api_key(&hash)?.is_none() {
@@ -138,7 +152,7 @@ async fn ensure_admin_key(cluster: &Cluster, config: &Config) -> anyhow::Result<
 
 async fn put_admin_key(cluster: &Cluster, key_hash: String, name: &str) -> anyhow::Result<()> {
     let command = Command::PutApiKey {
-        key_hash,
+        key_hash: key_hash.clone(),
         key: ApiKey {
             id: uuid::Uuid::new_v4(),
             name: name.into(),
@@ -148,12 +162,19 @@ async fn put_admin_key(cluster: &Cluster, key_hash: String, name: &str) -> anyho
         },
     };
     // The very first write of a fresh node may race its own election; retry until it lands.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // After an ambiguous answer the key may already be stored, so look before each retry.
+    let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
     loop {
         match cluster.write(command.clone()).await {
             Ok(_) => return Ok(()),
-            Err(ConsensusError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
-                continue
+            Err(ConsensusError::Unavailable { .. } | ConsensusError::Ambiguous)
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if cluster.read_barrier().await.is_ok()
+                    && cluster.reader().api_key(&key_hash)?.is_some()
+                {
+                    return Ok(());
+                }
             }
             Err(e) => return Err(e).context("storing the admin key"),
         }
