@@ -404,8 +404,12 @@ impl ClusterCmd {
                 c.post("/v1/cluster/learners", &body, None).await?
             }
             ClusterAction::Promote { node_id } => {
-                c.post(&format!("/v1/cluster/members/{node_id}/promote"), &json!({}), None)
-                    .await?
+                c.post(
+                    &format!("/v1/cluster/members/{node_id}/promote"),
+                    &json!({}),
+                    None,
+                )
+                .await?
             }
             ClusterAction::Remove { node_id } => {
                 let req =
