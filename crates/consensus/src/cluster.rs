@@ -20,9 +20,11 @@ use crate::proto::{ForwardRequest, RaftPayload, ReadIndexRequest};
 use crate::service::{change_as_leader, write_as_leader, InternalService};
 use crate::Raft;
 
-/// Raft timing knobs. The defaults aim at writes resuming well within 2 s after the leader
-/// dies: a follower notices within one election timeout (400-800 ms) and one round trip later
-/// the new leader commits.
+/// Raft timing knobs. The defaults aim at writes resuming within 2 s after the leader dies.
+/// In openraft 0.9 a follower that knows a leader first waits out the leader lease (the
+/// maximum election timeout) and then its own randomised election timeout, so the first
+/// election starts 0.5-1 s after the death; a split vote costs one more timeout. Shorter
+/// timeouts would risk spurious elections on a loaded two-core machine.
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
     pub heartbeat_ms: u64,
@@ -37,9 +39,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            heartbeat_ms: 50,
+            election_min_ms: 250,
+            election_max_ms: 500,
             snapshot_after_logs: 20_000,
             logs_to_keep: 1_000,
         }
@@ -99,6 +101,9 @@ struct Inner {
     peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
 }
 
+/// Snapshot chunk size: small enough to keep memory bounded on both ends and each RPC short.
+const SNAPSHOT_CHUNK_BYTES: u64 = 256 * 1024;
+
 /// How long a request waits before trying the same leader again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -125,7 +130,11 @@ pub async fn start(
         election_timeout_max: t.election_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_logs),
         max_in_snapshot_log_to_keep: t.logs_to_keep,
-        snapshot_max_chunk_size: 1024 * 1024,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        // One chunk RPC also loads the whole snapshot into sled when it is the last one, so
+        // its deadline must cover that, not just the transfer.
+        install_snapshot_timeout: 60_000,
+        max_payload_entries: 256,
         ..Default::default()
     }
     .validate()
@@ -149,7 +158,10 @@ pub async fn start(
     let incoming = TcpListenerStream::new(raft_listener);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
-            .add_service(RaftInternalServer::new(service))
+            .add_service(
+                RaftInternalServer::new(service)
+                    .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = served {
@@ -279,7 +291,10 @@ impl Cluster {
         let mut client = self.peer(leader)?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
         request.set_timeout(remaining);
-        let reply = client.read_index(request).await.map_err(|_| unavailable())?;
+        let reply = client
+            .read_index(request)
+            .await
+            .map_err(|_| unavailable())?;
         Ok(reply.into_inner().read_index)
     }
 
@@ -467,28 +482,33 @@ impl Cluster {
         if let Some(client) = peers.get(&(node_id, addr.clone())) {
             return Ok(client.clone());
         }
-        let client = RaftInternalClient::new(channel(&addr).map_err(ConsensusError::internal)?);
+        let client = RaftInternalClient::new(channel(&addr).map_err(ConsensusError::internal)?)
+            .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES);
         peers.insert((node_id, addr), client.clone());
         Ok(client)
     }
 }
 
-/// Classifies a failed call to the leader. A refused connection means the request never
+/// Classifies a failed call to the leader. A failed connection means the request never
 /// left, so the caller may look for the new leader and try again; any other failure may have
 /// happened after the leader received it, so its fate is unknown (a caller with an
 /// idempotency key can retry safely).
 fn forward_failure(status: &tonic::Status) -> ForwardError {
-    if connection_refused(status) {
+    if never_sent(status) {
         ForwardError::Unavailable
     } else {
         ForwardError::Ambiguous
     }
 }
 
-/// Whether a call failed because the peer refused the connection: nothing was sent.
-pub(crate) fn connection_refused(status: &tonic::Status) -> bool {
+/// Whether a call failed while connecting (refused, unreachable, connect timeout), so that
+/// nothing was sent and the request can safely go elsewhere.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return true;

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use openraft::error::{
-    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::Backoff;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -20,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use intentd_storage::TypeConfig;
 
 use crate::proto::raft_internal_client::RaftInternalClient;
-use crate::proto::RaftPayload;
+use crate::proto::{RaftPayload, SnapshotChunk};
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
 
@@ -35,6 +34,9 @@ pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
+/// Largest internal-plane message: a batch of entries of up to 128 KiB each, JSON-encoded.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 pub(crate) struct NetworkFactory;
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -43,7 +45,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            client: channel(&node.addr).map(RaftInternalClient::new),
+            client: channel(&node.addr).map(|c| {
+                RaftInternalClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES)
+            }),
         }
     }
 }
@@ -70,22 +74,14 @@ impl PeerClient {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Network(NetworkError::new(e))),
         };
-        let payload =
-            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = encode(req)?;
         let mut request = tonic::Request::new(RaftPayload { payload });
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
         }
-        .map_err(|status| {
-            if crate::cluster::connection_refused(&status) {
-                RPCError::Unreachable(Unreachable::new(&status))
-            } else {
-                RPCError::Network(NetworkError::new(&status))
-            }
-        })?;
+        .map_err(|status| rpc_failure(&status))?;
         let decoded: Result<Resp, RaftError<u64, E>> =
             serde_json::from_slice(&reply.into_inner().payload)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -97,7 +93,23 @@ impl PeerClient {
 enum Rpc {
     Append,
     Vote,
-    Snapshot,
+}
+
+fn encode<T: Serialize, E: std::error::Error>(
+    value: &T,
+) -> Result<Vec<u8>, RPCError<u64, BasicNode, RaftError<u64, E>>> {
+    serde_json::to_vec(value).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+/// A peer we cannot connect to is `Unreachable`, so openraft backs off instead of spinning.
+fn rpc_failure<E: std::error::Error>(
+    status: &tonic::Status,
+) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    if crate::cluster::never_sent(status) {
+        RPCError::Unreachable(Unreachable::new(status))
+    } else {
+        RPCError::Network(NetworkError::new(status))
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -114,7 +126,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Network(NetworkError::new(e))),
+        };
+        let mut rpc = rpc;
+        let data = std::mem::take(&mut rpc.data);
+        let chunk = SnapshotChunk {
+            request: encode(&rpc)?,
+            data,
+        };
+        let mut request = tonic::Request::new(chunk);
+        request.set_timeout(option.hard_ttl());
+        let reply = client
+            .install_snapshot(request)
+            .await
+            .map_err(|status| rpc_failure(&status))?;
+        let decoded: Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> =
+            serde_json::from_slice(&reply.into_inner().payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn vote(

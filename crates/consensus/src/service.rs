@@ -17,6 +17,7 @@ use crate::error::{ForwardError, MembershipChange};
 use crate::proto::raft_internal_server::RaftInternal;
 use crate::proto::{
     ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk,
 };
 use crate::Raft;
 
@@ -128,9 +129,12 @@ impl RaftInternal for InternalService {
 
     async fn install_snapshot(
         &self,
-        request: Request<RaftPayload>,
+        request: Request<SnapshotChunk>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().payload)?;
+        let chunk = request.into_inner();
+        let mut rpc: openraft::raft::InstallSnapshotRequest<intentd_storage::TypeConfig> =
+            decode(&chunk.request)?;
+        rpc.data = chunk.data;
         let result = self.raft.install_snapshot(rpc).await;
         Ok(Response::new(RaftPayload {
             payload: encode(&result)?,

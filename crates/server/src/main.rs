@@ -38,8 +38,10 @@ enum Commands {
 fn init_tracing(format: config::LogFormat) {
     let filter = EnvFilter::try_from_env("INTENTD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    // Colour only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Json => builder.json().init(),

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the intentd container image FROM scratch out of a statically linked release binary.
+#
+#   deploy/build-image.sh [IMAGE]        (default: $INTENTD_IMAGE or intentd:local)
+#
+# Environment: CARGO_TARGET_DIR (default: <repo>/target), SKIP_CARGO=1 to reuse the binary
+# already built, KEEP_DEBUG=1 to keep debug info in the image's binary.
+# The image holds only /intentd and an empty /data owned by uid 10001.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+image=${1:-${INTENTD_IMAGE:-intentd:local}}
+triple=x86_64-unknown-linux-gnu
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+bin=$target_dir/$triple/release/intentd
+
+log() { printf 'build-image: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v docker >/dev/null || die "docker is not installed"
+
+if [[ ${SKIP_CARGO:-0} != 1 ]]; then
+    log "cargo build --release --bin intentd --target $triple (static glibc)"
+    # --target keeps RUSTFLAGS away from build scripts and proc macros, which must stay
+    # dynamic host binaries; only the intentd binary and its dependencies get crt-static.
+    (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+        cargo build --release --locked --bin intentd --target "$triple")
+fi
+[[ -x $bin ]] || die "no binary at $bin"
+
+# The image has no loader and no libc: the binary must be static and must run on its own.
+if ldd "$bin" >/dev/null 2>&1 && ! ldd "$bin" 2>&1 | grep -q 'statically linked'; then
+    ldd "$bin" >&2 || true
+    die "$bin is dynamically linked"
+fi
+if command -v readelf >/dev/null && readelf -l "$bin" | grep -q 'INTERP'; then
+    die "$bin asks for a program interpreter (not static)"
+fi
+version=$(env -i "$bin" --version) || die "the static binary does not run"
+env -i "$bin" serve --help >/dev/null || die "the static binary cannot parse its own flags"
+log "binary ok: $version, $(du -h "$bin" | cut -f1), static"
+
+# A minimal build context: the Dockerfile, the binary and an empty data directory.
+ctx=$(mktemp -d "${TMPDIR:-/tmp}/intentd-image.XXXXXX")
+trap 'rm -rf "$ctx"' EXIT
+cp "$here/Dockerfile" "$ctx/Dockerfile"
+# The release profile keeps debug info (about 100 MB); the image gets a copy without it
+# (symbols stay, so panics still show function names). KEEP_DEBUG=1 keeps everything.
+if [[ ${KEEP_DEBUG:-0} != 1 ]] && command -v objcopy >/dev/null; then
+    objcopy --strip-debug "$bin" "$ctx/intentd"
+else
+    cp "$bin" "$ctx/intentd"
+fi
+chmod 0755 "$ctx/intentd"
+mkdir "$ctx/data"
+chmod 0700 "$ctx/data"
+
+revision=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+log "docker build -t $image (context $(du -sh "$ctx" | cut -f1))"
+# The daemon here may have no BuildKit/buildx; the classic builder handles this Dockerfile.
+DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --quiet \
+    --label "org.opencontainers.image.title=intentd" \
+    --label "org.opencontainers.image.version=${version#intentd }" \
+    --label "org.opencontainers.image.revision=$revision" \
+    -t "$image" "$ctx" >/dev/null
+log "built $image: $(docker image inspect -f '{{.Id}} {{.Size}} bytes' "$image")"
