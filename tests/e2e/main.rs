@@ -1,13 +1,16 @@
-//! End-to-end tests: each test starts the real `intentd` binary (a one-node cluster on its own
-//! loopback ports and temp data directory) and talks to it over HTTP exactly as clients do.
+//! End-to-end tests: each test starts the real `intentd` binary (a one-node cluster, or with
+//! `cluster` several nodes, each on its own loopback ports and temp data directory) and talks
+//! to it over HTTP exactly as clients do.
 //! Every test is bounded in time; waits are on conditions with deadlines, never fixed sleeps.
 
 mod support;
 
 mod auth;
 mod cli;
+mod cluster;
 mod durability;
 mod errors;
+mod grpc;
 mod intents;
 mod lifecycle;
 mod streams;

@@ -59,6 +59,8 @@ class Server:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    # host:port of the public gRPC API.
+    grpc_target: str = ""
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -130,7 +132,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    srv = Server(f"http://127.0.0.1:{http_port}", admin_key, data_dir, log_path, process)
+    srv = Server(f"http://127.0.0.1:{http_port}", admin_key, data_dir, log_path, process, f"127.0.0.1:{grpc_port}")
     try:
         _wait_ready(srv)
         yield srv

@@ -45,9 +45,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            client: channel(&node.addr).map(|c| {
-                RaftInternalClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES)
-            }),
+            client: channel(&node.addr)
+                .map(|c| RaftInternalClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES)),
         }
     }
 }
@@ -95,6 +94,8 @@ enum Rpc {
     Vote,
 }
 
+// The error type is the one openraft's `RaftNetwork` trait returns; its size is not ours.
+#[allow(clippy::result_large_err)]
 fn encode<T: Serialize, E: std::error::Error>(
     value: &T,
 ) -> Result<Vec<u8>, RPCError<u64, BasicNode, RaftError<u64, E>>> {

@@ -7,12 +7,15 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use intentd_lifecycle::{ApiKey, Intent, Role};
+use intentd_lifecycle::{presented_secret, ApiKey, Intent};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::AppState;
+
+/// Kept here for the server's admin-key bootstrap; the one definition is in the lifecycle
+/// crate so the gRPC edge hashes keys the same way without depending on axum.
+pub use intentd_lifecycle::hash_key;
 
 /// A new API key secret: `ik_` and 32 bytes from the operating system's CSPRNG, in hex.
 /// The prefix makes keys recognisable in logs and secret scanners.
@@ -22,25 +25,16 @@ pub fn generate_key() -> String {
     format!("ik_{}", hex::encode(bytes))
 }
 
-/// Hex SHA-256 of a key secret: the key under which the state stores the key. A fast hash is
-/// enough because the secrets carry 256 bits of entropy; nothing here protects a weak password.
-pub fn hash_key(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// The secret a request presents: `x-api-key`, or else `Authorization: Bearer`. The SDK sends
-/// `x-api-key` always and may add a bearer *actor* token that is not an API key, so the
-/// explicit header wins.
-fn presented_secret(parts: &Parts) -> Option<&str> {
-    if let Some(v) = parts.headers.get("x-api-key") {
-        return v.to_str().ok().map(str::trim).filter(|s| !s.is_empty());
-    }
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|s| !s.is_empty())
+/// The secret the request presents. A header that is not visible ASCII counts as present
+/// but empty, so a garbled `x-api-key` is refused rather than bypassed for the bearer token.
+fn secret(parts: &Parts) -> Option<&str> {
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or(""))
+    };
+    presented_secret(header("x-api-key"), header(AUTHORIZATION.as_str()))
 }
 
 /// The authenticated caller. Extracting it answers 401 for a missing, unknown or revoked key.
@@ -53,93 +47,39 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let secret = presented_secret(parts).ok_or_else(|| {
-            ApiError::AuthFailed(
-                "an API key is required (x-api-key or Authorization: Bearer)".into(),
-            )
-        })?;
-        let hash = hash_key(secret);
-        let reader = state.cluster.reader();
-        let mut found = reader.api_key(&hash)?;
-        if found.is_none() {
-            // A key created moments ago through another node may not be applied here yet;
-            // one read barrier makes "create a key, then use it anywhere" work. If the barrier
-            // fails there is no leader, and the key cannot be vouched for either way.
-            if state.cluster.read_barrier().await.is_ok() {
-                found = reader.api_key(&hash)?;
-            }
-        }
-        match found {
-            Some(key) if !key.revoked => Ok(Caller { key }),
-            Some(_) => Err(ApiError::AuthFailed("this API key has been revoked".into())),
-            None => Err(ApiError::AuthFailed("unknown API key".into())),
-        }
+        let key = intentd_delivery::intents::authenticate(&state.cluster, secret(parts)).await?;
+        Ok(Caller { key })
     }
 }
 
+/// The role checks are the lifecycle crate's (`ApiKey`), shared with the gRPC edge; these
+/// only convert their answers.
 impl Caller {
     /// The identity the key speaks for: `from_agent` of the intents it sends, event actor.
     pub(crate) fn principal(&self) -> String {
         self.key.principal()
     }
 
-    pub(crate) fn is_agent(&self) -> bool {
-        matches!(self.key.role, Role::Agent { .. })
-    }
-
     /// The actor recorded for a change: what the body names, unless the key is an agent key,
     /// which always acts as itself.
     pub(crate) fn actor(&self, claimed: Option<&str>) -> String {
-        match claimed {
-            Some(actor) if !self.is_agent() => actor.to_string(),
-            _ => self.principal(),
-        }
+        self.key.acting_as(claimed)
     }
 
-    /// Agent keys act only as the receiver of intents addressed to them.
     pub(crate) fn require_receiver_of(&self, intent: &Intent) -> Result<(), ApiError> {
-        if self.key.may_act_for(&intent.to_agent) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this key may not act on intents addressed to {}",
-                intent.to_agent
-            )))
-        }
+        Ok(self.key.require_receiver_of(intent)?)
     }
 
-    /// Reading an intent: its receiver, or the agent that sent it (which wants to watch it).
     pub(crate) fn require_observer_of(&self, intent: &Intent) -> Result<(), ApiError> {
-        if self.key.may_act_for(&intent.to_agent) || intent.from_agent == self.principal() {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this key may not read intents addressed to {}",
-                intent.to_agent
-            )))
-        }
+        Ok(self.key.require_observer_of(intent)?)
     }
 
-    /// Listening on an agent's queue.
     pub(crate) fn require_listener_on(&self, address: &str) -> Result<(), ApiError> {
-        if self.key.may_act_for(address) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this key may not listen on {address}"
-            )))
-        }
+        Ok(self.key.require_listener_on(address)?)
     }
 
-    /// Operations reserved to admin and client keys (controls and policy patches).
     pub(crate) fn require_not_agent(&self) -> Result<(), ApiError> {
-        if self.is_agent() {
-            Err(ApiError::Forbidden(
-                "agent keys may not change controls or policy".into(),
-            ))
-        } else {
-            Ok(())
-        }
+        Ok(self.key.require_not_agent()?)
     }
 }
 
@@ -152,10 +92,8 @@ impl FromRequestParts<AppState> for AdminCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        match caller.key.role {
-            Role::Admin => Ok(AdminCaller(caller)),
-            _ => Err(ApiError::Forbidden("this route needs an admin key".into())),
-        }
+        caller.key.require_admin()?;
+        Ok(AdminCaller(caller))
     }
 }
 
@@ -163,6 +101,7 @@ impl FromRequestParts<AppState> for AdminCaller {
 mod tests {
     use super::*;
     use axum::http::Request;
+    use intentd_lifecycle::Role;
 
     fn parts(headers: &[(&str, &str)]) -> Parts {
         let mut builder = Request::builder().uri("/");
@@ -187,15 +126,12 @@ mod tests {
     #[test]
     fn x_api_key_wins_over_bearer() {
         let p = parts(&[("x-api-key", "k1"), ("authorization", "Bearer actor")]);
-        assert_eq!(presented_secret(&p), Some("k1"));
+        assert_eq!(secret(&p), Some("k1"));
         let p = parts(&[("authorization", "bearer  k2 ")]);
-        assert_eq!(presented_secret(&p), Some("k2"));
-        assert_eq!(
-            presented_secret(&parts(&[("authorization", "Basic x")])),
-            None
-        );
-        assert_eq!(presented_secret(&parts(&[("x-api-key", " ")])), None);
-        assert_eq!(presented_secret(&parts(&[])), None);
+        assert_eq!(secret(&p), Some("k2"));
+        assert_eq!(secret(&parts(&[("authorization", "Basic x")])), None);
+        assert_eq!(secret(&parts(&[("x-api-key", " ")])), None);
+        assert_eq!(secret(&parts(&[])), None);
     }
 
     fn caller(role: Role) -> Caller {

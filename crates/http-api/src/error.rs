@@ -11,7 +11,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use intentd_consensus::ConsensusError;
-use intentd_lifecycle::Rejection;
+use intentd_delivery::DeliveryError;
+use intentd_lifecycle::validate::ValidationError;
+use intentd_lifecycle::{AccessError, Rejection};
 use intentd_storage::StorageError;
 use serde_json::{json, Map, Value};
 
@@ -186,7 +188,44 @@ impl From<ConsensusError> for ApiError {
                     .into(),
                 retry_after_secs: AMBIGUOUS_RETRY_AFTER_SECS,
             },
+            ConsensusError::Refused(message) => ApiError::Conflict {
+                code: "refused",
+                message,
+            },
             ConsensusError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        match error {
+            ValidationError::Malformed(m) => ApiError::InvalidRequest(m),
+            ValidationError::Rule(m) => ApiError::SchemaInvalid(m),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(error: AccessError) -> Self {
+        match error {
+            AccessError::Unauthenticated(m) => ApiError::AuthFailed(m),
+            AccessError::Forbidden(m) => ApiError::Forbidden(m),
+        }
+    }
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(error: DeliveryError) -> Self {
+        match error {
+            DeliveryError::Access(e) => e.into(),
+            DeliveryError::Consensus(e) => e.into(),
+            DeliveryError::Storage(e) => e.into(),
+            DeliveryError::ShuttingDown => ApiError::Unavailable {
+                message: "this node is shutting down".into(),
+                retry_after_secs: 1,
+            },
+            DeliveryError::Internal(detail) => ApiError::Internal(detail),
         }
     }
 }

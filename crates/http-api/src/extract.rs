@@ -41,9 +41,6 @@ pub(crate) struct QueryParams<T>(pub(crate) T);
 /// The optional `Idempotency-Key` header.
 pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
 
-/// Keys are opaque to us but stored in the replicated state, so their size is bounded.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
@@ -53,14 +50,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         };
         let key = raw
             .to_str()
-            .map(str::trim)
             .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(ApiError::InvalidRequest(format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
-            )));
-        }
-        Ok(IdempotencyKey(Some(key.to_string())))
+        // The length rule is shared with gRPC's `idempotency_key` field.
+        Ok(IdempotencyKey(Some(
+            intentd_lifecycle::validate::idempotency_key(key)?,
+        )))
     }
 }
 

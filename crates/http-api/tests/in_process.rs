@@ -31,6 +31,7 @@ async fn node(config: ApiConfig) -> Node {
         peers: BTreeMap::from([(1, addr)]),
         timings: RaftTimings::default(),
         request_timeout: Duration::from_secs(5),
+        join: false,
     };
     let cluster = intentd_consensus::start(config_node, log, sm, listener, std::future::pending())
         .await

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
+use crate::{Intent, Timestamp};
 
 /// What an API key may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,5 +40,195 @@ impl ApiKey {
             Role::Admin | Role::Client => true,
             Role::Agent { address } => crate::intent::same_address(address, to_agent),
         }
+    }
+}
+
+/// Why a caller may not do what it asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// No key, an unknown key or a revoked one (HTTP 401, gRPC UNAUTHENTICATED).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known key acting outside its scope (HTTP 403, gRPC PERMISSION_DENIED).
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// Hex SHA-256 of a key secret: the key under which the state stores the key. A fast hash is
+/// enough because the secrets carry 256 bits of entropy; nothing here protects a weak password.
+pub fn hash_key(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// The secret a request presents, given its `x-api-key` and `authorization` values (HTTP
+/// headers or gRPC metadata alike). The SDK sends `x-api-key` always and may add a bearer
+/// *actor* token that is not an API key, so the explicit key wins when both are present.
+pub fn presented_secret<'a>(
+    x_api_key: Option<&'a str>,
+    authorization: Option<&'a str>,
+) -> Option<&'a str> {
+    if let Some(v) = x_api_key {
+        return Some(v.trim()).filter(|s| !s.is_empty());
+    }
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|s| !s.is_empty())
+}
+
+/// The message a request without any key gets, on every edge.
+pub const KEY_REQUIRED: &str = "an API key is required (x-api-key or Authorization: Bearer)";
+
+/// Decides whether the key found for a presented secret (if any) may be used.
+pub fn usable_key(found: Option<ApiKey>) -> Result<ApiKey, AccessError> {
+    match found {
+        Some(key) if !key.revoked => Ok(key),
+        Some(_) => Err(AccessError::Unauthenticated(
+            "this API key has been revoked".into(),
+        )),
+        None => Err(AccessError::Unauthenticated("unknown API key".into())),
+    }
+}
+
+impl ApiKey {
+    pub fn is_agent(&self) -> bool {
+        matches!(self.role, Role::Agent { .. })
+    }
+
+    /// Whom a request acts as when it names `claimed` (an `actor`, a `from_agent`): admin and
+    /// client keys may act on behalf of others (operators relaying); agent keys always act as
+    /// themselves.
+    pub fn acting_as(&self, claimed: Option<&str>) -> String {
+        match claimed {
+            Some(claimed) if !self.is_agent() => claimed.to_string(),
+            _ => self.principal(),
+        }
+    }
+
+    /// Changing an intent (resume, resolve, ack): only its receiver, for agent keys.
+    pub fn require_receiver_of(&self, intent: &Intent) -> Result<(), AccessError> {
+        if self.may_act_for(&intent.to_agent) {
+            Ok(())
+        } else {
+            Err(AccessError::Forbidden(format!(
+                "this key may not act on intents addressed to {}",
+                intent.to_agent
+            )))
+        }
+    }
+
+    /// Reading an intent: its receiver, or the agent that sent it (which wants to watch it).
+    pub fn require_observer_of(&self, intent: &Intent) -> Result<(), AccessError> {
+        if self.may_act_for(&intent.to_agent) || intent.from_agent == self.principal() {
+            Ok(())
+        } else {
+            Err(AccessError::Forbidden(format!(
+                "this key may not read intents addressed to {}",
+                intent.to_agent
+            )))
+        }
+    }
+
+    /// Listening on an agent's delivery queue.
+    pub fn require_listener_on(&self, address: &str) -> Result<(), AccessError> {
+        if self.may_act_for(address) {
+            Ok(())
+        } else {
+            Err(AccessError::Forbidden(format!(
+                "this key may not listen on {address}"
+            )))
+        }
+    }
+
+    /// Controls and policy patches: agent keys cannot loosen their own rules.
+    pub fn require_not_agent(&self) -> Result<(), AccessError> {
+        if self.is_agent() {
+            Err(AccessError::Forbidden(
+                "agent keys may not change controls or policy".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), AccessError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            _ => Err(AccessError::Forbidden(
+                "this route needs an admin key".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(role: Role) -> ApiKey {
+        ApiKey {
+            id: uuid::Uuid::nil(),
+            name: "ci".into(),
+            role,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn secrets_hash_to_hex_sha256() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn x_api_key_wins_over_bearer() {
+        assert_eq!(
+            presented_secret(Some("k1"), Some("Bearer actor")),
+            Some("k1")
+        );
+        assert_eq!(presented_secret(None, Some("bearer  k2 ")), Some("k2"));
+        assert_eq!(presented_secret(None, Some("Basic x")), None);
+        assert_eq!(presented_secret(Some(" "), Some("Bearer k3")), None);
+        assert_eq!(presented_secret(None, None), None);
+    }
+
+    #[test]
+    fn revoked_and_unknown_keys_are_unauthenticated() {
+        let mut k = key(Role::Client);
+        assert!(usable_key(Some(k.clone())).is_ok());
+        k.revoked = true;
+        assert!(matches!(
+            usable_key(Some(k)),
+            Err(AccessError::Unauthenticated(m)) if m.contains("revoked")
+        ));
+        assert!(matches!(
+            usable_key(None),
+            Err(AccessError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn agent_keys_act_as_themselves_and_only_on_their_address() {
+        let agent = key(Role::Agent {
+            address: "agent://acme/prod/billing".into(),
+        });
+        assert_eq!(
+            agent.acting_as(Some("someone-else")),
+            "agent://acme/prod/billing"
+        );
+        assert!(agent.require_listener_on("acme/prod/billing").is_ok());
+        assert!(agent.require_listener_on("acme/prod/other").is_err());
+        assert!(agent.require_not_agent().is_err());
+        assert!(agent.require_admin().is_err());
+        let client = key(Role::Client);
+        assert_eq!(client.acting_as(Some("ops-bot")), "ops-bot");
+        assert_eq!(client.acting_as(None), "agent://intentd/keys/ci");
+        assert!(client.require_not_agent().is_ok());
+        assert!(key(Role::Admin).require_admin().is_ok());
     }
 }

@@ -34,6 +34,24 @@ pub struct IdempotencyClaim {
 }
 
 impl IdempotencyClaim {
+    /// The claim a request with an idempotency key makes at `now`. The proposer decides
+    /// `expires_at` (apply never reads a clock), and the hash is over the canonical form of
+    /// `request`, so a reformatted retry still matches.
+    pub fn new(
+        scope: String,
+        key: String,
+        request: &Value,
+        now: Timestamp,
+        ttl: chrono::Duration,
+    ) -> Self {
+        IdempotencyClaim {
+            scope,
+            key,
+            request_hash: request_hash(request),
+            expires_at: now + ttl,
+        }
+    }
+
     /// The key under which the state machine stores the record.
     pub fn storage_key(&self) -> String {
         format!("{}\u{0}{}", self.scope, self.key)
@@ -178,5 +196,66 @@ impl IntentCommand {
             | IntentCommand::UpdateControls { at, .. }
             | IntentCommand::UpdatePolicy { at, .. } => *at,
         }
+    }
+}
+
+/// JSON with object keys sorted at every level and no insignificant whitespace, so that two
+/// requests that differ only in key order or formatting hash the same. The workspace enables
+/// serde_json's `preserve_order`, so plain serialization would keep the client's key order.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Hex SHA-256 of the canonical request: what an idempotency record remembers of it.
+pub fn request_hash(request: &Value) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(canonical_json(request).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "é\n"}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":"é\n","b":[1,{"x":1,"y":2}]}"#).unwrap();
+        assert_eq!(canonical_json(&a), r#"{"a":"é\n","b":[1,{"x":1,"y":2}]}"#);
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&json!({"a": "é\n"})));
+        assert_eq!(request_hash(&a).len(), 64);
     }
 }

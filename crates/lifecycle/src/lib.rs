@@ -12,12 +12,13 @@ mod apply;
 mod command;
 mod intent;
 mod status;
+pub mod validate;
 
-pub use access::{ApiKey, Role};
+pub use access::{hash_key, presented_secret, usable_key, AccessError, ApiKey, Role, KEY_REQUIRED};
 pub use apply::{apply, Applied, Reply, StateView, Write};
 pub use command::{
-    Command, IdempotencyClaim, IdempotencyRecord, IntentCommand, NewIntent, Resolution,
-    ResumeAction,
+    canonical_json, request_hash, Command, IdempotencyClaim, IdempotencyRecord, IntentCommand,
+    NewIntent, Resolution, ResumeAction,
 };
 pub use intent::{Event, EventType, Intent, PendingWith, PendingWithKind};
 pub use status::{Status, WaitingReason};

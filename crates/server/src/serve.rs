@@ -82,9 +82,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api,
         stopped(stop_rx.clone()),
     ));
-    let grpc = tokio::spawn(serve_grpc(
+    let grpc = tokio::spawn(intentd_grpc_api::serve(
         grpc_listener,
         cluster.clone(),
+        intentd_grpc_api::GrpcConfig {
+            max_intent_bytes: config.max_intent_bytes,
+            default_max_delivery_attempts: config.max_delivery_attempts,
+            ..intentd_grpc_api::GrpcConfig::default()
+        },
         stopped(stop_rx.clone()),
     ));
     tracing::info!(http = %config.http_addr, grpc = %config.grpc_addr, raft = %config.raft_addr, "intentd is serving");
@@ -193,38 +198,6 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     writeln!(file, "{secret}")?;
     file.sync_all()?;
     Ok(())
-}
-
-/// The public gRPC port. It serves the standard gRPC health service, SERVING while this node
-/// knows a leader; the intent service joins it with the cluster work (see ARCHITECTURE.md).
-async fn serve_grpc(
-    listener: TcpListener,
-    cluster: Cluster,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let mut metrics = cluster.raft().metrics();
-    tokio::spawn(async move {
-        loop {
-            let serving = metrics.borrow_and_update().current_leader.is_some();
-            let status = if serving {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            reporter.set_service_status("", status).await;
-            if metrics.changed().await.is_err() {
-                break;
-            }
-        }
-    });
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
 }
 
 async fn shutdown_signal() {

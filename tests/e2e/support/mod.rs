@@ -1,6 +1,7 @@
 //! The end-to-end harness: a real `intentd` process per test, an HTTP client, an SSE reader.
 
 pub mod api;
+pub mod cluster;
 pub mod server;
 pub mod sse;
 

@@ -225,15 +225,20 @@ impl Drop for Server {
     }
 }
 
-/// Three distinct free loopback addresses. Ports come from the kernel (bind to port 0); all
-/// three listeners are held at once so they differ, then released for the server to take.
+/// Three distinct free loopback addresses (see [`free_ports`]).
 fn free_addrs() -> [SocketAddr; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
+    let addrs = free_ports(3);
+    [addrs[0], addrs[1], addrs[2]]
+}
+
+/// `n` distinct free loopback addresses. Ports come from the kernel (bind to port 0); all
+/// listeners are held at once so they differ, then released for the servers to take.
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
         .collect();
-    let addrs: Vec<SocketAddr> = listeners
+    listeners
         .iter()
         .map(|l| l.local_addr().expect("local addr"))
-        .collect();
-    [addrs[0], addrs[1], addrs[2]]
+        .collect()
 }

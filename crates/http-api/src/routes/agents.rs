@@ -15,15 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::DateTime;
-use intentd_consensus::ConsensusError;
-use intentd_lifecycle::{Command, Intent, IntentCommand, Reply, Role, Status, Timestamp};
+use intentd_delivery::{agent_deliveries, Delivery, StatusFilter, StreamOptions, Watch};
+use intentd_lifecycle::{Role, Timestamp};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::time::Instant;
-use uuid::Uuid;
+use tokio_stream::StreamExt as _;
 
 use super::events::{resume_cursor, wait_duration};
-use super::now;
 use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::ApiError;
@@ -149,80 +147,13 @@ fn get_agent(state: &AppState, raw: &str) -> Result<Json<Value>, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Delivery stream
 
-/// Which statuses a listener wants. By default only actionable (non-terminal) intents; an
-/// explicit comma-separated list replaces the default.
-fn status_filter(raw: Option<&str>) -> Result<Vec<Status>, ApiError> {
-    let Some(list) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
-        return Ok(Status::ALL
-            .into_iter()
-            .filter(|s| !s.is_terminal())
-            .collect());
-    };
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            Status::parse(&s.to_ascii_uppercase())
-                .ok_or_else(|| ApiError::InvalidRequest(format!("unknown status {s:?} in status")))
-        })
-        .collect()
-}
-
-/// Offers one queued intent to this consumer and returns what to send, if anything.
-///
-/// A SUBMITTED intent is delivered first (when the listener wants DELIVERED ones), so the
-/// delivery itself is a committed lifecycle step: `Deliver` is a compare-and-set on the
-/// attempt, and when another consumer won the race the current state is sent instead.
-async fn offer(
-    state: &AppState,
-    id: Uuid,
-    consumer: &str,
-    filter: &[Status],
-) -> Result<Option<Intent>, ApiError> {
-    let reader = state.cluster.reader();
-    let Some(mut intent) = reader.intent(&id)? else {
-        return Ok(None);
-    };
-    if intent.status == Status::Submitted && filter.contains(&Status::Delivered) {
-        let deliver = IntentCommand::Deliver {
-            intent_id: id,
-            expected_attempt: intent.delivery_attempt,
-            consumer: consumer.to_string(),
-            at: now(),
-        };
-        let command = Command::Intent {
-            command: deliver,
-            idempotency: None,
-        };
-        match state.cluster.write(command).await {
-            Ok(Reply::Intent { intent: after, .. }) => intent = *after,
-            Ok(Reply::Done) => {
-                return Err(ApiError::Internal(
-                    "Deliver answered without an intent".into(),
-                ))
-            }
-            Err(ConsensusError::Rejected(rejection)) => {
-                tracing::debug!(intent_id = %id, %rejection, "delivery lost a race; sending the current state");
-                // The winner's write may not be applied here yet.
-                state.cluster.read_barrier().await?;
-                match reader.intent(&id)? {
-                    Some(current) => intent = current,
-                    None => return Ok(None),
-                }
-            }
-            Err(other) => return Err(other.into()),
-        }
-    }
-    Ok(filter.contains(&intent.status).then_some(intent))
-}
-
 /// `GET /v1/agents/{address}/intents/stream?since=N&wait_seconds=W&status=A,B`.
 ///
-/// Walks the agent's queue after cursor `since`, delivering and sending each wanted intent as
-/// `event: intent.<status>`, `id: <cursor>`; waits for new queue entries; after `W` seconds
-/// with nothing sent, sends `stream.timeout` and closes. A failed delivery (no quorum) ends
-/// the stream without a timeout frame: the client reconnects from the last cursor it saw,
-/// which retries the entry.
+/// Frames `intentd_delivery::agent_deliveries` as SSE: each wanted intent, delivered first
+/// if it was fresh, as `event: intent.<status>`, `id: <cursor>`; after `W` seconds with
+/// nothing sent, `stream.timeout` and close. A failed delivery (no quorum) ends the stream
+/// without a timeout frame: the client reconnects from the last cursor it saw, which retries
+/// the entry.
 async fn stream(
     state: AppState,
     caller: Caller,
@@ -231,63 +162,38 @@ async fn stream(
     raw_address: &str,
     query: AgentQuery,
 ) -> Result<Response, ApiError> {
-    let address = bare_address(raw_address).to_string();
-    if address.is_empty() {
-        return Err(ApiError::SchemaInvalid("the agent address is empty".into()));
-    }
+    let address = intentd_lifecycle::validate::listen_address(raw_address)?;
     caller.require_listener_on(&address)?;
-    let filter = status_filter(query.status.as_deref())?;
+    let filter = StatusFilter::parse(query.status.as_deref())
+        .map_err(|s| ApiError::InvalidRequest(format!("unknown status {s:?} in status")))?;
     let since = resume_cursor(&headers, query.since)?;
-    let wait = wait_duration(query.wait_seconds);
+    let options = StreamOptions {
+        idle: Some(wait_duration(query.wait_seconds)),
+        batch: state.config.stream_batch,
+    };
     let consumer = format!("sse:{}", ctx.request_id);
-    let batch = state.config.stream_batch;
     let span = ctx.span;
     span.in_scope(|| tracing::info!(agent = %address, since, "agent stream opened"));
-
-    let frames = async_stream::stream! {
-        let reader = state.cluster.reader().clone();
-        let mut applied = reader.subscribe();
-        let mut cursor = since;
-        let mut deadline = Instant::now() + wait;
-        'stream: loop {
-            applied.borrow_and_update();
-            let entries = match reader.agent_queue(&address, cursor, batch) {
-                Ok(entries) => entries,
-                Err(error) => {
-                    span.in_scope(|| tracing::error!(%error, "reading an agent queue failed"));
-                    break 'stream;
-                }
-            };
-            if entries.is_empty() {
-                match tokio::time::timeout_at(deadline, applied.changed()).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) => break 'stream,
-                    Err(_elapsed) => {
-                        yield Ok::<Bytes, Infallible>(sse::timeout_frame(cursor));
-                        break 'stream;
-                    }
-                }
-            }
-            for (entry_cursor, id) in entries {
-                match offer(&state, id, &consumer, &filter).await {
-                    Ok(Some(intent)) => {
-                        yield Ok(sse::frame(
-                            &views::delivery_event_name(intent.status),
-                            Some(entry_cursor),
-                            &views::delivery(&intent, entry_cursor),
-                        ));
-                        deadline = Instant::now() + wait;
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        span.in_scope(|| tracing::warn!(%error, intent_id = %id, "delivery failed; ending the stream"));
-                        break 'stream;
-                    }
-                }
-                cursor = entry_cursor;
-            }
+    let deliveries = agent_deliveries(
+        state.cluster.clone(),
+        address,
+        since,
+        filter,
+        consumer,
+        options,
+    );
+    let frames = deliveries.map_while(move |item| match item {
+        Ok(Watch::Next(Delivery { cursor, intent })) => Some(Ok::<Bytes, Infallible>(sse::frame(
+            &views::delivery_event_name(intent.status),
+            Some(cursor),
+            &views::delivery(&intent, cursor),
+        ))),
+        Ok(Watch::Quiet { cursor }) => Some(Ok(sse::timeout_frame(cursor))),
+        Err(error) => {
+            span.in_scope(|| tracing::warn!(%error, "agent stream ended"));
+            None
         }
-    };
+    });
     Ok(sse::response(frames))
 }
 
@@ -306,22 +212,6 @@ mod tests {
         assert_eq!(
             "acme/prod/billing/intents/stream".strip_suffix(STREAM_SUFFIX),
             Some("acme/prod/billing")
-        );
-    }
-
-    #[test]
-    fn default_filter_is_non_terminal() {
-        let f = status_filter(None).unwrap();
-        assert!(f.contains(&Status::Submitted) && f.contains(&Status::Delivered));
-        assert!(!f.iter().any(|s| s.is_terminal()));
-        assert_eq!(status_filter(Some(" ")).unwrap(), f);
-        assert_eq!(
-            status_filter(Some("completed, DELIVERED")).unwrap(),
-            vec![Status::Completed, Status::Delivered]
-        );
-        assert_eq!(
-            status_filter(Some("DONE")).unwrap_err().code(),
-            "invalid_request"
         );
     }
 

@@ -15,9 +15,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
+use intentd_delivery::{intent_events, StreamOptions, Watch};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 
 use super::load_intent;
 use crate::auth::Caller;
@@ -96,9 +97,10 @@ pub(crate) fn resume_cursor(headers: &HeaderMap, since: Option<u64>) -> Result<u
 
 /// `GET /v1/intents/{id}/events/stream?since=N&wait_seconds=W`.
 ///
-/// Sends every event after `since` as `event: <event_type>`, `id: <seq>`; closes right after a
-/// terminal event; after `W` seconds without a new event sends `stream.timeout` and closes, so
-/// the client reconnects from the highest `seq` it saw.
+/// Frames `intentd_delivery::intent_events` as SSE: every event after `since` as
+/// `event: <event_type>`, `id: <seq>`; the stream closes right after a terminal event; when it
+/// goes quiet (`W` seconds without a new event, or a terminal intent with nothing left) it
+/// sends `stream.timeout` and closes, so the client reconnects from the highest `seq` it saw.
 async fn stream_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -109,61 +111,27 @@ async fn stream_events(
 ) -> Result<Response, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let since = resume_cursor(&headers, query.since)?;
-    let wait = wait_duration(query.wait_seconds);
+    let options = StreamOptions {
+        idle: Some(wait_duration(query.wait_seconds)),
+        batch: state.config.stream_batch,
+    };
     let intent = load_intent(&state, id, false).await?;
     caller.require_observer_of(&intent)?;
-    let reader = state.cluster.reader().clone();
-    let batch = state.config.stream_batch;
+    let events = intent_events(state.cluster.clone(), id, since, options);
     let span = ctx.span;
-
-    let frames = async_stream::stream! {
-        // Subscribed before the first read, so an event applied between the read and the wait
-        // still wakes the stream.
-        let mut applied = reader.subscribe();
-        let mut cursor = since;
-        let mut deadline = Instant::now() + wait;
-        'stream: loop {
-            applied.borrow_and_update();
-            let events = match reader.events(&id, cursor, batch) {
-                Ok(events) => events,
-                Err(error) => {
-                    span.in_scope(|| tracing::error!(%error, "reading events for a stream failed"));
-                    break 'stream;
-                }
-            };
-            if !events.is_empty() {
-                for event in &events {
-                    cursor = event.seq;
-                    yield Ok::<Bytes, Infallible>(sse::frame(
-                        event.event_type.as_str(),
-                        Some(event.seq),
-                        &views::event(event),
-                    ));
-                    if event.event_type.is_terminal() {
-                        break 'stream;
-                    }
-                }
-                deadline = Instant::now() + wait;
-                continue;
-            }
-            // Nothing new. A terminal intent will never have more: say so now rather than
-            // holding the connection for the whole wait.
-            let terminal = matches!(reader.intent(&id), Ok(Some(i)) if i.status.is_terminal());
-            if terminal {
-                yield Ok(sse::timeout_frame(cursor));
-                break 'stream;
-            }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => continue,
-                // The state machine is shutting down; the client will reconnect elsewhere.
-                Ok(Err(_)) => break 'stream,
-                Err(_elapsed) => {
-                    yield Ok(sse::timeout_frame(cursor));
-                    break 'stream;
-                }
-            }
+    let frames = events.map_while(move |item| match item {
+        Ok(Watch::Next(event)) => Some(Ok::<Bytes, Infallible>(sse::frame(
+            event.event_type.as_str(),
+            Some(event.seq),
+            &views::event(&event),
+        ))),
+        Ok(Watch::Quiet { cursor }) => Some(Ok(sse::timeout_frame(cursor))),
+        // No frame: the client reconnects (elsewhere, if this node is going away).
+        Err(error) => {
+            span.in_scope(|| tracing::warn!(%error, "intent event stream ended"));
+            None
         }
-    };
+    });
     Ok(sse::response(frames))
 }
 

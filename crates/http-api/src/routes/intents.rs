@@ -5,17 +5,17 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use intentd_lifecycle::{
-    Event, Intent, IntentCommand, NewIntent, Resolution, ResumeAction, Timestamp, WaitingReason,
-};
+use intentd_delivery::intents::{change_scope, terminal_event, Written};
+use intentd_lifecycle::validate::{self, Decided, IntentRequest, ResumeVerb};
+use intentd_lifecycle::{Intent, IntentCommand, Resolution, ResumeAction};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{claim, load_intent, now, write_intent, Written};
+use super::{claim, load_intent, now, write_intent};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, PathParam};
-use crate::validate::{check_len, is_intent_type, parse_rfc3339, parse_uuid, path_uuid, Body};
+use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
@@ -52,134 +52,30 @@ const CREATE_FIELDS: &[&str] = &[
     "human_task",
 ];
 
-/// A create request that passed the contract; the handler adds what the server decides.
-#[derive(Debug, PartialEq)]
-struct CreateRequest {
-    intent_type: String,
-    correlation_id: Uuid,
-    from_agent: Option<String>,
-    to_agent: String,
-    reply_to: Option<String>,
-    payload: Value,
-    deadline_at: Option<Timestamp>,
-    remind_after_seconds: Option<u64>,
-    remind_interval_seconds: Option<u64>,
-    max_reminders: Option<u32>,
-    escalate_to: Option<String>,
-    max_delivery_attempts: Option<u32>,
-    human_task: Option<Value>,
-}
-
-/// Agent addresses are 3..=383 characters.
-fn address(b: &Body<'_>, name: &str) -> Result<Option<String>, ApiError> {
-    let Some(a) = b.str(name)? else {
-        return Ok(None);
-    };
-    check_len(name, a, 3, 383)?;
-    Ok(Some(a.to_string()))
-}
-
-fn parse_create(body: &Value) -> Result<CreateRequest, ApiError> {
+/// Types a create body: wrong JSON types and unknown fields are refused here, every rule of
+/// the contract by `intentd_lifecycle::validate::new_intent` (shared with the gRPC edge).
+fn parse_create(body: &Value) -> Result<IntentRequest, ApiError> {
     let b = Body::strict(body)?;
     b.deny_unknown(CREATE_FIELDS)?;
-    let intent_type = b.required_str("intent_type")?;
-    if !is_intent_type(intent_type) {
-        return Err(ApiError::SchemaInvalid(format!(
-            "intent_type {intent_type:?} does not match ^[a-z0-9_]+(?:\\.[a-z0-9_]+)+\\.v[0-9]+$"
-        )));
-    }
-    let correlation_id = parse_uuid(b.required_str("correlation_id")?)
-        .ok_or_else(|| ApiError::SchemaInvalid("correlation_id must be a UUID".into()))?;
-    let to_agent = address(&b, "to_agent")?
-        .ok_or_else(|| ApiError::SchemaInvalid("to_agent is required".into()))?;
-    // The contract lists a non-object payload among the rule violations (422), not as a
-    // malformed request.
-    let payload = match b.map().get("payload") {
-        None => return Err(ApiError::SchemaInvalid("payload is required".into())),
-        Some(p @ Value::Object(_)) => p.clone(),
-        Some(_) => return Err(ApiError::SchemaInvalid("payload must be an object".into())),
-    };
-    let deadline_at = b
-        .str("deadline_at")?
-        .map(|s| {
-            parse_rfc3339(s).ok_or_else(|| {
-                ApiError::SchemaInvalid("deadline_at must be an RFC 3339 date-time".into())
-            })
-        })
-        .transpose()?;
-    let escalate_to = b.str("escalate_to")?;
-    if let Some(e) = escalate_to {
-        check_len("escalate_to", e, 0, 383)?;
-    }
-    let human_task = b.object("human_task")?;
-    if let Some(task) = human_task {
-        check_human_task(task)?;
-    }
-    Ok(CreateRequest {
-        intent_type: intent_type.to_string(),
-        correlation_id,
-        from_agent: address(&b, "from_agent")?,
-        to_agent,
-        reply_to: address(&b, "reply_to")?,
-        payload,
-        deadline_at,
-        remind_after_seconds: b.uint("remind_after_seconds", 1)?,
-        remind_interval_seconds: b.uint("remind_interval_seconds", 1)?,
-        max_reminders: b.uint32("max_reminders", 1)?,
-        escalate_to: escalate_to.map(str::to_string),
-        max_delivery_attempts: b.uint32("max_delivery_attempts", 1)?,
-        human_task: human_task.map(|t| Value::Object(t.clone())),
+    let text =
+        |name: &str| -> Result<Option<String>, ApiError> { Ok(b.str(name)?.map(str::to_string)) };
+    Ok(IntentRequest {
+        intent_type: text("intent_type")?,
+        correlation_id: text("correlation_id")?,
+        from_agent: text("from_agent")?,
+        to_agent: text("to_agent")?,
+        reply_to: text("reply_to")?,
+        // The contract lists a non-object payload among the rule violations (422), not as a
+        // malformed request, so any JSON value is passed on for the rules to judge.
+        payload: b.map().get("payload").cloned(),
+        deadline_at: text("deadline_at")?,
+        remind_after_seconds: b.uint("remind_after_seconds", 0)?,
+        remind_interval_seconds: b.uint("remind_interval_seconds", 0)?,
+        max_reminders: b.uint("max_reminders", 0)?,
+        escalate_to: text("escalate_to")?,
+        max_delivery_attempts: b.uint("max_delivery_attempts", 0)?,
+        human_task: b.object("human_task")?.cloned(),
     })
-}
-
-const HUMAN_TASK_TYPES: &[&str] = &[
-    "approval",
-    "review",
-    "clarification",
-    "provide_data",
-    "attach_file",
-    "manual_action",
-    "confirmation",
-    "validate_real_world",
-    "validate_output",
-    "assignment",
-    "delegation",
-    "reroute",
-    "override",
-    "escalate",
-];
-
-/// `HumanTaskSpec` of the create schema.
-fn check_human_task(task: &Map<String, Value>) -> Result<(), ApiError> {
-    let b = Body::strict_map(task);
-    b.deny_unknown(&[
-        "title",
-        "description",
-        "task_type",
-        "allowed_outcomes",
-        "required_comment",
-        "assignees",
-        "evidence_required",
-        "form_schema",
-    ])?;
-    check_len("human_task.title", b.required_str("title")?, 0, 255)?;
-    if let Some(d) = b.str("description")? {
-        check_len("human_task.description", d, 0, 2000)?;
-    }
-    if let Some(t) = b.str("task_type")? {
-        if !HUMAN_TASK_TYPES.contains(&t) {
-            return Err(ApiError::SchemaInvalid(format!(
-                "human_task.task_type {t:?} is not one of {}",
-                HUMAN_TASK_TYPES.join(", ")
-            )));
-        }
-    }
-    b.str_array("allowed_outcomes", (1, 64), (1, 20))?;
-    b.str_array("assignees", (1, 383), (1, 20))?;
-    b.bool("required_comment")?;
-    b.bool("evidence_required")?;
-    b.object("form_schema")?;
-    Ok(())
 }
 
 /// `api.intents.resolve.request.v1.json`, with its if/then rules.
@@ -189,33 +85,14 @@ fn parse_resolve(body: &Value) -> Result<(Resolution, Option<String>), ApiError>
     let status = b.required_str("status")?;
     let actor = b.str("actor")?;
     if let Some(a) = actor {
-        check_len("actor", a, 3, 255)?;
+        validate::actor(a)?;
     }
-    let result = b.object("result")?;
-    let error = b.object("error")?;
-    let reason = b.str("reason")?;
-    if let Some(r) = reason {
-        check_len("reason", r, 0, 2000)?;
-    }
-    let needs = |field: &str| {
-        ApiError::SchemaInvalid(format!("{field} is required when status is {status}"))
-    };
-    let resolution = match status {
-        "COMPLETED" => Resolution::Completed {
-            result: Value::Object(result.ok_or_else(|| needs("result"))?.clone()),
-        },
-        "FAILED" => Resolution::Failed {
-            error: Value::Object(error.ok_or_else(|| needs("error"))?.clone()),
-        },
-        "CANCELED" => Resolution::Canceled {
-            reason: reason.ok_or_else(|| needs("reason"))?.to_string(),
-        },
-        other => {
-            return Err(ApiError::SchemaInvalid(format!(
-                "status {other:?} is not one of COMPLETED, FAILED, CANCELED"
-            )))
-        }
-    };
+    let resolution = validate::resolution(
+        status,
+        b.object("result")?.cloned(),
+        b.object("error")?.cloned(),
+        b.str("reason")?.map(str::to_string),
+    )?;
     Ok((resolution, actor.map(str::to_string)))
 }
 
@@ -224,19 +101,16 @@ fn parse_resolve(body: &Value) -> Result<(Resolution, Option<String>), ApiError>
 fn parse_resume(body: &Value) -> Result<(ResumeAction, Option<String>), ApiError> {
     let b = Body::lenient(body)?;
     if b.map().contains_key("approve_current_step") {
-        if b.bool("approve_current_step")? == Some(false) {
-            return Err(ApiError::SchemaInvalid(
-                "approve_current_step=false is not an action; resolve the intent to reject it"
-                    .into(),
-            ));
+        if let Some(approve) = b.bool("approve_current_step")? {
+            validate::approve_current_step(approve)?;
         }
         let reason = b.str("reason")?;
         if let Some(r) = reason {
-            check_len("reason", r, 0, 2000)?;
+            validate::reason(r)?;
         }
         let actor = b.str("actor")?;
         if let Some(a) = actor {
-            check_len("actor", a, 3, 255)?;
+            validate::actor(a)?;
         }
         let action = ResumeAction::ApproveCurrentStep {
             expected_policy_generation: b.uint("expected_policy_generation", 0)?,
@@ -253,31 +127,18 @@ fn parse_resume(body: &Value) -> Result<(ResumeAction, Option<String>), ApiError
         .map(str::to_string);
     let mut details = b.map().clone();
     details.remove("action");
-    let action = match b.str("action")? {
-        None | Some("complete") => ResumeAction::Complete {
+    let action = match validate::resume_verb(b.str("action")?)? {
+        ResumeVerb::Complete => ResumeAction::Complete {
             result: body.clone(),
         },
-        Some("fail") => ResumeAction::Fail {
+        ResumeVerb::Fail => ResumeAction::Fail {
             error: body.clone(),
         },
-        Some("progress") => ResumeAction::Progress { details },
-        Some("wait") => {
-            let reason = match b.str("waiting_reason")? {
-                None => WaitingReason::WaitingForAgent,
-                Some(r) => WaitingReason::parse(r).ok_or_else(|| {
-                    ApiError::SchemaInvalid(format!(
-                        "waiting_reason {r:?} is not one of WAITING_FOR_HUMAN, \
-                         WAITING_FOR_TOOL, WAITING_FOR_AGENT, WAITING_FOR_TIME"
-                    ))
-                })?,
-            };
+        ResumeVerb::Progress => ResumeAction::Progress { details },
+        ResumeVerb::Wait => {
+            let reason = validate::waiting_reason(b.str("waiting_reason")?)?;
             details.remove("waiting_reason");
             ResumeAction::Wait { reason, details }
-        }
-        Some(other) => {
-            return Err(ApiError::SchemaInvalid(format!(
-                "action {other:?} is not one of complete, fail, progress, wait"
-            )))
         }
     };
     Ok((action, actor))
@@ -334,12 +195,6 @@ fn parse_policy(body: &Value) -> Result<PolicyPatch, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-/// Idempotency scope of the per-intent routes: the same key value used by another caller, on
-/// another route or another intent is a different key.
-fn scope(caller: &Caller, route: &str, id: Uuid) -> String {
-    format!("{}:{route}:{id}", caller.principal())
-}
-
 /// `POST /v1/intents`. The reply means the intent is committed on a majority.
 async fn create_intent(
     State(state): State<AppState>,
@@ -351,28 +206,12 @@ async fn create_intent(
     let at = now();
     // Agent keys always send as themselves; other keys may name the sender (the field is
     // deprecated in the contract but still honoured for operators relaying on behalf).
-    let from_agent = match req.from_agent {
-        Some(from) if !caller.is_agent() => from,
-        _ => caller.principal(),
-    };
-    let intent = NewIntent {
+    let decided = Decided {
         id: Uuid::new_v4(),
-        intent_type: req.intent_type,
-        correlation_id: req.correlation_id,
-        from_agent,
-        to_agent: req.to_agent,
-        reply_to: req.reply_to,
-        payload: req.payload,
-        max_delivery_attempts: req
-            .max_delivery_attempts
-            .unwrap_or(state.config.default_max_delivery_attempts),
-        deadline_at: req.deadline_at,
-        remind_after_seconds: req.remind_after_seconds,
-        remind_interval_seconds: req.remind_interval_seconds,
-        max_reminders: req.max_reminders,
-        escalate_to: req.escalate_to,
-        human_task: req.human_task,
+        from_agent: caller.key.acting_as(req.from_agent.as_deref()),
+        default_max_delivery_attempts: state.config.default_max_delivery_attempts,
     };
+    let intent = validate::new_intent(req, decided)?;
     let claim = claim(&state, caller.principal(), key, &body, at);
     let written = write_intent(&state, IntentCommand::Create { intent, at }, claim).await?;
     let intent = &written.intent;
@@ -407,26 +246,6 @@ async fn authorize_change(state: &AppState, caller: &Caller, id: Uuid) -> Result
     Ok(intent)
 }
 
-/// The event that ended the intent: the last one the command appended, or, on an idempotent
-/// replay (which appends nothing), the intent's last event, which is terminal for good.
-fn terminal_event(state: &AppState, written: &Written) -> Result<Event, ApiError> {
-    if let Some(event) = written.events.last() {
-        return Ok(event.clone());
-    }
-    let intent = &written.intent;
-    state
-        .cluster
-        .reader()
-        .events(&intent.id, intent.last_seq.saturating_sub(1), 1)?
-        .pop()
-        .ok_or_else(|| {
-            ApiError::Internal(format!(
-                "intent {} has no event {}",
-                intent.id, intent.last_seq
-            ))
-        })
-}
-
 /// `POST /v1/intents/{id}/resolve`.
 async fn resolve_intent(
     State(state): State<AppState>,
@@ -439,7 +258,13 @@ async fn resolve_intent(
     let (resolution, actor) = parse_resolve(&body)?;
     authorize_change(&state, &caller, id).await?;
     let at = now();
-    let claim = claim(&state, scope(&caller, "resolve", id), key, &body, at);
+    let claim = claim(
+        &state,
+        change_scope(&caller.key, "resolve", id),
+        key,
+        &body,
+        at,
+    );
     let command = IntentCommand::Resolve {
         intent_id: id,
         resolution,
@@ -447,7 +272,7 @@ async fn resolve_intent(
         at,
     };
     let written = write_intent(&state, command, claim).await?;
-    let event = terminal_event(&state, &written)?;
+    let event = terminal_event(&state.cluster, &written)?;
     let intent = &written.intent;
     tracing::info!(intent_id = %id, status = %intent.status, replayed = written.replayed, "intent resolved");
     Ok(Json(json!({
@@ -492,7 +317,13 @@ async fn resume_intent(
     let (action, actor) = parse_resume(&body)?;
     authorize_change(&state, &caller, id).await?;
     let at = now();
-    let claim = claim(&state, scope(&caller, "resume", id), key, &body, at);
+    let claim = claim(
+        &state,
+        change_scope(&caller.key, "resume", id),
+        key,
+        &body,
+        at,
+    );
     let command = IntentCommand::Resume {
         intent_id: id,
         action,
@@ -517,7 +348,13 @@ async fn update_controls(
     caller.require_not_agent()?;
     load_intent(&state, id, false).await?;
     let at = now();
-    let claim = claim(&state, scope(&caller, "controls", id), key, &body, at);
+    let claim = claim(
+        &state,
+        change_scope(&caller.key, "controls", id),
+        key,
+        &body,
+        at,
+    );
     let command = IntentCommand::UpdateControls {
         intent_id: id,
         patch,
@@ -543,7 +380,13 @@ async fn update_policy(
     caller.require_not_agent()?;
     load_intent(&state, id, false).await?;
     let at = now();
-    let claim = claim(&state, scope(&caller, "policy", id), key, &body, at);
+    let claim = claim(
+        &state,
+        change_scope(&caller.key, "policy", id),
+        key,
+        &body,
+        at,
+    );
     let command = IntentCommand::UpdatePolicy {
         intent_id: id,
         grants_patch,
@@ -560,6 +403,7 @@ async fn update_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use intentd_lifecycle::WaitingReason;
 
     fn valid_create() -> Value {
         json!({
@@ -570,18 +414,28 @@ mod tests {
         })
     }
 
+    /// Typing and the shared rules, as the create handler applies them.
+    fn create(body: &Value) -> Result<intentd_lifecycle::NewIntent, ApiError> {
+        let decided = Decided {
+            id: Uuid::nil(),
+            from_agent: "agent://intentd/keys/ci".into(),
+            default_max_delivery_attempts: 5,
+        };
+        Ok(validate::new_intent(parse_create(body)?, decided)?)
+    }
+
     fn create_code(mutate: impl FnOnce(&mut Map<String, Value>)) -> &'static str {
         let mut body = valid_create();
         mutate(body.as_object_mut().unwrap());
-        parse_create(&body).unwrap_err().code()
+        create(&body).unwrap_err().code()
     }
 
     #[test]
     fn a_minimal_create_parses() {
-        let req = parse_create(&valid_create()).unwrap();
+        let req = create(&valid_create()).unwrap();
         assert_eq!(req.intent_type, "intent.generic.v1");
         assert_eq!(req.to_agent, "agent://acme/prod/billing");
-        assert_eq!(req.max_delivery_attempts, None);
+        assert_eq!(req.max_delivery_attempts, 5);
         assert_eq!(req.payload, json!({"amount": 3}));
     }
 
@@ -599,8 +453,8 @@ mod tests {
             "human_task".into(),
             json!({"title": "Approve", "task_type": "approval", "allowed_outcomes": ["yes", "no"]}),
         );
-        let req = parse_create(&body).unwrap();
-        assert_eq!(req.max_delivery_attempts, Some(2));
+        let req = create(&body).unwrap();
+        assert_eq!(req.max_delivery_attempts, 2);
         assert_eq!(req.max_reminders, Some(3));
         assert!(req.deadline_at.is_some());
         assert_eq!(req.human_task.unwrap()["title"], "Approve");
@@ -660,9 +514,12 @@ mod tests {
             "invalid_request"
         );
         assert_eq!(
-            parse_create(&json!("x")).unwrap_err().code(),
+            create_code(|m| {
+                m.insert("human_task".into(), json!({"title": 7}));
+            }),
             "invalid_request"
         );
+        assert_eq!(create(&json!("x")).unwrap_err().code(), "invalid_request");
     }
 
     #[test]

@@ -1,0 +1,121 @@
+//! The reads and writes every edge operation on an intent is made of, so that the HTTP and
+//! gRPC edges authenticate, read and propose in exactly the same way.
+
+use chrono::Utc;
+use intentd_consensus::Cluster;
+use intentd_lifecycle::{
+    hash_key, usable_key, AccessError, ApiKey, Command, Event, IdempotencyClaim, Intent,
+    IntentCommand, Reply, Timestamp, KEY_REQUIRED,
+};
+use uuid::Uuid;
+
+use crate::DeliveryError;
+
+/// Finds the key for a presented secret (see `intentd_lifecycle::presented_secret`).
+///
+/// A key created moments ago through another node may not be applied here yet; one read
+/// barrier makes "create a key, then use it anywhere" work. If the barrier fails there is no
+/// leader, and the key cannot be vouched for either way: it stays unknown.
+pub async fn authenticate(
+    cluster: &Cluster,
+    secret: Option<&str>,
+) -> Result<ApiKey, DeliveryError> {
+    let secret = secret.ok_or_else(|| AccessError::Unauthenticated(KEY_REQUIRED.into()))?;
+    let hash = hash_key(secret);
+    let reader = cluster.reader();
+    let mut found = reader.api_key(&hash)?;
+    if found.is_none() && cluster.read_barrier().await.is_ok() {
+        found = reader.api_key(&hash)?;
+    }
+    Ok(usable_key(found)?)
+}
+
+/// Reads an intent from the local replica. A miss is confirmed with a read barrier before it
+/// becomes "not found", so an intent created through another node moments ago is still found.
+/// With `linearizable`, the barrier comes first and the answer reflects every acknowledged
+/// write (a read of an intent must never show a state older than one already returned).
+pub async fn load_intent(
+    cluster: &Cluster,
+    id: Uuid,
+    linearizable: bool,
+) -> Result<Intent, DeliveryError> {
+    let reader = cluster.reader();
+    if linearizable {
+        cluster.read_barrier().await?;
+    } else if let Some(intent) = reader.intent(&id)? {
+        return Ok(intent);
+    } else {
+        cluster.read_barrier().await?;
+    }
+    reader
+        .intent(&id)?
+        .ok_or_else(|| intentd_lifecycle::Rejection::NotFound(id).into())
+}
+
+/// What an accepted intent command returned.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub intent: Intent,
+    pub events: Vec<Event>,
+    /// The command was an idempotent repeat and changed nothing.
+    pub replayed: bool,
+}
+
+/// Proposes one intent command through Raft and waits until it is committed and applied
+/// here, so a read on this node right after sees it.
+pub async fn write_intent(
+    cluster: &Cluster,
+    command: IntentCommand,
+    idempotency: Option<IdempotencyClaim>,
+) -> Result<Written, DeliveryError> {
+    let reply = cluster
+        .write(Command::Intent {
+            command,
+            idempotency,
+        })
+        .await?;
+    match reply {
+        Reply::Intent {
+            intent,
+            events,
+            replayed,
+        } => Ok(Written {
+            intent: *intent,
+            events,
+            replayed,
+        }),
+        Reply::Done => Err(DeliveryError::Internal(
+            "an intent command was answered without an intent".into(),
+        )),
+    }
+}
+
+/// The event that ended the intent: the last one the command appended, or, on an idempotent
+/// replay (which appends nothing), the intent's last event, which is terminal for good.
+pub fn terminal_event(cluster: &Cluster, written: &Written) -> Result<Event, DeliveryError> {
+    if let Some(event) = written.events.last() {
+        return Ok(event.clone());
+    }
+    let intent = &written.intent;
+    cluster
+        .reader()
+        .events(&intent.id, intent.last_seq.saturating_sub(1), 1)?
+        .pop()
+        .ok_or_else(|| {
+            DeliveryError::Internal(format!(
+                "intent {} has no event {}",
+                intent.id, intent.last_seq
+            ))
+        })
+}
+
+/// Idempotency scope of the per-intent changes: the same key value used by another caller,
+/// for another operation or on another intent is a different key.
+pub fn change_scope(caller: &ApiKey, operation: &str, id: Uuid) -> String {
+    format!("{}:{operation}:{id}", caller.principal())
+}
+
+/// The clock reading a command carries; read once per request at the edge, never in apply.
+pub fn now() -> Timestamp {
+    Utc::now()
+}
