@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod cli;
 mod cluster;
+mod delivery;
 mod durability;
 mod errors;
 mod grpc;

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import httpx
 import jsonschema
@@ -106,8 +107,10 @@ def _wait_ready(server: Server) -> None:
     pytest.fail(f"intentd not ready after {READY_DEADLINE_S}s; last /health: {last}\n{server.log_tail()}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def run_intentd(tmp_path: Path, extra_args: Sequence[str] = ()) -> Iterator[Server]:
+    """Starts a one-node intentd with `extra_args` added to `serve`, waits until it is ready,
+    and stops it (SIGTERM, then SIGKILL after a deadline) when the block ends."""
     binary = intentd_bin()
     if not binary.is_file():
         pytest.fail(f"intentd binary not found at {binary}: build it or set INTENTD_BIN")
@@ -125,6 +128,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
             "--raft-addr", f"127.0.0.1:{raft_port}",
             "--node-id", "1",
             "--admin-key", admin_key,
+            *extra_args,
         ],
         # The test alone decides the configuration: no INTENTD_* from the caller's shell.
         env={k: v for k, v in os.environ.items() if not k.startswith("INTENTD_")},
@@ -145,6 +149,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
                 process.kill()
                 process.wait()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with run_intentd(tmp_path) as srv:
+        yield srv
 
 
 @pytest.fixture

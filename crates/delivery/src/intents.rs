@@ -84,7 +84,7 @@ pub async fn write_intent(
             events,
             replayed,
         }),
-        Reply::Done => Err(DeliveryError::Internal(
+        _ => Err(DeliveryError::Internal(
             "an intent command was answered without an intent".into(),
         )),
     }

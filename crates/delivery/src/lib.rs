@@ -4,11 +4,23 @@
 //! cluster lives here once: authenticating a key, reading an intent with read-your-writes,
 //! proposing a command and unwrapping its reply ([`intents`]), and the two watching streams
 //! ([`agent_deliveries`], [`intent_events`]), which the edges frame as SSE or gRPC server
-//! streams. The leader-side delivery engine (leases, retries, deadlines) will grow here too.
+//! streams. The leader-side delivery [`engine`] acts on the due-time index: lease expiries,
+//! signed HTTP pushes with backoff, circuit breakers and an SSRF guard, delayed releases,
+//! deadlines, reminders and webhook pushes; [`Metrics`] counts what it does.
 
+pub mod backoff;
+pub mod breaker;
+pub mod engine;
 mod error;
 pub mod intents;
+pub mod metrics;
+pub mod push;
+pub mod signing;
+pub mod ssrf;
 mod streams;
 
+pub use engine::{Engine, EngineConfig, EngineError};
 pub use error::DeliveryError;
+pub use metrics::Metrics;
+pub use ssrf::{check_url, check_url_async, AllowList, SsrfError};
 pub use streams::{agent_deliveries, intent_events, Delivery, StatusFilter, StreamOptions, Watch};

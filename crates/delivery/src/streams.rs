@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use intentd_consensus::{Cluster, ConsensusError};
-use intentd_lifecycle::{Command, Event, Intent, IntentCommand, Reply, Status};
+use intentd_lifecycle::{agent, Command, Event, Intent, IntentCommand, Reply, Status};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -179,12 +179,23 @@ async fn offer(
     let Some(mut intent) = reader.intent(&id)? else {
         return Ok(None);
     };
-    if intent.status == Status::Submitted && filter.wants(Status::Delivered) {
+    // Deliverable: fresh, or delivered before and its lease ran out (a redelivery). A delayed
+    // intent is not on the queue before its release, so it never shows up here early.
+    let deliverable = match intent.status {
+        Status::Submitted => true,
+        Status::Delivered => intent.lease.is_none(),
+        _ => false,
+    };
+    if deliverable && filter.wants(Status::Delivered) {
+        // The lease lasts the agent's ack timeout (30 s unless it registered another).
+        let config = reader.agent_config(&intent.to_agent)?;
+        let at = now();
         let deliver = IntentCommand::Deliver {
             intent_id: id,
             expected_attempt: intent.delivery_attempt,
             consumer: consumer.to_string(),
-            at: now(),
+            lease_until: agent::lease_until(at, config.as_ref()),
+            at,
         };
         let command = Command::Intent {
             command: deliver,
@@ -192,7 +203,7 @@ async fn offer(
         };
         match cluster.write(command).await {
             Ok(Reply::Intent { intent: after, .. }) => intent = *after,
-            Ok(Reply::Done) => {
+            Ok(_) => {
                 return Err(DeliveryError::Internal(
                     "Deliver answered without an intent".into(),
                 ))

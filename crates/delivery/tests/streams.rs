@@ -52,6 +52,7 @@ async fn create(cluster: &Cluster) -> Uuid {
         max_reminders: None,
         escalate_to: None,
         human_task: None,
+        deliver_at: None,
     };
     let id = intent.id;
     write_intent(cluster, IntentCommand::Create { intent, at: now() }, None)

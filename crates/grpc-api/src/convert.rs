@@ -209,6 +209,8 @@ pub(crate) fn intent_request(
         escalate_to: r.escalate_to,
         max_delivery_attempts: r.max_delivery_attempts,
         human_task,
+        // Not in the public proto yet: delayed delivery is an HTTP extension for now.
+        deliver_at: None,
     })
 }
 

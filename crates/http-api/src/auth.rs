@@ -81,6 +81,40 @@ impl Caller {
     pub(crate) fn require_not_agent(&self) -> Result<(), ApiError> {
         Ok(self.key.require_not_agent()?)
     }
+
+    /// The inbox or webhook owner a request acts for, normalized (no `agent://`): the
+    /// `owner_agent` it names, else the key's own principal. Agent keys always act for their
+    /// own address and naming another one is refused rather than silently ignored.
+    pub(crate) fn owner(&self, named: Option<&str>) -> Result<String, ApiError> {
+        let own = bare(&self.principal()).to_string();
+        match named {
+            None => Ok(own),
+            Some(named) => {
+                let named = intentd_lifecycle::validate::listen_address(named)?;
+                if self.key.is_agent() && named != own {
+                    return Err(ApiError::Forbidden(format!(
+                        "this key may only act for agent://{own}"
+                    )));
+                }
+                Ok(named)
+            }
+        }
+    }
+
+    /// Whether this key may read and act on what `owner` owns (threads, subscriptions):
+    /// operators' keys may act for anyone, agent keys only for their own address.
+    pub(crate) fn may_act_as(&self, owner: &str) -> bool {
+        self.key.may_act_for(owner)
+    }
+}
+
+/// An address without its `agent://` scheme or stray slashes: the normalized form the
+/// replicated state keys agents, threads and subscriptions by.
+pub(crate) fn bare(address: &str) -> &str {
+    address
+        .strip_prefix("agent://")
+        .unwrap_or(address)
+        .trim_matches('/')
 }
 
 /// A caller holding an admin key; anything else is 403 (or 401 if not authenticated at all).
@@ -169,7 +203,24 @@ mod tests {
         intent.from_agent = "agent://acme/prod/billing".into();
         assert!(agent.require_observer_of(&intent).is_ok());
 
+        assert_eq!(agent.owner(None).unwrap(), "acme/prod/billing");
+        assert_eq!(
+            agent.owner(Some("agent://acme/prod/billing")).unwrap(),
+            "acme/prod/billing"
+        );
+        assert_eq!(
+            agent.owner(Some("acme/prod/other")).unwrap_err().code(),
+            "forbidden"
+        );
+        assert!(agent.may_act_as("acme/prod/billing") && !agent.may_act_as("acme/prod/x"));
+
         let client = caller(Role::Client);
+        assert_eq!(client.owner(None).unwrap(), "intentd/keys/ci");
+        assert_eq!(
+            client.owner(Some("agent://ops/alice")).unwrap(),
+            "ops/alice"
+        );
+        assert!(client.may_act_as("acme/prod/x"));
         assert!(client.require_receiver_of(&intent).is_ok());
         assert_eq!(client.actor(Some("ops-bot")), "ops-bot");
         assert_eq!(client.principal(), "agent://intentd/keys/ci");

@@ -38,6 +38,38 @@ pub(crate) struct PathParam<T>(pub(crate) T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct QueryParams<T>(pub(crate) T);
 
+/// The owner a request names: the `owner_agent` query parameter, else the gateway's
+/// `x-owner-agent` header (the SDK sends the parameter; other gateway clients the header).
+/// Whether the caller may act for it is `Caller::owner`'s decision.
+pub(crate) struct NamedOwner(pub(crate) Option<String>);
+
+#[derive(serde::Deserialize)]
+struct OwnerParam {
+    owner_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for NamedOwner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let QueryParams(param) =
+            QueryParams::<OwnerParam>::from_request_parts(parts, state).await?;
+        if let Some(owner) = param.owner_agent.filter(|o| !o.trim().is_empty()) {
+            return Ok(NamedOwner(Some(owner)));
+        }
+        let header = match parts.headers.get("x-owner-agent") {
+            None => None,
+            Some(raw) => Some(
+                raw.to_str()
+                    .map_err(|_| ApiError::InvalidRequest("x-owner-agent must be ASCII".into()))?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        Ok(NamedOwner(header.filter(|h| !h.is_empty())))
+    }
+}
+
 /// The optional `Idempotency-Key` header.
 pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
 
@@ -73,6 +105,31 @@ mod tests {
         assert_eq!(json("{").await.unwrap_err().code(), "invalid_request");
         assert_eq!(json("  ").await.unwrap_err().code(), "invalid_request");
         assert_eq!(json(r#"{"a":1}"#).await.unwrap()["a"], 1);
+    }
+
+    async fn owner(uri: &str, header: Option<&str>) -> Option<String> {
+        let mut builder = Request::builder().uri(uri);
+        if let Some(h) = header {
+            builder = builder.header("x-owner-agent", h);
+        }
+        let mut parts = builder.body(()).unwrap().into_parts().0;
+        NamedOwner::from_request_parts(&mut parts, &())
+            .await
+            .unwrap()
+            .0
+    }
+
+    #[tokio::test]
+    async fn the_owner_comes_from_the_query_then_the_header() {
+        assert_eq!(
+            owner("/?owner_agent=a/b/c", Some("x/y")).await.as_deref(),
+            Some("a/b/c")
+        );
+        assert_eq!(
+            owner("/?owner_agent=", Some("x/y")).await.as_deref(),
+            Some("x/y")
+        );
+        assert_eq!(owner("/", None).await, None);
     }
 
     #[tokio::test]

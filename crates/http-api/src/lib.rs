@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use intentd_consensus::Cluster;
+use intentd_delivery::{AllowList, Metrics};
 
 pub use error::ApiError;
 
@@ -45,6 +46,10 @@ pub struct ApiConfig {
     pub stream_batch: usize,
     /// How many events `GET /v1/intents/{id}/events` returns at most per call.
     pub max_events_per_page: usize,
+    /// Hosts or CIDRs that agent and webhook callback URLs may name even though they are
+    /// private or loopback (`--delivery-allow-hosts`); everything else of that kind is
+    /// refused at registration so the cluster cannot be aimed at its own network.
+    pub delivery_allow_hosts: AllowList,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +61,7 @@ impl Default for ApiConfig {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             stream_batch: 100,
             max_events_per_page: 1000,
+            delivery_allow_hosts: AllowList::default(),
         }
     }
 }
@@ -66,15 +72,29 @@ pub(crate) struct AppState {
     /// Writes go through Raft; reads come from the local replica of the state machine.
     pub(crate) cluster: Cluster,
     pub(crate) config: Arc<ApiConfig>,
+    /// The node's delivery metrics, rendered by `GET /metrics` (the engine counts into it).
+    pub(crate) metrics: Metrics,
+    /// Requests answered, by route and status: counted here because only the edge knows them.
+    pub(crate) http_counts: Arc<routes::metrics::HttpCounts>,
+    /// Per agent, a queue cursor below which no entry can ever be leased again, so a
+    /// long-poll receive does not rescan an agent's whole history (see `routes::receive`).
+    pub(crate) receive_marks: Arc<routes::receive::Marks>,
 }
 
 /// The whole API as a router, apart from any listener so tests can drive it in process.
-pub fn app(cluster: Cluster, config: ApiConfig) -> Router {
+pub fn app(cluster: Cluster, config: ApiConfig, metrics: Metrics) -> Router {
     let state = AppState {
         cluster,
         config: Arc::new(config),
+        metrics,
+        http_counts: Arc::default(),
+        receive_marks: Arc::default(),
     };
     routes::router(&state.config)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::metrics::count_requests,
+        ))
         .layer(axum::middleware::from_fn(context::middleware))
         .with_state(state)
 }

@@ -163,6 +163,13 @@ pub(crate) mod tests {
             last_seq: 4,
             agent_cursor: 7,
             dead_lettered: false,
+            lease: None,
+            not_before: None,
+            deliver_at: None,
+            replayed_from: None,
+            next_reminder_at: None,
+            escalated_to: None,
+            inbox_owner: None,
         }
     }
 

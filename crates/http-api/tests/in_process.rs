@@ -52,7 +52,7 @@ async fn node(config: ApiConfig) -> Node {
         .unwrap();
     Node {
         _dir: dir,
-        app: app(cluster.clone(), config),
+        app: app(cluster.clone(), config, intentd_delivery::Metrics::new()),
         cluster,
         admin,
     }
@@ -591,5 +591,638 @@ async fn serve_answers_on_a_bound_listener_and_stops_on_shutdown() {
         .expect("serve returns after shutdown")
         .unwrap()
         .unwrap();
+    n.cluster.shutdown().await;
+}
+
+/// A key for `name` with `role` ("client", "agent" with `address`), made through the API.
+async fn make_key(
+    app: &Router,
+    admin: &str,
+    name: &str,
+    role: &str,
+    address: Option<&str>,
+) -> String {
+    let mut body = json!({"name": name, "role": role});
+    if let Some(a) = address {
+        body["address"] = json!(a);
+    }
+    let a = call(app, "POST", "/v1/admin/keys", Some(admin), Some(body), &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    a.json()["key"].as_str().unwrap().to_string()
+}
+
+async fn create_to(app: &Router, key: &str, to: &str, extra: Value) -> String {
+    let mut body = create_body();
+    body["to_agent"] = json!(to);
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let a = call(app, "POST", "/v1/intents", Some(key), Some(body), &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    a.json()["intent_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_receive_and_ack() {
+    let n = node(ApiConfig::default()).await;
+    let app = &n.app;
+    let admin = n.admin.as_str();
+
+    // registration: validation, the SSRF check, agent keys only for themselves
+    let put = |path: &'static str, body: Value, key: String| async move {
+        call(app, "PUT", path, Some(&key), Some(body), &[]).await
+    };
+    let a = put(
+        "/v1/agents/acme/prod/poller/binding",
+        json!({"delivery_mode": "poll", "ack_timeout_seconds": 30, "display_name": "Poller"}),
+        admin.into(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["agent"]["binding"]["delivery_mode"], "poll");
+    assert_eq!(a.json()["agent"]["display_name"], "Poller");
+    let a = put(
+        "/v1/agents/acme/prod/hook/binding",
+        json!({"delivery_mode": "http", "url": "http://127.0.0.1:9/in", "secret": "0123456789abcdef"}),
+        admin.into(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    let a = put(
+        "/v1/agents/acme/prod/hook/binding",
+        json!({"delivery_mode": "http", "url": "https://93.184.216.34/in", "secret": "0123456789abcdefWXYZ"}),
+        admin.into(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["agent"]["binding"]["secret_hint"], "WXYZ");
+    assert!(!a.text.contains("0123456789abcdef"));
+    let a = put(
+        "/v1/agents/acme/prod/poller/binding",
+        json!({"delivery_mode": "fax"}),
+        admin.into(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let other = make_key(app, admin, "other", "agent", Some("acme/prod/other")).await;
+    let a = put(
+        "/v1/agents/acme/prod/poller/binding",
+        json!({"delivery_mode": "poll"}),
+        other.clone(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = call(
+        app,
+        "GET",
+        "/v1/agents/acme/prod/poller",
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["agent"]["binding"]["delivery_mode"], "poll");
+
+    // a registration's max_delivery_attempts is the default of new intents to the agent
+    let a = put(
+        "/v1/agents/acme/prod/limited/binding",
+        json!({"delivery_mode": "poll", "max_delivery_attempts": 2}),
+        admin.into(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let limited = create_to(app, admin, "agent://acme/prod/limited", json!({})).await;
+    let a = call(
+        app,
+        "GET",
+        &format!("/v1/intents/{limited}"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["intent"]["max_delivery_attempts"], 2);
+
+    // receive leases at once when something waits, then nothing is left
+    let poller = make_key(app, admin, "poller", "agent", Some("acme/prod/poller")).await;
+    let id = create_to(app, admin, "agent://acme/prod/poller", json!({})).await;
+    let receive = "/v1/agents/acme/prod/poller/intents/receive";
+    let a = call(
+        app,
+        "POST",
+        receive,
+        Some(&poller),
+        Some(json!({"max": 5})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let got = a.json()["deliveries"].clone();
+    assert_eq!(got.as_array().unwrap().len(), 1, "{}", a.text);
+    assert_eq!(got[0]["intent_id"], json!(id));
+    assert_eq!(got[0]["status"], "DELIVERED");
+    assert!(got[0]["lease_expires_at"].is_string());
+    let a = call(app, "POST", receive, Some(&poller), Some(json!({})), &[]).await;
+    assert_eq!(a.json()["deliveries"], json!([]));
+    let a = call(app, "POST", receive, Some(&other), Some(json!({})), &[]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = call(
+        app,
+        "POST",
+        "/v1/agents/acme/prod/hook/intents/receive",
+        Some(admin),
+        Some(json!({})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+
+    // a long poll wakes when an intent arrives
+    let waiter = {
+        let app = app.clone();
+        let poller = poller.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let a = call(
+                &app,
+                "POST",
+                receive,
+                Some(&poller),
+                Some(json!({"wait_seconds": 20})),
+                &[],
+            )
+            .await;
+            (a.json(), started.elapsed())
+        })
+    };
+    // Gives the waiter time to start waiting; the assertions hold in either order (an
+    // intent already there is leased at once), so this is no synchronisation.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = create_to(app, admin, "agent://acme/prod/poller", json!({})).await;
+    let (answer, took) = waiter.await.unwrap();
+    assert_eq!(
+        answer["deliveries"][0]["intent_id"],
+        json!(second),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // ack: the attempt must be the current one
+    let ack = format!("/v1/intents/{id}/ack");
+    let a = call(
+        app,
+        "POST",
+        &ack,
+        Some(&poller),
+        Some(json!({"delivery_attempt": 2})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    let a = call(
+        app,
+        "POST",
+        &ack,
+        Some(&other),
+        Some(json!({"delivery_attempt": 1})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = call(
+        app,
+        "POST",
+        &ack,
+        Some(&poller),
+        Some(json!({"delivery_attempt": 1})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["intent"]["status"], "ACKNOWLEDGED");
+
+    // a dead letter (the engine would expire the lease; here the test proposes it) and replay
+    let dead = create_to(
+        app,
+        admin,
+        "agent://acme/prod/poller",
+        json!({"max_delivery_attempts": 1}),
+    )
+    .await;
+    let a = call(app, "POST", receive, Some(&poller), Some(json!({})), &[]).await;
+    assert_eq!(
+        a.json()["deliveries"][0]["intent_id"],
+        json!(dead),
+        "{}",
+        a.text
+    );
+    let dead_id: uuid::Uuid = dead.parse().unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    n.cluster
+        .write(Command::Intent {
+            command: intentd_lifecycle::IntentCommand::ExpireLease {
+                intent_id: dead_id,
+                attempt: 1,
+                retry_at: later,
+                at: later,
+            },
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    let a = call(
+        app,
+        "GET",
+        "/v1/deliveries?status=dead_lettered",
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let listed = a.json()["deliveries"].clone();
+    assert_eq!(listed[0]["delivery_id"], json!(dead), "{}", a.text);
+    assert_eq!(listed[0]["status"], "dead_lettered");
+    let a = call(
+        app,
+        "GET",
+        "/v1/deliveries?status=pending",
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let a = call(
+        app,
+        "GET",
+        &format!("/v1/deliveries/{dead}"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["delivery"]["intent"]["status"], "FAILED");
+    assert!(!a.json()["delivery"]["attempts"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let replay = format!("/v1/deliveries/{dead}/replay");
+    let a = call(
+        app,
+        "POST",
+        &replay,
+        Some(admin),
+        None,
+        &[("idempotency-key", "r1")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let new_id = a.json()["intent_id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, dead);
+    assert_eq!(a.json()["delivery"]["replay_of_delivery_id"], json!(dead));
+    let again = call(
+        app,
+        "POST",
+        &replay,
+        Some(admin),
+        None,
+        &[("idempotency-key", "r1")],
+    )
+    .await;
+    assert_eq!(again.json()["intent_id"], json!(new_id), "{}", again.text);
+    let a = call(
+        app,
+        "GET",
+        &format!("/v1/intents/{new_id}"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["intent"]["status"], "SUBMITTED");
+
+    // metrics: no key needed, requests counted by route
+    let a = call(app, "GET", "/metrics", None, None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.text
+            .contains("route=\"/v1/intents/{id}/ack\",status=\"409\""),
+        "{}",
+        a.text
+    );
+    n.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_approvals_webhooks_and_scenarios() {
+    let n = node(ApiConfig::default()).await;
+    let app = &n.app;
+    let admin = n.admin.as_str();
+    let lead = make_key(app, admin, "lead", "agent", Some("acme/people/lead")).await;
+    let a = call(
+        app,
+        "PUT",
+        "/v1/agents/acme/people/lead/binding",
+        Some(&lead),
+        Some(json!({"delivery_mode": "inbox"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let task = json!({"human_task": {"title": "Ship it?", "allowed_outcomes": ["approved", "rejected"],
+                                      "required_comment": true}});
+    let id = create_to(app, admin, "agent://acme/people/lead", task.clone()).await;
+
+    let a = call(app, "GET", "/v1/inbox", Some(&lead), None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let threads = a.json()["threads"].clone();
+    assert_eq!(threads.as_array().unwrap().len(), 1, "{}", a.text);
+    assert_eq!(threads[0]["thread_id"], json!(id));
+    assert_eq!(threads[0]["status"], "pending");
+    assert_eq!(threads[0]["owner_agent"], "agent://acme/people/lead");
+    let a = call(
+        app,
+        "GET",
+        "/v1/inbox?owner_agent=acme/people/other",
+        Some(&lead),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let thread = format!("/v1/inbox/{id}");
+    let a = call(app, "GET", &thread, Some(admin), None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(!a.json()["thread"]["timeline"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let a = call(
+        app,
+        "POST",
+        &format!("{thread}/reply"),
+        Some(&lead),
+        Some(json!({"message": "looking"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let message_id = a.json()["message_id"].clone();
+    let a = call(app, "GET", "/v1/inbox/changes", Some(&lead), None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let cursor = a.json()["next_cursor"].as_str().unwrap().to_string();
+    assert!(!a.json()["changes"].as_array().unwrap().is_empty());
+    let a = call(
+        app,
+        "GET",
+        &format!("/v1/inbox/changes?cursor={cursor}"),
+        Some(&lead),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["changes"], json!([]), "{}", a.text);
+    let a = call(
+        app,
+        "POST",
+        &format!("{thread}/messages/delete"),
+        Some(&lead),
+        Some(json!({"mode": "self", "message_ids": [message_id]})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["deleted_count"], 1);
+
+    // the task's rules apply: a comment is required
+    let a = call(
+        app,
+        "POST",
+        &format!("{thread}/approve"),
+        Some(&lead),
+        Some(json!({})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    let a = call(
+        app,
+        "POST",
+        &format!("{thread}/approve"),
+        Some(&lead),
+        Some(json!({"comment": "go"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["intent"]["status"], "COMPLETED");
+    assert_eq!(a.json()["intent"]["result"]["outcome"], "approved");
+    assert_eq!(a.json()["thread"]["status"], "done");
+
+    // the approvals view of the same thing
+    let second = create_to(app, admin, "agent://acme/people/lead", task).await;
+    let decision = format!("/v1/approvals/{second}/decision");
+    let a = call(
+        app,
+        "POST",
+        &decision,
+        Some(&lead),
+        Some(json!({"decision": "reject", "comment": "no"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["approval"]["decision"], "reject");
+    let a = call(
+        app,
+        "GET",
+        &format!("/v1/intents/{second}"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["intent"]["result"]["outcome"], "rejected");
+    let a = call(
+        app,
+        "POST",
+        &decision,
+        Some(&lead),
+        Some(json!({"decision": "approve", "comment": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+
+    // webhooks: subscribe, publish, replay, revoke
+    let a = call(
+        app,
+        "POST",
+        "/v1/webhooks/subscriptions",
+        Some(&lead),
+        Some(json!({"callback_url": "http://10.0.0.1/hook", "event_types": ["intent.*"]})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    let a = call(
+        app,
+        "POST",
+        "/v1/webhooks/subscriptions",
+        Some(&lead),
+        Some(json!({"callback_url": "https://93.184.216.34/hook",
+                    "event_types": ["inbox.thread_created", "intent.*"],
+                    "secret": "whsec_0123456789abcdef"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let sub = a.json()["subscription"].clone();
+    assert_eq!(sub["secret_hint"], "cdef");
+    let event =
+        json!({"event_type": "inbox.thread_created", "source": "tests", "payload": {"a": 1}});
+    let a = call(
+        app,
+        "POST",
+        "/v1/webhooks/events",
+        Some(&lead),
+        Some(event.clone()),
+        &[("idempotency-key", "e1")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["queued_deliveries"], 1, "{}", a.text);
+    let event_id = a.json()["event_id"].as_str().unwrap().to_string();
+    let a = call(
+        app,
+        "POST",
+        "/v1/webhooks/events",
+        Some(&lead),
+        Some(event),
+        &[("idempotency-key", "e1")],
+    )
+    .await;
+    assert_eq!(a.json()["event_id"], json!(event_id));
+    let a = call(
+        app,
+        "POST",
+        &format!("/v1/webhooks/events/{event_id}/replay"),
+        Some(&lead),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["pending"], 1);
+    let sub_path = format!(
+        "/v1/webhooks/subscriptions/{}",
+        sub["subscription_id"].as_str().unwrap()
+    );
+    let a = call(app, "DELETE", &sub_path, Some(&lead), None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(a.json()["revoked_at"].is_string());
+    let a = call(
+        app,
+        "GET",
+        "/v1/webhooks/subscriptions",
+        Some(&lead),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["subscriptions"], json!([]));
+
+    // scenarios: validate says what apply does; apply registers and submits
+    let bundle = json!({
+        "scenario_id": "ops.rollout",
+        "agents": [{"role": "deployer", "address": "agent://acme/prod/deployer", "delivery_mode": "poll"}],
+        "intent": {"type": "ops.rollout.v1", "payload": {"v": 2}},
+    });
+    let a = call(
+        app,
+        "POST",
+        "/v1/scenarios/validate",
+        Some(admin),
+        Some(bundle.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["valid"], true, "{}", a.text);
+    let a = call(
+        app,
+        "GET",
+        "/v1/agents/acme/prod/deployer",
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::NOT_FOUND,
+        "validate registers nothing"
+    );
+    let a = call(
+        app,
+        "POST",
+        "/v1/scenarios/validate",
+        Some(admin),
+        Some(json!({"scenario_id": "x.y", "intent": {"type": "Bad"}})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["valid"], false, "{}", a.text);
+    let a = call(
+        app,
+        "POST",
+        "/v1/scenarios/apply",
+        Some(admin),
+        Some(bundle.clone()),
+        &[("idempotency-key", "s1")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["agents"][0]["created"], true);
+    let intent_id = a.json()["intent_id"].clone();
+    let a = call(
+        app,
+        "GET",
+        "/v1/agents/acme/prod/deployer",
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["agent"]["binding"]["delivery_mode"], "poll");
+    let a = call(
+        app,
+        "POST",
+        "/v1/scenarios/apply",
+        Some(admin),
+        Some(bundle),
+        &[("idempotency-key", "s1")],
+    )
+    .await;
+    assert_eq!(
+        (
+            a.json()["intent_id"].clone(),
+            a.json()["idempotent"].clone()
+        ),
+        (intent_id, json!(true))
+    );
+    let a = call(
+        app,
+        "POST",
+        "/v1/scenarios/apply",
+        Some(&lead),
+        Some(json!({})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
     n.cluster.shutdown().await;
 }

@@ -2,7 +2,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{ApiKey, Timestamp, WaitingReason};
+use crate::{
+    AgentConfig, ApiKey, Subscription, Timestamp, WaitingReason, WebhookEvent, WebhookOutcome,
+};
 
 /// A change to the replicated state: the payload of one Raft log entry.
 ///
@@ -17,9 +19,72 @@ pub enum Command {
         idempotency: Option<IdempotencyClaim>,
     },
     /// Stores an API key under the SHA-256 of its secret.
-    PutApiKey { key_hash: String, key: ApiKey },
+    PutApiKey {
+        key_hash: String,
+        key: ApiKey,
+    },
     /// Marks a key revoked; it keeps existing so its id stays unique.
-    RevokeApiKey { id: Uuid },
+    RevokeApiKey {
+        id: Uuid,
+    },
+    /// Registers an agent or replaces its registration (`created_at` is kept on update).
+    RegisterAgent {
+        config: AgentConfig,
+    },
+    /// Forgets a registration: the address behaves as an unregistered `Stream` agent again.
+    RemoveAgent {
+        address: String,
+        at: Timestamp,
+    },
+    /// A person answers in a thread.
+    InboxReply {
+        thread_id: Uuid,
+        message_id: Uuid,
+        author: String,
+        text: String,
+        at: Timestamp,
+    },
+    /// Hands an open thread (and the intent's `pending_with`) to another owner.
+    InboxDelegate {
+        thread_id: Uuid,
+        to: String,
+        actor: String,
+        at: Timestamp,
+    },
+    /// Marks messages deleted and empties their text.
+    InboxDeleteMessages {
+        thread_id: Uuid,
+        message_ids: Vec<Uuid>,
+        actor: String,
+        at: Timestamp,
+    },
+    /// Creates a subscription, or updates the one of the same (owner, callback_url), which
+    /// keeps its id and `created_at`.
+    UpsertSubscription {
+        subscription: Subscription,
+    },
+    RevokeSubscription {
+        id: Uuid,
+        at: Timestamp,
+    },
+    /// Stores the event and fans it out: one pending delivery, due at once, per active
+    /// matching subscription of its owner.
+    PublishEvent {
+        event: WebhookEvent,
+    },
+    /// The push of attempt `attempt + 1` of a delivery ended. Compare-and-set: `attempt` must
+    /// be the delivery's current `attempts`.
+    WebhookDeliveryOutcome {
+        delivery_id: Uuid,
+        attempt: u32,
+        outcome: WebhookOutcome,
+        at: Timestamp,
+    },
+    /// Every delivery of the event back to pending, attempts reset, due at `at`.
+    ReplayWebhookEvent {
+        event_id: Uuid,
+        at: Timestamp,
+    },
 }
 
 /// The proposer's claim on an idempotency key. `scope` separates callers, so two API keys
@@ -83,6 +148,9 @@ pub struct NewIntent {
     pub max_reminders: Option<u32>,
     pub escalate_to: Option<String>,
     pub human_task: Option<Value>,
+    /// Delayed delivery (our extension of the create body): not enqueued before this time.
+    #[serde(default)]
+    pub deliver_at: Option<Timestamp>,
 }
 
 /// How the receiver resumes an intent (`POST /v1/intents/{id}/resume`).
@@ -121,12 +189,47 @@ pub enum IntentCommand {
         intent: NewIntent,
         at: Timestamp,
     },
-    /// Hands the intent to a consumer. Compare-and-set on `expected_attempt` so that two
-    /// consumers racing for the same intent cannot both win.
+    /// Hands the intent to a consumer under a lease that ends at `lease_until` (the proposer
+    /// adds the agent's ack timeout to its clock). Compare-and-set on `expected_attempt` so
+    /// that two consumers racing for the same intent cannot both win.
     Deliver {
         intent_id: Uuid,
         expected_attempt: u32,
         consumer: String,
+        lease_until: Timestamp,
+        at: Timestamp,
+    },
+    /// The lease of delivery `attempt` ran out unacknowledged. `retry_at` is when an HTTP
+    /// agent gets the next push (the proposer adds backoff and jitter); other bindings see the
+    /// intent again on their queue at once.
+    ExpireLease {
+        intent_id: Uuid,
+        attempt: u32,
+        retry_at: Timestamp,
+        at: Timestamp,
+    },
+    /// The HTTP push of `attempt` failed. `retry_at: None` gives up now (dead letter).
+    DeliveryFailed {
+        intent_id: Uuid,
+        attempt: u32,
+        error: String,
+        retry_at: Option<Timestamp>,
+        at: Timestamp,
+    },
+    /// A delayed intent's `deliver_at` passed: enqueue it.
+    Release {
+        intent_id: Uuid,
+        at: Timestamp,
+    },
+    /// Creates a new intent from a dead-lettered one; the old one stays FAILED.
+    Replay {
+        intent_id: Uuid,
+        new_intent_id: Uuid,
+        at: Timestamp,
+    },
+    /// A reminder of a WAITING_FOR_HUMAN intent is due (and maybe its escalation).
+    Remind {
+        intent_id: Uuid,
         at: Timestamp,
     },
     Acknowledge {
@@ -176,6 +279,11 @@ impl IntentCommand {
         match self {
             IntentCommand::Create { intent, .. } => intent.id,
             IntentCommand::Deliver { intent_id, .. }
+            | IntentCommand::ExpireLease { intent_id, .. }
+            | IntentCommand::DeliveryFailed { intent_id, .. }
+            | IntentCommand::Release { intent_id, .. }
+            | IntentCommand::Replay { intent_id, .. }
+            | IntentCommand::Remind { intent_id, .. }
             | IntentCommand::Acknowledge { intent_id, .. }
             | IntentCommand::Resume { intent_id, .. }
             | IntentCommand::Resolve { intent_id, .. }
@@ -189,6 +297,11 @@ impl IntentCommand {
         match self {
             IntentCommand::Create { at, .. }
             | IntentCommand::Deliver { at, .. }
+            | IntentCommand::ExpireLease { at, .. }
+            | IntentCommand::DeliveryFailed { at, .. }
+            | IntentCommand::Release { at, .. }
+            | IntentCommand::Replay { at, .. }
+            | IntentCommand::Remind { at, .. }
             | IntentCommand::Acknowledge { at, .. }
             | IntentCommand::Resume { at, .. }
             | IntentCommand::Resolve { at, .. }

@@ -10,7 +10,8 @@ pub fn same_address(a: &str, b: &str) -> bool {
     normalize_address(a) == normalize_address(b)
 }
 
-pub(crate) fn normalize_address(a: &str) -> &str {
+/// The address without its optional `agent://` scheme: the form state is keyed by.
+pub fn normalize_address(a: &str) -> &str {
     a.strip_prefix("agent://").unwrap_or(a)
 }
 
@@ -68,6 +69,37 @@ pub struct Intent {
     pub agent_cursor: u64,
     /// Set when the intent failed because every delivery attempt was used up.
     pub dead_lettered: bool,
+    /// The consumer currently holding the intent, while DELIVERED and unacknowledged.
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    /// When the next `Deliver` (HTTP push or retry) or the `Release` of a delayed intent is
+    /// due; only set while the intent waits for one.
+    #[serde(default)]
+    pub not_before: Option<Timestamp>,
+    /// Delayed delivery as created.
+    #[serde(default)]
+    pub deliver_at: Option<Timestamp>,
+    /// The dead-lettered intent this one replays.
+    #[serde(default)]
+    pub replayed_from: Option<Uuid>,
+    /// When the next reminder is due, while WAITING_FOR_HUMAN.
+    #[serde(default)]
+    pub next_reminder_at: Option<Timestamp>,
+    /// Set once the reminders ran out and the intent went to `escalate_to`.
+    #[serde(default)]
+    pub escalated_to: Option<String>,
+    /// Who answers for a WAITING_FOR_HUMAN intent now (normalized): the receiver at first,
+    /// then whoever it was delegated or escalated to. `pending_with` follows it.
+    #[serde(default)]
+    pub inbox_owner: Option<String>,
+}
+
+/// A delivery handed to one consumer: until `expires_at` nobody else gets the intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub consumer: String,
+    pub attempt: u32,
+    pub expires_at: Timestamp,
 }
 
 /// The names of lifecycle events as clients see them (`intent.*`).
@@ -88,6 +120,12 @@ pub enum EventType {
     TimedOut,
     ControlsUpdated,
     PolicyUpdated,
+    /// A lease ran out (or an HTTP push failed); the status stays.
+    LeaseExpired,
+    /// A reminder went to the human owner; the status stays.
+    ReminderSent,
+    /// The reminders ran out and the intent went to `escalate_to`; the status stays.
+    Escalated,
 }
 
 impl EventType {
@@ -107,6 +145,9 @@ impl EventType {
             EventType::TimedOut => "intent.timed_out",
             EventType::ControlsUpdated => "intent.controls_updated",
             EventType::PolicyUpdated => "intent.policy_updated",
+            EventType::LeaseExpired => "intent.lease_expired",
+            EventType::ReminderSent => "intent.reminder_sent",
+            EventType::Escalated => "intent.escalated",
         }
     }
 
@@ -124,6 +165,19 @@ impl EventType {
             Status::Canceled => EventType::Canceled,
             Status::TimedOut => EventType::TimedOut,
         }
+    }
+
+    /// Events that record something without changing the status.
+    pub fn keeps_status(self) -> bool {
+        matches!(
+            self,
+            EventType::Progress
+                | EventType::ControlsUpdated
+                | EventType::PolicyUpdated
+                | EventType::LeaseExpired
+                | EventType::ReminderSent
+                | EventType::Escalated
+        )
     }
 
     pub fn is_terminal(self) -> bool {

@@ -8,20 +8,33 @@
 //! rules be tested exhaustively without a runtime.
 
 mod access;
+pub mod agent;
 mod apply;
 mod command;
+mod due;
+pub mod inbox;
 mod intent;
 mod status;
 pub mod validate;
+pub mod webhook;
 
 pub use access::{hash_key, presented_secret, usable_key, AccessError, ApiKey, Role, KEY_REQUIRED};
+pub use agent::{AgentConfig, Binding, DEFAULT_ACK_TIMEOUT_SECS};
 pub use apply::{apply, Applied, Reply, StateView, Write};
 pub use command::{
     canonical_json, request_hash, Command, IdempotencyClaim, IdempotencyRecord, IntentCommand,
     NewIntent, Resolution, ResumeAction,
 };
-pub use intent::{Event, EventType, Intent, PendingWith, PendingWithKind};
+pub use due::{DeadLetter, DueEntry, DueKind};
+pub use inbox::{InboxChange, InboxChangeKind, InboxMessage, InboxThread, ThreadStatus};
+pub use intent::{
+    normalize_address, same_address, Event, EventType, Intent, Lease, PendingWith, PendingWithKind,
+};
 pub use status::{Status, WaitingReason};
+pub use webhook::{
+    Subscription, WebhookCounters, WebhookDelivery, WebhookDeliveryStatus, WebhookEvent,
+    WebhookOutcome,
+};
 
 /// Timestamps are UTC instants; the proposer reads the clock, never apply.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

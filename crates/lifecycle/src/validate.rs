@@ -147,6 +147,8 @@ pub struct IntentRequest {
     pub max_delivery_attempts: Option<u64>,
     /// Already known to be a JSON object; its shape is checked by [`human_task`].
     pub human_task: Option<Map<String, Value>>,
+    /// Our extension: delayed delivery, an RFC 3339 date-time.
+    pub deliver_at: Option<String>,
 }
 
 impl IntentRequest {
@@ -185,6 +187,7 @@ impl IntentRequest {
             self.max_delivery_attempts.map(Value::from),
         );
         put("human_task", self.human_task.clone().map(Value::Object));
+        put("deliver_at", self.deliver_at.clone().map(Value::from));
         Value::Object(m)
     }
 }
@@ -244,6 +247,10 @@ pub fn new_intent(req: IntentRequest, decided: Decided) -> Result<NewIntent, Val
         .deadline_at
         .map(|s| parse_rfc3339(&s).ok_or_else(|| rule("deadline_at must be an RFC 3339 date-time")))
         .transpose()?;
+    let deliver_at = req
+        .deliver_at
+        .map(|s| parse_rfc3339(&s).ok_or_else(|| rule("deliver_at must be an RFC 3339 date-time")))
+        .transpose()?;
     if let Some(e) = &req.escalate_to {
         check_len("escalate_to", e, 0, ADDRESS_LEN.1)?;
     }
@@ -272,6 +279,7 @@ pub fn new_intent(req: IntentRequest, decided: Decided) -> Result<NewIntent, Val
         max_reminders: at_least_u32("max_reminders", req.max_reminders, 1)?,
         escalate_to: req.escalate_to,
         human_task: req.human_task.map(Value::Object),
+        deliver_at,
     })
 }
 
@@ -584,6 +592,10 @@ mod tests {
                 "deadline",
                 Box::new(|r| r.deadline_at = Some("soon".into())),
             ),
+            (
+                "deliver_at",
+                Box::new(|r| r.deliver_at = Some("2030-01-01".into())),
+            ),
             ("attempts", Box::new(|r| r.max_delivery_attempts = Some(0))),
             (
                 "huge attempts",
@@ -641,6 +653,16 @@ mod tests {
             human_task(&task(json!({"title": "t", "required_comment": "yes"}))),
             Err(ValidationError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn deliver_at_is_optional_and_normalized_to_utc() {
+        assert_eq!(new_intent(request(), decided()).unwrap().deliver_at, None);
+        let mut req = request();
+        req.deliver_at = Some("2030-01-01T02:00:00+02:00".into());
+        assert_eq!(req.to_json()["deliver_at"], "2030-01-01T02:00:00+02:00");
+        let new = new_intent(req, decided()).unwrap();
+        assert_eq!(new.deliver_at, parse_rfc3339("2030-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Property tests of the lifecycle rules: whatever commands arrive, in whatever order, the
 //! event log of an intent stays gapless, only allowed transitions appear, a terminal status
-//! never changes and there is exactly one terminal event.
+//! never changes and there is exactly one terminal event; the due index always holds exactly
+//! the entries the intent's times call for. Unit tests below cover each delivery rule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
@@ -17,7 +18,17 @@ struct MemState {
     events: BTreeMap<(Uuid, u64), Event>,
     idem: BTreeMap<String, IdempotencyRecord>,
     cursors: BTreeMap<String, u64>,
+    /// (agent, cursor) -> intent
+    queue: BTreeMap<(String, u64), Uuid>,
     keys: BTreeMap<String, ApiKey>,
+    agents: BTreeMap<String, AgentConfig>,
+    due: BTreeSet<DueEntry>,
+    dead: BTreeMap<Uuid, DeadLetter>,
+    threads: BTreeMap<Uuid, InboxThread>,
+    changes: BTreeMap<(String, u64), InboxChange>,
+    subs: BTreeMap<Uuid, Subscription>,
+    webhook_events: BTreeMap<Uuid, WebhookEvent>,
+    deliveries: BTreeMap<Uuid, WebhookDelivery>,
 }
 
 impl StateView for MemState {
@@ -36,6 +47,44 @@ impl StateView for MemState {
             .find(|(_, k)| k.id == *id)
             .map(|(h, k)| (h.clone(), k.clone()))
     }
+    fn agent_config(&self, address: &str) -> Option<AgentConfig> {
+        self.agents.get(address).cloned()
+    }
+    fn subscriptions_of(&self, owner: &str) -> Vec<Subscription> {
+        self.subs
+            .values()
+            .filter(|s| s.owner == owner)
+            .cloned()
+            .collect()
+    }
+    fn subscription(&self, id: &Uuid) -> Option<Subscription> {
+        self.subs.get(id).cloned()
+    }
+    fn inbox_thread(&self, id: &Uuid) -> Option<InboxThread> {
+        self.threads.get(id).cloned()
+    }
+    fn inbox_cursor(&self, owner: &str) -> u64 {
+        self.changes
+            .range((owner.to_string(), 0)..=(owner.to_string(), u64::MAX))
+            .next_back()
+            .map_or(0, |((_, seq), _)| *seq)
+    }
+    fn webhook_event(&self, id: &Uuid) -> Option<WebhookEvent> {
+        self.webhook_events.get(id).cloned()
+    }
+    fn webhook_delivery(&self, id: &Uuid) -> Option<WebhookDelivery> {
+        self.deliveries.get(id).cloned()
+    }
+    fn webhook_deliveries(&self, event_id: &Uuid) -> Vec<WebhookDelivery> {
+        self.deliveries
+            .values()
+            .filter(|d| d.event_id == *event_id)
+            .cloned()
+            .collect()
+    }
+    fn dead_letter(&self, id: &Uuid) -> Option<DeadLetter> {
+        self.dead.get(id).cloned()
+    }
 }
 
 impl MemState {
@@ -53,17 +102,79 @@ impl MemState {
                 Write::Idempotency { key, record } => {
                     self.idem.insert(key, record);
                 }
-                Write::AgentQueue { agent, cursor, .. } => {
-                    let last = self.cursors.entry(agent).or_default();
+                Write::AgentQueue {
+                    agent,
+                    cursor,
+                    intent_id,
+                } => {
+                    let last = self.cursors.entry(agent.clone()).or_default();
                     assert!(cursor > *last, "agent cursors must only grow");
                     *last = cursor;
+                    self.queue.insert((agent, cursor), intent_id);
                 }
                 Write::ApiKey { key_hash, key } => {
                     self.keys.insert(key_hash, key);
                 }
+                Write::AgentConfig(c) => {
+                    self.agents.insert(c.address.clone(), *c);
+                }
+                Write::RemoveAgent { address } => {
+                    self.agents.remove(&address);
+                }
+                Write::Due { at, kind, id } => {
+                    let fresh = self.due.insert(DueEntry { at, kind, id });
+                    assert!(fresh, "due entry {kind:?} {at} {id} written twice");
+                }
+                Write::Undue { at, kind, id } => {
+                    let existed = self.due.remove(&DueEntry { at, kind, id });
+                    assert!(
+                        existed,
+                        "removed a due entry {kind:?} {at} that was not there"
+                    );
+                }
+                Write::DeadLetter(d) => {
+                    self.dead.insert(d.intent_id, d);
+                }
+                Write::InboxThread(t) => {
+                    self.threads.insert(t.thread_id, *t);
+                }
+                Write::InboxChange { owner, change } => {
+                    assert_eq!(
+                        change.seq,
+                        self.inbox_cursor(&owner) + 1,
+                        "inbox feed gapless"
+                    );
+                    self.changes.insert((owner, change.seq), change);
+                }
+                Write::Subscription(sub) => {
+                    self.subs.insert(sub.id, *sub);
+                }
+                Write::WebhookEvent(e) => {
+                    let prev = self.webhook_events.insert(e.event_id, *e);
+                    assert!(prev.is_none(), "a webhook event was published twice");
+                }
+                Write::WebhookDelivery(d) => {
+                    self.deliveries.insert(d.delivery_id, *d);
+                }
             }
         }
         Ok(applied.reply)
+    }
+
+    fn due_of(&self, id: Uuid) -> BTreeSet<(DueKind, DateTime<Utc>)> {
+        self.due
+            .iter()
+            .filter(|e| e.id == id)
+            .map(|e| (e.kind, e.at))
+            .collect()
+    }
+
+    /// Runs an intent command without an idempotency key.
+    fn intent_cmd(&mut self, command: IntentCommand) -> Result<Reply, Rejection> {
+        self.run(&Command::Intent {
+            command,
+            idempotency: None,
+        })
     }
 
     fn events_of(&self, id: Uuid) -> Vec<Event> {
@@ -94,35 +205,113 @@ fn new_intent(id: Uuid, max_attempts: u32, deadline: Option<i64>) -> NewIntent {
         max_reminders: None,
         escalate_to: None,
         human_task: None,
+        deliver_at: None,
+    }
+}
+
+const SENDER: &str = "acme/prod/sender";
+const RECEIVER: &str = "acme/prod/payments";
+
+fn register(state: &mut MemState, binding: Binding) {
+    state
+        .run(&Command::RegisterAgent {
+            config: AgentConfig {
+                address: format!("agent://{RECEIVER}"),
+                binding,
+                ack_timeout_secs: 30,
+                max_delivery_attempts: None,
+                display_name: None,
+                created_at: t0(),
+                updated_at: t0(),
+            },
+        })
+        .unwrap();
+}
+
+fn http() -> Binding {
+    Binding::Http {
+        url: "https://receiver.example/hook".into(),
+        secret: "whsec_abc".into(),
+        max_concurrency: 4,
+    }
+}
+
+fn subscribe(state: &mut MemState, n: u128, owner: &str, types: &[&str]) -> Uuid {
+    let reply = state
+        .run(&Command::UpsertSubscription {
+            subscription: Subscription {
+                id: Uuid::from_u128(900 + n),
+                owner: owner.into(),
+                callback_url: format!("https://hooks.example/{n}"),
+                event_types: types.iter().map(|t| t.to_string()).collect(),
+                secret: "s".into(),
+                active: true,
+                description: None,
+                created_at: t0(),
+                updated_at: t0(),
+                revoked_at: None,
+            },
+        })
+        .unwrap();
+    match reply {
+        Reply::Subscription(s) => s.id,
+        other => panic!("unexpected {other:?}"),
     }
 }
 
 /// One step of a random scenario; `attempt_skew` makes some acks and deliveries stale.
 #[derive(Debug, Clone)]
 enum Step {
-    Deliver { attempt_skew: u32 },
-    Ack { attempt_skew: u32 },
+    Deliver {
+        attempt_skew: u32,
+    },
+    Ack {
+        attempt_skew: u32,
+    },
     Complete,
     Fail,
     Progress,
     Wait,
-    Approve { generation_skew: Option<u64> },
+    Approve {
+        generation_skew: Option<u64>,
+    },
     ResolveCompleted,
     ResolveFailed,
     Cancel,
-    TimeOut { at_seconds: i64 },
-    Controls { generation_skew: Option<u64> },
-    Policy { generation_skew: Option<u64> },
+    TimeOut {
+        at_seconds: i64,
+    },
+    Controls {
+        generation_skew: Option<u64>,
+    },
+    Policy {
+        generation_skew: Option<u64>,
+    },
+    /// `early`: before the lease ends (refused).
+    ExpireLease {
+        attempt_skew: u32,
+        early: bool,
+    },
+    DeliveryFailed {
+        attempt_skew: u32,
+        give_up: bool,
+    },
+    Release,
+    /// `early`: before the reminder is due (refused).
+    Remind {
+        early: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let skew = prop_oneof![3 => Just(0u32), 1 => 1u32..3];
+    let skew_ = skew.clone();
     let gen_skew =
         prop_oneof![2 => Just(None), 2 => Just(Some(0u64)), 1 => (1u64..3).prop_map(Some)];
     prop_oneof![
         skew.clone()
             .prop_map(|attempt_skew| Step::Deliver { attempt_skew }),
-        skew.prop_map(|attempt_skew| Step::Ack { attempt_skew }),
+        skew_.prop_map(|attempt_skew| Step::Ack { attempt_skew }),
         Just(Step::Complete),
         Just(Step::Fail),
         Just(Step::Progress),
@@ -138,6 +327,18 @@ fn step() -> impl Strategy<Value = Step> {
             .clone()
             .prop_map(|generation_skew| Step::Controls { generation_skew }),
         gen_skew.prop_map(|generation_skew| Step::Policy { generation_skew }),
+        (skew.clone(), any::<bool>()).prop_map(|(attempt_skew, early)| Step::ExpireLease {
+            attempt_skew,
+            early
+        }),
+        (skew.clone(), any::<bool>()).prop_map(|(attempt_skew, give_up)| {
+            Step::DeliveryFailed {
+                attempt_skew,
+                give_up,
+            }
+        }),
+        Just(Step::Release),
+        any::<bool>().prop_map(|early| Step::Remind { early }),
     ]
 }
 
@@ -151,7 +352,43 @@ fn command_for(state: &MemState, id: Uuid, step: &Step, i: i64) -> Command {
             intent_id: id,
             expected_attempt: cur.delivery_attempt + attempt_skew,
             consumer: "c1".into(),
+            lease_until: at + Duration::seconds(30),
             at,
+        },
+        Step::ExpireLease {
+            attempt_skew,
+            early,
+        } => IntentCommand::ExpireLease {
+            intent_id: id,
+            attempt: cur.delivery_attempt + attempt_skew,
+            retry_at: at + Duration::seconds(5),
+            at: match (&cur.lease, early) {
+                (Some(l), false) => l.expires_at,
+                (Some(l), true) => l.expires_at - Duration::milliseconds(1),
+                (None, _) => at,
+            },
+        },
+        Step::DeliveryFailed {
+            attempt_skew,
+            give_up,
+        } => IntentCommand::DeliveryFailed {
+            intent_id: id,
+            attempt: cur.delivery_attempt + attempt_skew,
+            error: "HTTP 503".into(),
+            retry_at: (!give_up).then(|| at + Duration::seconds(2)),
+            at,
+        },
+        Step::Release => IntentCommand::Release {
+            intent_id: id,
+            at: cur.not_before.unwrap_or(at),
+        },
+        Step::Remind { early } => IntentCommand::Remind {
+            intent_id: id,
+            at: match (cur.next_reminder_at, early) {
+                (Some(t), false) => t,
+                (Some(t), true) => t - Duration::seconds(1),
+                (None, _) => at,
+            },
         },
         Step::Ack { attempt_skew } => IntentCommand::Acknowledge {
             intent_id: id,
@@ -252,12 +489,56 @@ fn command_for(state: &MemState, id: Uuid, step: &Step, i: i64) -> Command {
 /// Statuses an event may report relative to the previous one: a real transition, or the same
 /// status for events that change no status (progress, controls, policy).
 fn allowed_step(prev: Status, event: &Event) -> bool {
-    match event.event_type {
-        EventType::Progress | EventType::ControlsUpdated | EventType::PolicyUpdated => {
-            event.status == prev && !prev.is_terminal()
-        }
-        _ => prev.can_transition_to(event.status),
+    if event.event_type.keeps_status() {
+        event.status == prev && !prev.is_terminal()
+    } else {
+        prev.can_transition_to(event.status)
     }
+}
+
+/// The due entries an intent's times call for: what the index must hold for it, no more.
+fn expected_due(i: &Intent) -> BTreeSet<(DueKind, DateTime<Utc>)> {
+    let mut out = BTreeSet::new();
+    if i.status.is_terminal() {
+        return out;
+    }
+    if let Some(l) = &i.lease {
+        out.insert((DueKind::LeaseExpiry, l.expires_at));
+    }
+    if let Some(t) = i.not_before {
+        let held_back = i.status == Status::Submitted && i.agent_cursor == 0;
+        let kind = if held_back {
+            DueKind::Release
+        } else {
+            DueKind::Deliver
+        };
+        out.insert((kind, t));
+    }
+    if let Some(t) = i.deadline_at {
+        out.insert((DueKind::Deadline, t));
+    }
+    if let Some(t) = i.next_reminder_at {
+        out.insert((DueKind::Reminder, t));
+    }
+    out
+}
+
+/// How the receiver takes intents in a scenario.
+#[derive(Debug, Clone, Copy)]
+enum Setup {
+    Stream,
+    Http,
+    Inbox,
+    Delayed,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    prop_oneof![
+        Just(Setup::Stream),
+        Just(Setup::Http),
+        Just(Setup::Inbox),
+        Just(Setup::Delayed)
+    ]
 }
 
 proptest! {
@@ -268,11 +549,31 @@ proptest! {
         steps in prop::collection::vec(step(), 0..40),
         max_attempts in 1u32..4,
         deadline in prop::option::of(0i64..100),
+        setup in setup(),
+        reminders in prop::option::of((1u64..20, prop::option::of(1u32..3), any::<bool>())),
+        webhooks in any::<bool>(),
     ) {
         let id = Uuid::from_u128(1);
         let mut state = MemState::default();
+        match setup {
+            Setup::Http => register(&mut state, http()),
+            Setup::Inbox => register(&mut state, Binding::Inbox),
+            Setup::Stream | Setup::Delayed => {}
+        }
+        if webhooks {
+            subscribe(&mut state, 1, SENDER, &["intent.*"]);
+        }
+        let mut new = new_intent(id, max_attempts, deadline);
+        if let Setup::Delayed = setup {
+            new.deliver_at = Some(t0() + Duration::seconds(10));
+        }
+        if let Some((after, max, escalate)) = reminders {
+            new.remind_after_seconds = Some(after);
+            new.max_reminders = max;
+            new.escalate_to = escalate.then(|| "agent://acme/prod/boss".to_string());
+        }
         let create = Command::Intent {
-            command: IntentCommand::Create { intent: new_intent(id, max_attempts, deadline), at: t0() },
+            command: IntentCommand::Create { intent: new, at: t0() },
             idempotency: None,
         };
         state.run(&create).unwrap();
@@ -283,10 +584,17 @@ proptest! {
             match state.run(&cmd) {
                 Ok(Reply::Intent { events, .. }) => {
                     prop_assert!(!was_terminal, "a terminal intent changed: {s:?}");
-                    prop_assert!(!events.is_empty());
+                    prop_assert!(!events.is_empty() || matches!(s, Step::Release),
+                        "only a release changes an intent without an event: {s:?}");
                 }
-                Ok(Reply::Done) => prop_assert!(false, "intent commands reply with the intent"),
+                Ok(other) => prop_assert!(false, "intent commands reply with the intent: {other:?}"),
                 Err(_) => prop_assert_eq!(&state, &before, "a rejection changed the state"),
+            }
+            let intent = &state.intents[&id];
+            prop_assert_eq!(state.due_of(id), expected_due(intent), "due index after {:?}", s);
+            if let Some(lease) = &intent.lease {
+                prop_assert_eq!(intent.status, Status::Delivered);
+                prop_assert_eq!(lease.attempt, intent.delivery_attempt);
             }
         }
 
@@ -305,11 +613,26 @@ proptest! {
         if intent.status.is_terminal() {
             prop_assert_eq!(terminal.len(), 1, "exactly one terminal event");
             prop_assert_eq!(events.last().unwrap().event_type.is_terminal(), true, "nothing after the terminal event");
+            prop_assert!(state.due.iter().all(|e| e.kind == DueKind::WebhookDelivery),
+                "a terminal intent leaves nothing due");
         } else {
             prop_assert!(terminal.is_empty());
         }
         prop_assert_eq!(events.last().unwrap().status, intent.status);
         prop_assert!(intent.delivery_attempt <= intent.max_delivery_attempts);
+        prop_assert_eq!(intent.dead_lettered, state.dead.contains_key(&id));
+        if webhooks {
+            // Every lifecycle event went out once, to the one subscription.
+            prop_assert_eq!(state.webhook_events.len(), events.len());
+            prop_assert_eq!(state.deliveries.len(), events.len());
+        } else {
+            prop_assert!(state.webhook_events.is_empty());
+        }
+        if let Some(thread) = state.threads.get(&id) {
+            prop_assert_eq!(thread.status == ThreadStatus::Resolved, intent.status.is_terminal());
+            let owner = intent.inbox_owner.as_deref().map(normalize_address);
+            prop_assert_eq!(Some(thread.owner.as_str()), owner);
+        }
     }
 
     #[test]
@@ -383,23 +706,52 @@ fn delivery_attempts_run_out_into_a_dead_lettered_failure() {
     let mut state = MemState::default();
     let id = Uuid::from_u128(5);
     state
-        .run(&Command::Intent {
-            command: IntentCommand::Create {
-                intent: new_intent(id, 2, None),
-                at: t0(),
-            },
-            idempotency: None,
+        .intent_cmd(IntentCommand::Create {
+            intent: new_intent(id, 2, None),
+            at: t0(),
         })
         .unwrap();
-    for i in 0..3 {
-        let cmd = command_for(&state, id, &Step::Deliver { attempt_skew: 0 }, i + 1);
-        state.run(&cmd).unwrap();
+    for i in 0..2 {
+        let deliver = command_for(&state, id, &Step::Deliver { attempt_skew: 0 }, i * 100 + 1);
+        state.run(&deliver).unwrap();
+        // A second consumer cannot take a leased intent.
+        assert!(state.run(&deliver).is_err());
+        let expire = Step::ExpireLease {
+            attempt_skew: 0,
+            early: false,
+        };
+        state
+            .run(&command_for(&state, id, &expire, i * 100 + 2))
+            .unwrap();
     }
     let intent = &state.intents[&id];
     assert_eq!(intent.status, Status::Failed);
     assert!(intent.dead_lettered);
     assert_eq!(intent.delivery_attempt, 2);
     assert_eq!(intent.error.as_ref().unwrap()["code"], "delivery_failed");
+    assert!(state.dead[&id].replayed_as.is_none());
+    let types: Vec<&str> = state
+        .events_of(id)
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "intent.created",
+            "intent.submitted",
+            "intent.delivered",
+            "intent.lease_expired",
+            "intent.delivered",
+            "intent.lease_expired",
+            "intent.failed"
+        ]
+    );
+    // The lease expiry keeps the status; the queue offered the intent again in between.
+    assert_eq!(state.events_of(id)[3].status, Status::Delivered);
+    let cursors: Vec<u64> = state.queue.keys().map(|(_, c)| *c).collect();
+    assert_eq!(cursors, [1, 2]);
+    assert!(state.due.is_empty());
 }
 
 #[test]
@@ -469,4 +821,609 @@ fn a_timeout_before_the_deadline_is_refused() {
     let late = command_for(&state, id, &Step::TimeOut { at_seconds: 60 }, 2);
     state.run(&late).unwrap();
     assert_eq!(state.intents[&id].status, Status::TimedOut);
+}
+
+fn secs(n: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(n)
+}
+
+fn create_with(state: &mut MemState, new: NewIntent) -> Uuid {
+    let id = new.id;
+    state
+        .intent_cmd(IntentCommand::Create {
+            intent: new,
+            at: t0(),
+        })
+        .unwrap();
+    id
+}
+
+fn deliver_at(state: &mut MemState, id: Uuid, at: i64) -> Result<Reply, Rejection> {
+    let attempt = state.intents[&id].delivery_attempt;
+    state.intent_cmd(IntentCommand::Deliver {
+        intent_id: id,
+        expected_attempt: attempt,
+        consumer: "c1".into(),
+        lease_until: secs(at + 30),
+        at: secs(at),
+    })
+}
+
+fn resume_complete(
+    state: &mut MemState,
+    id: Uuid,
+    result: serde_json::Value,
+) -> Result<Reply, Rejection> {
+    state.intent_cmd(IntentCommand::Resume {
+        intent_id: id,
+        action: ResumeAction::Complete { result },
+        actor: "agent://acme/prod/payments".into(),
+        at: secs(5),
+    })
+}
+
+#[test]
+fn an_expired_lease_is_offered_again_and_stale_attempts_change_nothing() {
+    let mut state = MemState::default();
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(20), 3, None));
+    deliver_at(&mut state, id, 1).unwrap();
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::LeaseExpiry, secs(31))])
+    );
+    let expire = |attempt: u32, at: i64| IntentCommand::ExpireLease {
+        intent_id: id,
+        attempt,
+        retry_at: secs(at + 5),
+        at: secs(at),
+    };
+    let before = state.clone();
+    assert_eq!(
+        state.intent_cmd(expire(2, 31)),
+        Err(Rejection::StaleAttempt {
+            expected: 2,
+            current: 1
+        })
+    );
+    assert!(matches!(
+        state.intent_cmd(expire(1, 30)),
+        Err(Rejection::Invalid(_))
+    ));
+    assert_eq!(state, before);
+    state.intent_cmd(expire(1, 31)).unwrap();
+    let intent = &state.intents[&id];
+    assert_eq!(intent.status, Status::Delivered);
+    assert!(intent.lease.is_none());
+    assert_eq!(intent.agent_cursor, 2, "re-enqueued at a new cursor");
+    assert!(state.due_of(id).is_empty());
+    // The same expiry again is refused: that lease is gone.
+    assert!(state.intent_cmd(expire(1, 40)).is_err());
+    // A stale ack is refused; the current attempt's late ack is fine.
+    assert!(matches!(
+        state.intent_cmd(IntentCommand::Acknowledge {
+            intent_id: id,
+            attempt: 0,
+            actor: "a".into(),
+            at: secs(41)
+        }),
+        Err(Rejection::StaleAttempt { .. })
+    ));
+    deliver_at(&mut state, id, 42).unwrap();
+    assert_eq!(state.intents[&id].delivery_attempt, 2);
+    state
+        .intent_cmd(IntentCommand::Acknowledge {
+            intent_id: id,
+            attempt: 2,
+            actor: "a".into(),
+            at: secs(43),
+        })
+        .unwrap();
+    assert_eq!(state.intents[&id].status, Status::Acknowledged);
+    assert!(state.intents[&id].lease.is_none());
+    assert!(
+        state.due_of(id).is_empty(),
+        "an ack removes the lease expiry"
+    );
+}
+
+#[test]
+fn http_pushes_are_due_retried_and_finally_dead_lettered() {
+    let mut state = MemState::default();
+    register(&mut state, http());
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(21), 3, Some(600)));
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Deliver, t0()), (DueKind::Deadline, secs(600))])
+    );
+    deliver_at(&mut state, id, 1).unwrap();
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([
+            (DueKind::LeaseExpiry, secs(31)),
+            (DueKind::Deadline, secs(600))
+        ])
+    );
+    let failed = |attempt: u32, retry: Option<i64>| IntentCommand::DeliveryFailed {
+        intent_id: id,
+        attempt,
+        error: "HTTP 503".into(),
+        retry_at: retry.map(secs),
+        at: secs(2),
+    };
+    state.intent_cmd(failed(1, Some(10))).unwrap();
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Deliver, secs(10)), (DueKind::Deadline, secs(600))])
+    );
+    let last = state.events_of(id).pop().unwrap();
+    assert_eq!(last.event_type, EventType::LeaseExpired);
+    assert_eq!(last.details["error"], "HTTP 503");
+    deliver_at(&mut state, id, 10).unwrap();
+    state.intent_cmd(failed(2, None)).unwrap();
+    let intent = &state.intents[&id];
+    assert_eq!(intent.status, Status::Failed);
+    assert!(intent.dead_lettered);
+    assert!(state.dead[&id].reason.contains("HTTP 503"));
+    assert!(
+        state.due.is_empty(),
+        "a failed intent has nothing due, not even its deadline"
+    );
+}
+
+#[test]
+fn a_delayed_intent_waits_for_its_release() {
+    let mut state = MemState::default();
+    register(&mut state, http());
+    let mut new = new_intent(Uuid::from_u128(22), 3, None);
+    new.deliver_at = Some(secs(60));
+    let id = create_with(&mut state, new);
+    assert!(state.queue.is_empty());
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Release, secs(60))])
+    );
+    assert!(matches!(
+        deliver_at(&mut state, id, 1),
+        Err(Rejection::Invalid(_))
+    ));
+    let release = |at: i64| IntentCommand::Release {
+        intent_id: id,
+        at: secs(at),
+    };
+    assert!(state.intent_cmd(release(59)).is_err());
+    state.intent_cmd(release(60)).unwrap();
+    assert_eq!(state.queue.len(), 1);
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Deliver, secs(60))])
+    );
+    assert!(
+        state.intent_cmd(release(61)).is_ok(),
+        "a push due for a non-http agent is cleared"
+    );
+    assert!(state.due_of(id).is_empty());
+    // A deliver_at in the past enqueues at once.
+    let mut past = new_intent(Uuid::from_u128(23), 3, None);
+    past.deliver_at = Some(t0() - Duration::seconds(1));
+    create_with(&mut state, past);
+    assert_eq!(state.queue.len(), 2);
+}
+
+fn approval_task(state: &mut MemState, n: u128) -> Uuid {
+    let mut new = new_intent(Uuid::from_u128(n), 3, None);
+    new.human_task = Some(json!({
+        "title": "Approve the refund",
+        "task_type": "approval",
+        "allowed_outcomes": ["approved", "rejected"],
+        "required_comment": true,
+    }));
+    create_with(state, new)
+}
+
+#[test]
+fn inbox_approval_checks_outcomes_and_the_required_comment() {
+    let mut state = MemState::default();
+    let id = approval_task(&mut state, 30);
+    let intent = &state.intents[&id];
+    assert_eq!(intent.status, Status::Waiting);
+    assert_eq!(intent.waiting_reason, Some(WaitingReason::WaitingForHuman));
+    assert_eq!(
+        intent.pending_with.as_ref().unwrap().kind,
+        PendingWithKind::Human
+    );
+    assert!(
+        state.queue.is_empty(),
+        "a human task is not put on the agent queue"
+    );
+    let thread = &state.threads[&id];
+    assert_eq!(
+        (thread.owner.as_str(), thread.status, thread.title.as_str()),
+        (RECEIVER, ThreadStatus::Open, "Approve the refund")
+    );
+    assert_eq!(state.inbox_cursor(RECEIVER), 1);
+
+    let before = state.clone();
+    for bad in [
+        json!({"outcome": "maybe", "comment": "hm"}),
+        json!({"outcome": "approved"}),
+        json!({"outcome": "approved", "comment": "  "}),
+        json!({"comment": "no outcome"}),
+    ] {
+        assert!(
+            matches!(
+                resume_complete(&mut state, id, bad.clone()),
+                Err(Rejection::Invalid(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert_eq!(state, before);
+    resume_complete(
+        &mut state,
+        id,
+        json!({"outcome": "rejected", "comment": "no budget"}),
+    )
+    .unwrap();
+    assert_eq!(state.intents[&id].status, Status::Completed);
+    assert_eq!(state.threads[&id].status, ThreadStatus::Resolved);
+    let feed: Vec<InboxChangeKind> = state.changes.values().map(|c| c.kind).collect();
+    assert_eq!(feed, [InboxChangeKind::Added, InboxChangeKind::Resolved]);
+    assert_eq!(state.threads[&id].change_seq, 2);
+}
+
+#[test]
+fn an_inbox_bound_receiver_gets_every_intent_as_a_thread() {
+    let mut state = MemState::default();
+    register(&mut state, Binding::Inbox);
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(31), 3, None));
+    assert_eq!(state.intents[&id].status, Status::Waiting);
+    assert_eq!(state.threads[&id].title, "payment.charge.v1");
+    // Without a human_task any answer completes it.
+    resume_complete(&mut state, id, json!({"ok": true})).unwrap();
+    assert_eq!(state.intents[&id].status, Status::Completed);
+}
+
+#[test]
+fn reminders_then_escalation() {
+    let mut state = MemState::default();
+    let mut new = new_intent(Uuid::from_u128(40), 3, None);
+    new.human_task = Some(json!({"title": "Sign"}));
+    new.remind_after_seconds = Some(60);
+    new.remind_interval_seconds = Some(30);
+    new.max_reminders = Some(2);
+    new.escalate_to = Some("agent://acme/prod/boss".into());
+    let id = create_with(&mut state, new);
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Reminder, secs(60))])
+    );
+    let remind = |at: i64| IntentCommand::Remind {
+        intent_id: id,
+        at: secs(at),
+    };
+    assert!(matches!(
+        state.intent_cmd(remind(59)),
+        Err(Rejection::Invalid(_))
+    ));
+    state.intent_cmd(remind(60)).unwrap();
+    assert_eq!(state.intents[&id].remind_count, 1);
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Reminder, secs(90))])
+    );
+    state.intent_cmd(remind(90)).unwrap();
+    let intent = &state.intents[&id];
+    assert_eq!(intent.remind_count, 2);
+    assert_eq!(
+        intent.escalated_to.as_deref(),
+        Some("agent://acme/prod/boss")
+    );
+    assert_eq!(
+        intent.pending_with,
+        Some(PendingWith {
+            kind: PendingWithKind::Human,
+            reference: "agent://acme/prod/boss".into()
+        })
+    );
+    assert!(
+        state.due_of(id).is_empty(),
+        "no reminders after the escalation"
+    );
+    let tail: Vec<(EventType, Status)> = state.events_of(id)[3..]
+        .iter()
+        .map(|e| (e.event_type, e.status))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (EventType::ReminderSent, Status::Waiting),
+            (EventType::ReminderSent, Status::Waiting),
+            (EventType::Escalated, Status::Waiting)
+        ]
+    );
+    assert_eq!(state.threads[&id].owner, "acme/prod/boss");
+    assert_eq!(
+        state.changes.get(&(RECEIVER.to_string(), 2)).unwrap().kind,
+        InboxChangeKind::Removed
+    );
+    assert_eq!(
+        state
+            .changes
+            .get(&("acme/prod/boss".to_string(), 1))
+            .unwrap()
+            .kind,
+        InboxChangeKind::Added
+    );
+    assert!(state.intent_cmd(remind(200)).is_err());
+}
+
+#[test]
+fn delegation_moves_the_thread_and_pending_with() {
+    let mut state = MemState::default();
+    let id = approval_task(&mut state, 41);
+    let delegate = |to: &str| Command::InboxDelegate {
+        thread_id: id,
+        to: to.into(),
+        actor: "agent://acme/prod/payments".into(),
+        at: secs(3),
+    };
+    assert!(state.run(&delegate(RECEIVER)).is_err(), "already there");
+    state.run(&delegate("agent://acme/prod/deputy")).unwrap();
+    assert_eq!(state.threads[&id].owner, "acme/prod/deputy");
+    assert_eq!(
+        state.intents[&id].pending_with.as_ref().unwrap().reference,
+        "agent://acme/prod/deputy"
+    );
+    // Replies and deletions go to the new owner's feed.
+    let reply = Command::InboxReply {
+        thread_id: id,
+        message_id: Uuid::from_u128(500),
+        author: "deputy".into(),
+        text: "looking".into(),
+        at: secs(4),
+    };
+    state.run(&reply).unwrap();
+    assert_eq!(
+        state.run(&reply),
+        Err(Rejection::AlreadyExists(Uuid::from_u128(500)))
+    );
+    state
+        .run(&Command::InboxDeleteMessages {
+            thread_id: id,
+            message_ids: vec![Uuid::from_u128(500)],
+            actor: "deputy".into(),
+            at: secs(5),
+        })
+        .unwrap();
+    let m = &state.threads[&id].messages[0];
+    assert!(m.deleted && m.text.is_empty());
+    assert!(state
+        .run(&Command::InboxDeleteMessages {
+            thread_id: id,
+            message_ids: vec![Uuid::from_u128(501)],
+            actor: "deputy".into(),
+            at: secs(5),
+        })
+        .is_err());
+    assert_eq!(state.inbox_cursor("acme/prod/deputy"), 3);
+}
+
+#[test]
+fn reply_to_gets_a_completion_thread() {
+    let mut state = MemState::default();
+    let mut new = new_intent(Uuid::from_u128(42), 3, None);
+    new.reply_to = Some("agent://acme/prod/caller".into());
+    let id = create_with(&mut state, new);
+    assert!(state.threads.is_empty());
+    resume_complete(&mut state, id, json!({"paid": true})).unwrap();
+    let thread = &state.threads[&id];
+    assert_eq!(thread.owner, "acme/prod/caller");
+    assert_eq!(thread.status, ThreadStatus::Resolved);
+    assert!(thread.messages[0].text.contains("\"paid\":true"));
+    assert_eq!(state.inbox_cursor("acme/prod/caller"), 1);
+}
+
+#[test]
+fn replay_creates_a_new_intent_and_the_old_stays_failed() {
+    let mut state = MemState::default();
+    register(&mut state, http());
+    let old = create_with(&mut state, new_intent(Uuid::from_u128(50), 3, None));
+    let replay = |new: u128| IntentCommand::Replay {
+        intent_id: old,
+        new_intent_id: Uuid::from_u128(new),
+        at: secs(100),
+    };
+    assert!(matches!(
+        state.intent_cmd(replay(51)),
+        Err(Rejection::Invalid(_))
+    ));
+    deliver_at(&mut state, old, 1).unwrap();
+    state
+        .intent_cmd(IntentCommand::DeliveryFailed {
+            intent_id: old,
+            attempt: 1,
+            error: "HTTP 410".into(),
+            retry_at: None,
+            at: secs(2),
+        })
+        .unwrap();
+    let old_events = state.events_of(old);
+    let reply = state.intent_cmd(replay(51)).unwrap();
+    let Reply::Intent { intent, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(intent.id, Uuid::from_u128(51));
+    assert_eq!(intent.replayed_from, Some(old));
+    assert_eq!(intent.status, Status::Submitted);
+    assert_eq!(intent.delivery_attempt, 0);
+    assert_eq!(intent.payload, state.intents[&old].payload);
+    assert_eq!(state.intents[&old].status, Status::Failed);
+    assert_eq!(
+        state.events_of(old),
+        old_events,
+        "the old intent never changes"
+    );
+    assert_eq!(state.dead[&old].replayed_as, Some(Uuid::from_u128(51)));
+    assert!(matches!(
+        state.intent_cmd(replay(52)),
+        Err(Rejection::Invalid(_))
+    ));
+    assert_eq!(
+        state.due_of(Uuid::from_u128(51)),
+        BTreeSet::from([(DueKind::Deliver, secs(100))])
+    );
+}
+
+#[test]
+fn webhook_fan_out_counts_and_cas() {
+    let mut state = MemState::default();
+    let owner = "acme/shop";
+    let broad = subscribe(&mut state, 1, owner, &["order.*"]);
+    let exact = subscribe(&mut state, 2, owner, &["order.paid"]);
+    let revoked = subscribe(&mut state, 3, owner, &["order.*"]);
+    subscribe(&mut state, 4, "acme/other", &["order.*"]);
+    subscribe(&mut state, 5, owner, &["order.shipped"]);
+    state
+        .run(&Command::RevokeSubscription {
+            id: revoked,
+            at: t0(),
+        })
+        .unwrap();
+    // Upsert by (owner, callback_url) keeps the id.
+    assert_eq!(
+        subscribe(&mut state, 1, owner, &["order.*", "refund.*"]),
+        broad
+    );
+
+    let event_id = Uuid::from_u128(600);
+    let publish = Command::PublishEvent {
+        event: WebhookEvent {
+            event_id,
+            event_type: "order.paid".into(),
+            source: "shop".into(),
+            owner: format!("agent://{owner}"),
+            payload: json!({"order": 7}),
+            at: secs(1),
+        },
+    };
+    let Reply::WebhookEvent { deliveries, .. } = state.run(&publish).unwrap() else {
+        panic!()
+    };
+    let subs: BTreeSet<Uuid> = deliveries.iter().map(|d| d.subscription_id).collect();
+    assert_eq!(subs, BTreeSet::from([broad, exact]));
+    assert_eq!(state.run(&publish), Err(Rejection::AlreadyExists(event_id)));
+    let counters = |state: &MemState| WebhookCounters::of(&state.webhook_deliveries(&event_id));
+    let c = counters(&state);
+    assert_eq!((c.queued_deliveries, c.pending), (2, 2));
+    assert_eq!(state.due.len(), 2);
+
+    let (d1, d2) = (deliveries[0].delivery_id, deliveries[1].delivery_id);
+    let outcome =
+        |id: Uuid, attempt: u32, outcome: WebhookOutcome| Command::WebhookDeliveryOutcome {
+            delivery_id: id,
+            attempt,
+            outcome,
+            at: secs(2),
+        };
+    let before = state.clone();
+    assert_eq!(
+        state.run(&outcome(d1, 1, WebhookOutcome::Delivered)),
+        Err(Rejection::StaleAttempt {
+            expected: 1,
+            current: 0
+        })
+    );
+    assert_eq!(state, before);
+    state
+        .run(&outcome(d1, 0, WebhookOutcome::Delivered))
+        .unwrap();
+    assert!(
+        state
+            .run(&outcome(d1, 0, WebhookOutcome::Delivered))
+            .is_err(),
+        "CAS"
+    );
+    let retry = WebhookOutcome::Failed {
+        error: "HTTP 500".into(),
+        retry_at: Some(secs(9)),
+    };
+    state.run(&outcome(d2, 0, retry)).unwrap();
+    assert_eq!(
+        state
+            .due
+            .iter()
+            .map(|e| (e.kind, e.at, e.id))
+            .collect::<Vec<_>>(),
+        [(DueKind::WebhookDelivery, secs(9), d2)]
+    );
+    let give_up = WebhookOutcome::Failed {
+        error: "HTTP 500".into(),
+        retry_at: None,
+    };
+    state.run(&outcome(d2, 1, give_up)).unwrap();
+    let c = counters(&state);
+    assert_eq!(
+        (
+            c.queued_deliveries,
+            c.processed_deliveries,
+            c.delivered,
+            c.pending,
+            c.dead_lettered
+        ),
+        (2, 2, 1, 0, 1)
+    );
+    assert!(state.due.is_empty());
+
+    state
+        .run(&Command::ReplayWebhookEvent {
+            event_id,
+            at: secs(20),
+        })
+        .unwrap();
+    let c = counters(&state);
+    assert_eq!((c.pending, c.processed_deliveries), (2, 0));
+    assert!(state.deliveries.values().all(|d| d.attempts == 0));
+    assert_eq!(state.due.len(), 2);
+}
+
+#[test]
+fn lifecycle_events_go_to_the_senders_matching_subscriptions() {
+    let mut state = MemState::default();
+    subscribe(&mut state, 1, SENDER, &["intent.completed"]);
+    subscribe(&mut state, 2, RECEIVER, &["intent.*"]);
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(60), 3, None));
+    assert!(state.webhook_events.is_empty());
+    resume_complete(&mut state, id, json!({})).unwrap();
+    let events: Vec<&WebhookEvent> = state.webhook_events.values().collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "intent.completed");
+    assert_eq!(events[0].owner, SENDER);
+    assert_eq!(events[0].payload["seq"], state.intents[&id].last_seq);
+    assert_eq!(events[0].payload["event_type"], "intent.completed");
+    assert_eq!(state.deliveries.len(), 1);
+}
+
+#[test]
+fn agent_registration_is_an_upsert_that_keeps_created_at() {
+    let mut state = MemState::default();
+    register(&mut state, Binding::Poll);
+    let mut config = state.agents[RECEIVER].clone();
+    config.binding = http();
+    config.created_at = secs(99);
+    config.updated_at = secs(99);
+    let Reply::Agent(stored) = state.run(&Command::RegisterAgent { config }).unwrap() else {
+        panic!()
+    };
+    assert_eq!(stored.created_at, t0());
+    assert_eq!(stored.secret_hint().as_deref(), Some("_abc"));
+    let mut bad = stored.as_ref().clone();
+    bad.ack_timeout_secs = 0;
+    assert!(state.run(&Command::RegisterAgent { config: bad }).is_err());
+    state
+        .run(&Command::RemoveAgent {
+            address: format!("agent://{RECEIVER}"),
+            at: secs(1),
+        })
+        .unwrap();
+    assert!(state.agents.is_empty());
 }

@@ -51,6 +51,16 @@ impl Conn {
         self.send(reqwest::Client::new().get(self.url(path))).await
     }
 
+    async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Client::new().put(self.url(path)).json(body))
+            .await
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(reqwest::Client::new().delete(self.url(path)))
+            .await
+    }
+
     async fn post(&self, path: &str, body: &Value, idem: Option<&str>) -> anyhow::Result<Value> {
         let mut req = reqwest::Client::new().post(self.url(path)).json(body);
         if let Some(k) = idem {
@@ -290,6 +300,77 @@ enum AgentsAction {
     },
     /// List known agents.
     List,
+    /// Register ADDRESS and choose how it receives its intents.
+    Register {
+        address: String,
+        /// stream, poll, http, inbox or internal.
+        #[arg(long)]
+        mode: String,
+        /// For http: where the engine POSTs each delivery.
+        #[arg(long)]
+        url: Option<String>,
+        /// For http: the signing secret (a Standard Webhooks `whsec_...` value or any text
+        /// of 16+ characters). Shown once here, never by the server.
+        #[arg(long, env = "INTENTD_AGENT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// For http: concurrent pushes to the endpoint.
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        /// How long a delivery is leased before it is offered again.
+        #[arg(long)]
+        ack_timeout_seconds: Option<u64>,
+        #[arg(long)]
+        max_delivery_attempts: Option<u32>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Lease waiting intents of a poll agent (long-poll) and print them as JSON lines.
+    Receive {
+        address: String,
+        /// At most this many intents (1..=100).
+        #[arg(long, default_value_t = 10)]
+        max: u32,
+        /// Wait up to this long for one when none is waiting (0..=60).
+        #[arg(long, default_value_t = 30)]
+        wait_seconds: u32,
+        /// Acknowledge each leased intent at once.
+        #[arg(long)]
+        ack: bool,
+    },
+}
+
+/// The address as a path: the server takes it with or without the scheme.
+fn address_path(address: &str) -> &str {
+    address.trim_start_matches("agent://").trim_matches('/')
+}
+
+/// The body of `PUT /v1/agents/{address}/binding` from the CLI flags.
+#[allow(clippy::too_many_arguments)]
+fn binding_body(
+    mode: String,
+    url: Option<String>,
+    secret: Option<String>,
+    max_concurrency: Option<u32>,
+    ack_timeout_seconds: Option<u64>,
+    max_delivery_attempts: Option<u32>,
+    display_name: Option<String>,
+) -> Value {
+    let mut body = json!({ "delivery_mode": mode });
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    };
+    put("url", url.map(Value::from));
+    put("secret", secret.map(Value::from));
+    put("max_concurrency", max_concurrency.map(Value::from));
+    put("ack_timeout_seconds", ack_timeout_seconds.map(Value::from));
+    put(
+        "max_delivery_attempts",
+        max_delivery_attempts.map(Value::from),
+    );
+    put("display_name", display_name.map(Value::from));
+    body
 }
 
 impl AgentsCmd {
@@ -297,7 +378,7 @@ impl AgentsCmd {
         let c = &self.conn;
         match self.action {
             AgentsAction::Listen { address, mut since } => {
-                let path = address.trim_start_matches("agent://").to_string();
+                let path = address_path(&address).to_string();
                 loop {
                     c.sse(
                         &format!("/v1/agents/{path}/intents/stream?since={since}&wait_seconds=30"),
@@ -311,7 +392,219 @@ impl AgentsCmd {
                 }
             }
             AgentsAction::List => print(&c.get("/v1/agents").await?),
+            AgentsAction::Register {
+                address,
+                mode,
+                url,
+                secret,
+                max_concurrency,
+                ack_timeout_seconds,
+                max_delivery_attempts,
+                display_name,
+            } => {
+                let body = binding_body(
+                    mode,
+                    url,
+                    secret,
+                    max_concurrency,
+                    ack_timeout_seconds,
+                    max_delivery_attempts,
+                    display_name,
+                );
+                let path = format!("/v1/agents/{}/binding", address_path(&address));
+                print(&c.put(&path, &body).await?);
+            }
+            AgentsAction::Receive {
+                address,
+                max,
+                wait_seconds,
+                ack,
+            } => {
+                let path = format!("/v1/agents/{}/intents/receive", address_path(&address));
+                let body = json!({ "max": max, "wait_seconds": wait_seconds });
+                let answer = c.post(&path, &body, None).await?;
+                for delivery in answer["deliveries"].as_array().into_iter().flatten() {
+                    println!("{delivery}");
+                    if ack {
+                        let id = delivery["intent_id"].as_str().unwrap_or_default();
+                        let ack_body = json!({ "delivery_attempt": delivery["delivery_attempt"] });
+                        c.post(&format!("/v1/intents/{id}/ack"), &ack_body, None)
+                            .await?;
+                    }
+                }
+            }
         }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeliveriesCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: DeliveriesAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeliveriesAction {
+    /// List dead-lettered deliveries, oldest first.
+    List {
+        #[arg(long, default_value = "dead_lettered")]
+        status: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after this cursor (the `next_cursor` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show an intent's delivery record: attempts, last error, dead letter.
+    Get { id: String },
+    /// Send a dead-lettered intent again, as a new intent; prints the new id.
+    Replay {
+        id: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+impl DeliveriesCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        let answer = match self.action {
+            DeliveriesAction::List {
+                status,
+                limit,
+                after,
+            } => {
+                let mut path = format!("/v1/deliveries?status={status}");
+                if let Some(l) = limit {
+                    path.push_str(&format!("&limit={l}"));
+                }
+                if let Some(a) = after {
+                    path.push_str(&format!("&after={a}"));
+                }
+                c.get(&path).await?
+            }
+            DeliveriesAction::Get { id } => c.get(&format!("/v1/deliveries/{id}")).await?,
+            DeliveriesAction::Replay {
+                id,
+                idempotency_key,
+            } => {
+                c.post(
+                    &format!("/v1/deliveries/{id}/replay"),
+                    &json!({}),
+                    idempotency_key.as_deref(),
+                )
+                .await?
+            }
+        };
+        print(&answer);
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebhooksCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: WebhooksAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum WebhooksAction {
+    /// Subscribe a callback URL to event types (updates the subscription of the same URL).
+    Subscribe {
+        #[arg(long)]
+        url: String,
+        /// Comma-separated event types; a trailing `*` matches a prefix (`intent.*`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Signing secret (16..=128 characters).
+        #[arg(long, env = "INTENTD_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Subscribe for this owner instead of the key's own address.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// List subscriptions.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        /// Include paused and revoked subscriptions.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a subscription.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+}
+
+/// `?owner_agent=...` (URL-encoded) or nothing.
+fn owner_query(owner: Option<&str>, first: bool) -> String {
+    match owner {
+        None => String::new(),
+        Some(o) => {
+            let encoded: String = o
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    other => format!("%{other:02X}"),
+                })
+                .collect();
+            format!("{}owner_agent={encoded}", if first { '?' } else { '&' })
+        }
+    }
+}
+
+impl WebhooksCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        let answer = match self.action {
+            WebhooksAction::Subscribe {
+                url,
+                events,
+                secret,
+                description,
+                owner,
+            } => {
+                let mut body = json!({ "callback_url": url, "event_types": events });
+                if let Some(s) = secret {
+                    body["secret"] = json!(s);
+                }
+                if let Some(d) = description {
+                    body["description"] = json!(d);
+                }
+                let path = format!(
+                    "/v1/webhooks/subscriptions{}",
+                    owner_query(owner.as_deref(), true)
+                );
+                c.post(&path, &body, None).await?
+            }
+            WebhooksAction::List { owner, all } => {
+                let path = format!(
+                    "/v1/webhooks/subscriptions?include_inactive={all}{}",
+                    owner_query(owner.as_deref(), false)
+                );
+                c.get(&path).await?
+            }
+            WebhooksAction::Revoke { id, owner } => {
+                let path = format!(
+                    "/v1/webhooks/subscriptions/{id}{}",
+                    owner_query(owner.as_deref(), true)
+                );
+                c.delete(&path).await?
+            }
+        };
+        print(&answer);
         Ok(())
     }
 }
@@ -359,10 +652,7 @@ impl KeysCmd {
                 print(&c.post("/v1/admin/keys", &body, None).await?);
             }
             KeysAction::List => print(&c.get("/v1/admin/keys").await?),
-            KeysAction::Revoke { id } => {
-                let req = reqwest::Client::new().delete(c.url(&format!("/v1/admin/keys/{id}")));
-                print(&c.send(req).await?);
-            }
+            KeysAction::Revoke { id } => print(&c.delete(&format!("/v1/admin/keys/{id}")).await?),
         }
         Ok(())
     }
@@ -419,5 +709,43 @@ impl ClusterCmd {
         };
         print(&answer);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_bodies_carry_only_the_flags_given() {
+        let body = binding_body("poll".into(), None, None, None, Some(5), None, None);
+        assert_eq!(
+            body,
+            json!({"delivery_mode": "poll", "ack_timeout_seconds": 5})
+        );
+        let body = binding_body(
+            "http".into(),
+            Some("https://h.example.com".into()),
+            Some("0123456789abcdef".into()),
+            Some(2),
+            None,
+            Some(3),
+            Some("Hooks".into()),
+        );
+        assert_eq!(body["url"], "https://h.example.com");
+        assert_eq!(body["max_concurrency"], 2);
+        assert_eq!(body["max_delivery_attempts"], 3);
+        assert_eq!(body["display_name"], "Hooks");
+    }
+
+    #[test]
+    fn owners_are_url_encoded() {
+        assert_eq!(owner_query(None, true), "");
+        assert_eq!(
+            owner_query(Some("agent://a/b"), true),
+            "?owner_agent=agent%3A%2F%2Fa%2Fb"
+        );
+        assert_eq!(owner_query(Some("x"), false), "&owner_agent=x");
+        assert_eq!(address_path("agent://a/b/c/"), "a/b/c");
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use intentd_delivery::AllowList;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,26 @@ pub struct ServeArgs {
     /// Log entries kept behind a snapshot for lagging followers [default: 1000].
     #[arg(long, env = "INTENTD_SNAPSHOT_LOGS_TO_KEEP")]
     pub snapshot_logs_to_keep: Option<u64>,
+    /// Hosts and ranges HTTP pushes may reach although they are private, loopback or
+    /// link-local: a comma list of CIDRs (10.0.0.0/8), IPs or host names [default: none].
+    #[arg(long, env = "INTENTD_DELIVERY_ALLOW_HOSTS")]
+    pub delivery_allow_hosts: Option<String>,
+    /// First retry backoff of a failed push, in ms; it doubles per attempt [default: 1000].
+    #[arg(long, env = "INTENTD_DELIVERY_BASE_BACKOFF_MS")]
+    pub delivery_base_backoff_ms: Option<u64>,
+    /// Cap of the retry backoff, in ms [default: 300000].
+    #[arg(long, env = "INTENTD_DELIVERY_MAX_BACKOFF_MS")]
+    pub delivery_max_backoff_ms: Option<u64>,
+    /// Timeout of one HTTP push, in ms [default: 10000].
+    #[arg(long, env = "INTENTD_DELIVERY_TIMEOUT_MS")]
+    pub delivery_timeout_ms: Option<u64>,
+    /// Lease length of a delivery to an agent that registered none, in s [default: 30].
+    #[arg(long, env = "INTENTD_ACK_TIMEOUT_SECS")]
+    pub ack_timeout_secs: Option<u64>,
+    /// TEST-ONLY (jepsen harness): acknowledge Raft log appends without fdatasync, so a power
+    /// loss can lose acknowledged writes. Hidden; never use it outside the chaos harness.
+    #[arg(long, hide = true)]
+    pub unsafe_skip_log_fsync: bool,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -107,6 +128,11 @@ struct FileConfig {
     join: Option<bool>,
     snapshot_after_logs: Option<u64>,
     snapshot_logs_to_keep: Option<u64>,
+    delivery_allow_hosts: Option<String>,
+    delivery_base_backoff_ms: Option<u64>,
+    delivery_max_backoff_ms: Option<u64>,
+    delivery_timeout_ms: Option<u64>,
+    ack_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +159,24 @@ pub struct Config {
     pub join: bool,
     pub snapshot_after_logs: u64,
     pub snapshot_logs_to_keep: u64,
+    /// Where pushes may go despite the SSRF guard.
+    pub delivery_allow_hosts: AllowList,
+    pub delivery_base_backoff: Duration,
+    pub delivery_max_backoff: Duration,
+    pub delivery_timeout: Duration,
+    pub ack_timeout_secs: u64,
 }
 
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
+        // TEST-ONLY (jepsen): a process-wide switch in the WAL; see `unsafe_skip_log_fsync`.
+        if self.unsafe_skip_log_fsync {
+            eprintln!(
+                "WARNING: --unsafe-skip-log-fsync: the Raft log is NOT fsynced; acknowledged \
+                 writes can be lost on power failure. For the chaos harness only."
+            );
+            intentd_storage::LogStore::set_unsafe_skip_fsync(true);
+        }
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -155,6 +195,12 @@ impl ServeArgs {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(invalid("log_format", format!("unknown format {other}"))),
         };
+        let allow_spec = self
+            .delivery_allow_hosts
+            .or(file.delivery_allow_hosts)
+            .unwrap_or_default();
+        let delivery_allow_hosts = AllowList::parse(&allow_spec)
+            .map_err(|e| invalid("delivery_allow_hosts", e.to_string()))?;
         let config = Config {
             data_dir: self
                 .data_dir
@@ -195,6 +241,26 @@ impl ServeArgs {
                 .snapshot_logs_to_keep
                 .or(file.snapshot_logs_to_keep)
                 .unwrap_or(1_000),
+            delivery_allow_hosts,
+            delivery_base_backoff: Duration::from_millis(
+                self.delivery_base_backoff_ms
+                    .or(file.delivery_base_backoff_ms)
+                    .unwrap_or(1_000),
+            ),
+            delivery_max_backoff: Duration::from_millis(
+                self.delivery_max_backoff_ms
+                    .or(file.delivery_max_backoff_ms)
+                    .unwrap_or(300_000),
+            ),
+            delivery_timeout: Duration::from_millis(
+                self.delivery_timeout_ms
+                    .or(file.delivery_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
+            ack_timeout_secs: self
+                .ack_timeout_secs
+                .or(file.ack_timeout_secs)
+                .unwrap_or(intentd_lifecycle::DEFAULT_ACK_TIMEOUT_SECS),
         };
         config.validate()?;
         Ok(config)
@@ -238,13 +304,28 @@ impl Config {
         if self.request_timeout < Duration::from_millis(100) {
             return Err(invalid("request_timeout_ms", "must be at least 100"));
         }
+        if self.delivery_base_backoff.is_zero() {
+            return Err(invalid("delivery_base_backoff_ms", "must be at least 1"));
+        }
+        if self.delivery_max_backoff < self.delivery_base_backoff {
+            return Err(invalid(
+                "delivery_max_backoff_ms",
+                "must be at least delivery_base_backoff_ms",
+            ));
+        }
+        if self.delivery_timeout < Duration::from_millis(100) {
+            return Err(invalid("delivery_timeout_ms", "must be at least 100"));
+        }
+        if self.ack_timeout_secs == 0 {
+            return Err(invalid("ack_timeout_secs", "must be at least 1"));
+        }
         Ok(())
     }
 
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
@@ -258,6 +339,11 @@ impl Config {
             self.request_timeout,
             self.snapshot_after_logs,
             self.snapshot_logs_to_keep,
+            self.delivery_allow_hosts,
+            self.delivery_base_backoff,
+            self.delivery_max_backoff,
+            self.delivery_timeout,
+            self.ack_timeout_secs,
         )
     }
 }
@@ -309,6 +395,11 @@ mod tests {
     fn defaults_form_a_one_node_cluster() {
         let c = ServeArgs::default().resolve().unwrap();
         assert_eq!(c.node_id, 1);
+        assert!(c.delivery_allow_hosts.is_empty());
+        assert_eq!(c.delivery_base_backoff, Duration::from_secs(1));
+        assert_eq!(c.delivery_max_backoff, Duration::from_secs(300));
+        assert_eq!(c.delivery_timeout, Duration::from_secs(10));
+        assert_eq!(c.ack_timeout_secs, 30);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.peers, BTreeMap::from([(1, "127.0.0.1:7000".to_string())]));
@@ -350,5 +441,47 @@ mod tests {
             ..Default::default()
         };
         assert!(same_port.resolve().is_err());
+    }
+
+    #[test]
+    fn delivery_settings_layer_like_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "delivery_allow_hosts = \"127.0.0.1, 10.0.0.0/8\"\ndelivery_timeout_ms = 2500\nack_timeout_secs = 12\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ack_timeout_secs: Some(45),
+            delivery_base_backoff_ms: Some(50),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert!(c
+            .delivery_allow_hosts
+            .allows_ip("10.2.3.4".parse().unwrap()));
+        assert_eq!(c.delivery_timeout, Duration::from_millis(2500));
+        assert_eq!(c.delivery_base_backoff, Duration::from_millis(50));
+        assert_eq!(c.ack_timeout_secs, 45);
+        assert!(c
+            .describe()
+            .contains("delivery_allow_hosts=[127.0.0.1/32,10.0.0.0/8]"));
+        let bad_list = ServeArgs {
+            delivery_allow_hosts: Some("10.0.0.0/99".into()),
+            ..Default::default()
+        };
+        assert!(bad_list
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("delivery_allow_hosts"));
+        let inverted = ServeArgs {
+            delivery_base_backoff_ms: Some(5_000),
+            delivery_max_backoff_ms: Some(1_000),
+            ..Default::default()
+        };
+        assert!(inverted.resolve().is_err());
     }
 }

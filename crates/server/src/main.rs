@@ -25,8 +25,12 @@ enum Commands {
     Serve(config::ServeArgs),
     /// Send, read and watch intents.
     Intents(client::IntentsCmd),
-    /// Act as a receiving agent.
+    /// Act as a receiving agent; register agents and their delivery binding.
     Agents(client::AgentsCmd),
+    /// Inspect and replay dead-lettered deliveries.
+    Deliveries(client::DeliveriesCmd),
+    /// Manage outbound webhook subscriptions.
+    Webhooks(client::WebhooksCmd),
     /// Manage API keys (admin key required).
     Keys(client::KeysCmd),
     /// Inspect and change the cluster's membership (admin key required).
@@ -67,6 +71,8 @@ fn main() -> std::process::ExitCode {
             }
             Commands::Intents(cmd) => cmd.run().await,
             Commands::Agents(cmd) => cmd.run().await,
+            Commands::Deliveries(cmd) => cmd.run().await,
+            Commands::Webhooks(cmd) => cmd.run().await,
             Commands::Keys(cmd) => cmd.run().await,
             Commands::Bench(cmd) => cmd.run().await,
             Commands::Cluster(cmd) => cmd.run().await,

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use intentd_consensus::{Cluster, ConsensusError, NodeConfig, RaftTimings};
+use intentd_delivery::backoff::Backoff;
+use intentd_delivery::{Engine, EngineConfig, Metrics};
 use intentd_http_api::auth::{generate_key, hash_key};
 use intentd_http_api::ApiConfig;
 use intentd_lifecycle::{ApiKey, Command, Role};
@@ -65,6 +67,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
 
+    // Every node runs the engine; it only works while its node leads.
+    let metrics = Metrics::new();
+    let engine = Engine::new(
+        cluster.clone(),
+        EngineConfig {
+            allow: config.delivery_allow_hosts.clone(),
+            backoff: Backoff {
+                base: config.delivery_base_backoff,
+                cap: config.delivery_max_backoff,
+            },
+            request_timeout: config.delivery_timeout,
+            default_ack_timeout_secs: config.ack_timeout_secs,
+            ..EngineConfig::default()
+        },
+        metrics.clone(),
+    )
+    .context("starting the delivery engine")?;
+    let engine = tokio::spawn(engine.run(stopped(stop_rx.clone())));
+
     if !config.join && config.peers.keys().next() == Some(&config.node_id) {
         ensure_admin_key(&cluster, &config).await?;
     }
@@ -74,8 +95,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ApiConfig {
             max_intent_body_bytes: config.max_intent_bytes,
             default_max_delivery_attempts: config.max_delivery_attempts,
+            delivery_allow_hosts: config.delivery_allow_hosts.clone(),
             ..ApiConfig::default()
         },
+        metrics,
     );
     let http = tokio::spawn(intentd_http_api::serve(
         http_listener,
@@ -102,6 +125,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Ok(Err(e)) = grpc.await {
         tracing::warn!(error = %e, "grpc server ended with an error");
+    }
+    // The engine drops its in-flight pushes when told to stop; their leases expire and a
+    // later leader pushes again.
+    if let Err(e) = engine.await {
+        tracing::warn!(error = %e, "the delivery engine ended abnormally");
     }
     cluster.shutdown().await;
     if let Err(e) = state_handle.flush().await {

@@ -1,6 +1,9 @@
 use std::sync::Arc;
 
-use intentd_lifecycle::{ApiKey, Event, Intent};
+use intentd_lifecycle::{
+    AgentConfig, ApiKey, DeadLetter, DueEntry, Event, InboxChange, InboxThread, Intent,
+    Subscription, Timestamp, WebhookDelivery, WebhookEvent,
+};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -147,6 +150,177 @@ impl StateReader {
     /// to readers.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.subscribe()
+    }
+
+    /// The registration of `address` (with or without `agent://`); `None`: unregistered,
+    /// which behaves as a `Stream` binding with the default ack timeout.
+    pub fn agent_config(&self, address: &str) -> Result<Option<AgentConfig>, StorageError> {
+        self.get(&keys::agent(normalize(address)))
+    }
+
+    /// Every registered agent, in byte order of the address.
+    pub fn agent_configs(&self) -> Result<Vec<AgentConfig>, StorageError> {
+        self.values(&[keys::AGENT], usize::MAX)
+    }
+
+    /// Due entries with `at <= now`, earliest first, at most `limit`. Entry times are whole
+    /// milliseconds rounded up, so an entry is never due before its exact time.
+    pub fn due_before(&self, now: Timestamp, limit: usize) -> Result<Vec<DueEntry>, StorageError> {
+        let end = keys::due_after_millis(keys::due_millis_floor(&now));
+        self.shared
+            .tree()
+            .range(vec![keys::DUE]..end)
+            .take(limit)
+            .map(|r| {
+                let (k, _) = r?;
+                keys::parse_due(&k).ok_or_else(|| bad_key(&k))
+            })
+            .collect()
+    }
+
+    /// The time of the earliest due entry, if any: what the engine sleeps until.
+    pub fn next_due(&self) -> Result<Option<Timestamp>, StorageError> {
+        match self.shared.tree().scan_prefix([keys::DUE]).next() {
+            Some(r) => {
+                let (k, _) = r?;
+                Ok(Some(keys::parse_due(&k).ok_or_else(|| bad_key(&k))?.at))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Dead letters in intent-id order, after `after` (exclusive), at most `limit`.
+    pub fn dead_letters(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StorageError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = keys::dead_letter(&id);
+                k.push(0);
+                k
+            }
+            None => vec![keys::DEAD_LETTER],
+        };
+        self.shared
+            .tree()
+            .range(start..)
+            .take_while(|r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.first() == Some(&keys::DEAD_LETTER))
+            })
+            .take(limit)
+            .map(|r| decode(&r?.1))
+            .collect()
+    }
+
+    pub fn dead_letter(&self, intent_id: &Uuid) -> Result<Option<DeadLetter>, StorageError> {
+        self.get(&keys::dead_letter(intent_id))
+    }
+
+    /// The threads in `owner`'s inbox (with or without `agent://`), in thread-id order.
+    pub fn inbox_threads(&self, owner: &str) -> Result<Vec<InboxThread>, StorageError> {
+        self.indexed(&keys::owner_threads(normalize(owner)), keys::thread)
+    }
+
+    pub fn inbox_thread(&self, thread_id: &Uuid) -> Result<Option<InboxThread>, StorageError> {
+        self.get(&keys::thread(thread_id))
+    }
+
+    /// `owner`'s inbox changes with `seq > since`, ascending, at most `limit`.
+    pub fn inbox_changes(
+        &self,
+        owner: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<InboxChange>, StorageError> {
+        let Some(from) = since.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let owner = normalize(owner);
+        let prefix = keys::inbox_changes_of(owner);
+        self.shared
+            .tree()
+            .range(keys::inbox_change(owner, from)..)
+            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .take(limit)
+            .map(|r| decode(&r?.1))
+            .collect()
+    }
+
+    /// The newest `seq` of `owner`'s inbox change feed, 0 if none.
+    pub fn inbox_cursor(&self, owner: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .shared
+            .tree()
+            .get(keys::inbox_cursor(normalize(owner)))?
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0))
+    }
+
+    /// `owner`'s subscriptions, revoked ones included, in id order.
+    pub fn subscriptions(&self, owner: &str) -> Result<Vec<Subscription>, StorageError> {
+        self.indexed(
+            &keys::owner_subscriptions(normalize(owner)),
+            keys::subscription,
+        )
+    }
+
+    pub fn subscription(&self, id: &Uuid) -> Result<Option<Subscription>, StorageError> {
+        self.get(&keys::subscription(id))
+    }
+
+    pub fn webhook_event(&self, event_id: &Uuid) -> Result<Option<WebhookEvent>, StorageError> {
+        self.get(&keys::webhook_event(event_id))
+    }
+
+    /// Every delivery of `event_id`, in delivery-id order.
+    pub fn webhook_deliveries(
+        &self,
+        event_id: &Uuid,
+    ) -> Result<Vec<WebhookDelivery>, StorageError> {
+        self.indexed(&keys::event_deliveries(event_id), keys::webhook_delivery)
+    }
+
+    pub fn webhook_delivery(
+        &self,
+        delivery_id: &Uuid,
+    ) -> Result<Option<WebhookDelivery>, StorageError> {
+        self.get(&keys::webhook_delivery(delivery_id))
+    }
+
+    /// The values under `prefix`, in key order, at most `limit`.
+    fn values<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<T>, StorageError> {
+        self.shared
+            .tree()
+            .scan_prefix(prefix)
+            .take(limit)
+            .map(|r| decode(&r?.1))
+            .collect()
+    }
+
+    /// The records an index under `prefix` points to by the UUID ending each index key. A
+    /// record missing behind its index entry (a read racing an apply) is skipped.
+    fn indexed<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        record: fn(&Uuid) -> Vec<u8>,
+    ) -> Result<Vec<T>, StorageError> {
+        let tree = self.shared.tree();
+        let mut out = Vec::new();
+        for r in tree.scan_prefix(prefix) {
+            let (k, _) = r?;
+            let id = keys::trailing_uuid(&k).ok_or_else(|| bad_key(&k))?;
+            if let Some(v) = tree.get(record(&id))? {
+                out.push(decode(&v)?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn intent_count(&self) -> Result<u64, StorageError> {

@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use intentd_lifecycle::{ApiKey, IdempotencyRecord, Intent, StateView, Write};
+use intentd_lifecycle::{
+    AgentConfig, ApiKey, DeadLetter, IdempotencyRecord, InboxThread, Intent, StateView,
+    Subscription, WebhookDelivery, WebhookEvent, Write,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, Entry};
 use openraft::{
@@ -157,7 +160,10 @@ impl SmShared {
         };
         let mut batch = sled::Batch::default();
         for (k, v) in view.overlay.into_inner() {
-            batch.insert(k, v);
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
         }
         batch.insert(keys::LAST_APPLIED, serde_json::to_vec(&last)?);
         if let Some(m) = membership {
@@ -343,10 +349,13 @@ fn tree_generation(name: &str) -> Option<u64> {
     name.strip_prefix(TREE_PREFIX)?.parse().ok()
 }
 
+type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The state as seen by one entry of a batch: sled plus the writes of the entries before it.
 struct BatchView<'a> {
     tree: &'a sled::Tree,
-    overlay: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Writes of this batch so far; `None` is a removal.
+    overlay: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// `StateView` cannot return errors; the first one is kept here and fails the batch.
     error: RefCell<Option<StorageError>>,
 }
@@ -362,9 +371,45 @@ impl<'a> BatchView<'a> {
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         if let Some(v) = self.overlay.borrow().get(key) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
         }
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every key/value under `prefix`, sled and overlay merged, in key order. Only for the
+    /// small per-owner and per-event indexes.
+    fn scan(&self, prefix: &[u8]) -> Result<KeyValues, StorageError> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for r in self.tree.scan_prefix(prefix) {
+            let (k, v) = r?;
+            merged.insert(k.to_vec(), Some(v.to_vec()));
+        }
+        let overlay = self.overlay.borrow();
+        for (k, v) in overlay
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// The records an index under `prefix` points to (by the UUID ending each index key).
+    fn indexed<T: DeserializeOwned>(&self, prefix: &[u8], record: fn(&Uuid) -> Vec<u8>) -> Vec<T> {
+        let keys = match self.scan(prefix) {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                return Vec::new();
+            }
+        };
+        keys.into_iter()
+            .filter_map(|(k, _)| keys::trailing_uuid(&k))
+            .filter_map(|id| self.decode_or_fail(&record(&id)))
+            .collect()
     }
 
     fn get_or_fail(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -388,7 +433,15 @@ impl<'a> BatchView<'a> {
     }
 
     fn put(&self, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.borrow_mut().insert(key, value);
+        self.overlay.borrow_mut().insert(key, Some(value));
+    }
+
+    fn remove(&self, key: Vec<u8>) {
+        self.overlay.borrow_mut().insert(key, None);
+    }
+
+    fn read<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        decode(self.get(key)?)
     }
 
     /// Translates the lifecycle's writes into keys; the only place that knows both.
@@ -434,6 +487,71 @@ impl<'a> BatchView<'a> {
                     self.put(keys::api_key_id(&key.id), key_hash.as_bytes().to_vec());
                     self.put(keys::api_key(&key_hash), serde_json::to_vec(&key)?);
                 }
+                Write::AgentConfig(config) => {
+                    self.put(keys::agent(&config.address), serde_json::to_vec(&config)?);
+                }
+                Write::RemoveAgent { address } => self.remove(keys::agent(&address)),
+                Write::Due { at, kind, id } => self.put(keys::due(&at, kind, &id), Vec::new()),
+                Write::Undue { at, kind, id } => self.remove(keys::due(&at, kind, &id)),
+                Write::DeadLetter(letter) => {
+                    self.put(
+                        keys::dead_letter(&letter.intent_id),
+                        serde_json::to_vec(&letter)?,
+                    );
+                }
+                Write::InboxThread(thread) => {
+                    let key = keys::thread(&thread.thread_id);
+                    if let Some(old) = self.read::<InboxThread>(&key)? {
+                        if old.owner != thread.owner {
+                            self.remove(keys::owner_thread(&old.owner, &old.thread_id));
+                        }
+                    }
+                    self.put(
+                        keys::owner_thread(&thread.owner, &thread.thread_id),
+                        Vec::new(),
+                    );
+                    self.put(key, serde_json::to_vec(&thread)?);
+                }
+                Write::InboxChange { owner, change } => {
+                    self.put(
+                        keys::inbox_change(&owner, change.seq),
+                        serde_json::to_vec(&change)?,
+                    );
+                    let last = self
+                        .get(&keys::inbox_cursor(&owner))?
+                        .and_then(|v| keys::u64_value(&v))
+                        .unwrap_or(0);
+                    self.put(
+                        keys::inbox_cursor(&owner),
+                        last.max(change.seq).to_be_bytes().to_vec(),
+                    );
+                }
+                Write::Subscription(sub) => {
+                    let key = keys::subscription(&sub.id);
+                    if let Some(old) = self.read::<Subscription>(&key)? {
+                        if old.owner != sub.owner {
+                            self.remove(keys::owner_subscription(&old.owner, &old.id));
+                        }
+                    }
+                    self.put(keys::owner_subscription(&sub.owner, &sub.id), Vec::new());
+                    self.put(key, serde_json::to_vec(&sub)?);
+                }
+                Write::WebhookEvent(event) => {
+                    self.put(
+                        keys::webhook_event(&event.event_id),
+                        serde_json::to_vec(&event)?,
+                    );
+                }
+                Write::WebhookDelivery(d) => {
+                    self.put(
+                        keys::event_delivery(&d.event_id, &d.delivery_id),
+                        Vec::new(),
+                    );
+                    self.put(
+                        keys::webhook_delivery(&d.delivery_id),
+                        serde_json::to_vec(&d)?,
+                    );
+                }
             }
         }
         Ok(())
@@ -459,6 +577,44 @@ impl StateView for BatchView<'_> {
         let hash = String::from_utf8(self.get_or_fail(&keys::api_key_id(id))?).ok()?;
         let key = self.decode_or_fail(&keys::api_key(&hash))?;
         Some((hash, key))
+    }
+
+    fn agent_config(&self, address: &str) -> Option<AgentConfig> {
+        self.decode_or_fail(&keys::agent(address))
+    }
+
+    fn subscriptions_of(&self, owner: &str) -> Vec<Subscription> {
+        self.indexed(&keys::owner_subscriptions(owner), keys::subscription)
+    }
+
+    fn subscription(&self, id: &Uuid) -> Option<Subscription> {
+        self.decode_or_fail(&keys::subscription(id))
+    }
+
+    fn inbox_thread(&self, thread_id: &Uuid) -> Option<InboxThread> {
+        self.decode_or_fail(&keys::thread(thread_id))
+    }
+
+    fn inbox_cursor(&self, owner: &str) -> u64 {
+        self.get_or_fail(&keys::inbox_cursor(owner))
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0)
+    }
+
+    fn webhook_event(&self, event_id: &Uuid) -> Option<WebhookEvent> {
+        self.decode_or_fail(&keys::webhook_event(event_id))
+    }
+
+    fn webhook_delivery(&self, delivery_id: &Uuid) -> Option<WebhookDelivery> {
+        self.decode_or_fail(&keys::webhook_delivery(delivery_id))
+    }
+
+    fn webhook_deliveries(&self, event_id: &Uuid) -> Vec<WebhookDelivery> {
+        self.indexed(&keys::event_deliveries(event_id), keys::webhook_delivery)
+    }
+
+    fn dead_letter(&self, intent_id: &Uuid) -> Option<DeadLetter> {
+        self.decode_or_fail(&keys::dead_letter(intent_id))
     }
 }
 

@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -375,7 +375,10 @@ impl Writer {
             return Err(StorageError::WriterStopped(e.clone()));
         }
         self.write_out(&mut buf)?;
-        self.file.sync_data()?;
+        // TEST-ONLY (jepsen): `--unsafe-skip-log-fsync` acknowledges appends unflushed.
+        if !UNSAFE_SKIP_FSYNC.load(Ordering::Relaxed) {
+            self.file.sync_data()?;
+        }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         if let Some(upto) = purge_to {
             // Only after the purge record is durable: until then the old segments are what
@@ -504,7 +507,17 @@ impl std::fmt::Debug for LogStore {
 
 const VOTE_FILE: &str = "vote.json";
 
+/// TEST-ONLY (jepsen): when set, the writer skips the fdatasync that covers appended entries,
+/// so a power loss can lose acknowledged entries. Only the chaos harness sets it, through the
+/// hidden `intentd serve --unsafe-skip-log-fsync`, to prove that its checker sees the loss.
+static UNSAFE_SKIP_FSYNC: AtomicBool = AtomicBool::new(false);
+
 impl LogStore {
+    /// TEST-ONLY: see [`UNSAFE_SKIP_FSYNC`]. Never set this on a node that holds real data.
+    pub fn set_unsafe_skip_fsync(skip: bool) {
+        UNSAFE_SKIP_FSYNC.store(skip, Ordering::Relaxed);
+    }
+
     /// Replays `dir` (creating it if absent) and starts the writer thread.
     pub(crate) fn open(
         dir: &Path,

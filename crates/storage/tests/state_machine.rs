@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use intentd_lifecycle::{
-    ApiKey, Command, IntentCommand, NewIntent, Rejection, ResumeAction, Role, Status, Timestamp,
+    AgentConfig, ApiKey, Binding, Command, DueKind, IntentCommand, NewIntent, Rejection,
+    Resolution, ResumeAction, Role, Status, Subscription, Timestamp, WebhookEvent, WebhookOutcome,
 };
 use intentd_storage::{
     LogStore, Response, StateMachine, StateReader, StorageError, StorageOptions, TypeConfig,
@@ -43,6 +44,40 @@ fn membership(index: u64) -> Entry<TypeConfig> {
 }
 
 fn create(id: Uuid) -> Command {
+    create_with(id, |_| {})
+}
+
+fn create_with(id: Uuid, edit: impl FnOnce(&mut NewIntent)) -> Command {
+    let mut intent = new_intent(id);
+    edit(&mut intent);
+    Command::Intent {
+        command: IntentCommand::Create { intent, at: at() },
+        idempotency: None,
+    }
+}
+
+fn new_intent(id: Uuid) -> NewIntent {
+    match create_plain(id) {
+        Command::Intent {
+            command: IntentCommand::Create { intent, .. },
+            ..
+        } => intent,
+        _ => unreachable!(),
+    }
+}
+
+fn intent_cmd(command: IntentCommand) -> Command {
+    Command::Intent {
+        command,
+        idempotency: None,
+    }
+}
+
+fn secs(n: i64) -> Timestamp {
+    at() + chrono::Duration::seconds(n)
+}
+
+fn create_plain(id: Uuid) -> Command {
     Command::Intent {
         command: IntentCommand::Create {
             intent: NewIntent {
@@ -60,6 +95,7 @@ fn create(id: Uuid) -> Command {
                 max_reminders: None,
                 escalate_to: None,
                 human_task: None,
+                deliver_at: None,
             },
             at: at(),
         },
@@ -73,6 +109,7 @@ fn deliver(id: Uuid, expected_attempt: u32) -> Command {
             intent_id: id,
             expected_attempt,
             consumer: "c1".into(),
+            lease_until: at() + chrono::Duration::seconds(30),
             at: at(),
         },
         idempotency: None,
@@ -122,7 +159,93 @@ fn dump(r: &StateReader, ids: &[Uuid]) -> String {
     out.push(format!("{:?}", r.api_keys().unwrap()));
     out.push(format!("{:?}", r.intent_count().unwrap()));
     out.push(format!("{:?}", r.applied_index()));
+    out.push(format!("{:?}", r.agent_configs().unwrap()));
+    out.push(format!(
+        "{:?}",
+        r.due_before(secs(1_000_000), 1000).unwrap()
+    ));
+    out.push(format!("{:?}", r.next_due().unwrap()));
+    out.push(format!("{:?}", r.dead_letters(None, 1000).unwrap()));
+    out.push(format!("{:?}", r.inbox_threads(RECEIVER).unwrap()));
+    out.push(format!("{:?}", r.inbox_changes(RECEIVER, 0, 1000).unwrap()));
+    out.push(format!("{:?}", r.subscriptions(SENDER).unwrap()));
+    out.push(format!("{:?}", r.webhook_event(&EVENT).unwrap()));
+    out.push(format!("{:?}", r.webhook_deliveries(&EVENT).unwrap()));
     out.join("\n")
+}
+
+const SENDER: &str = "agent://acme/sender";
+const EVENT: Uuid = Uuid::from_u128(70_000);
+const HUMAN: Uuid = Uuid::from_u128(70_001);
+const DEAD: Uuid = Uuid::from_u128(70_002);
+const HOOKED: &str = "acme/hooked";
+
+/// One of every delivery record: an agent registration, a human task (thread, change feed,
+/// reminder due), a dead letter, a subscription with a published event and its deliveries.
+fn delivery_records() -> Vec<Command> {
+    vec![
+        Command::RegisterAgent {
+            config: AgentConfig {
+                address: HOOKED.into(),
+                binding: Binding::Http {
+                    url: "https://hooked.example/in".into(),
+                    secret: "s3cret".into(),
+                    max_concurrency: 2,
+                },
+                ack_timeout_secs: 10,
+                max_delivery_attempts: None,
+                display_name: Some("Hooked".into()),
+                created_at: at(),
+                updated_at: at(),
+            },
+        },
+        Command::UpsertSubscription {
+            subscription: Subscription {
+                id: Uuid::from_u128(70_100),
+                owner: SENDER.into(),
+                callback_url: "https://sender.example/hooks".into(),
+                event_types: vec!["order.*".into()],
+                secret: "whsec_x".into(),
+                active: true,
+                description: None,
+                created_at: at(),
+                updated_at: at(),
+                revoked_at: None,
+            },
+        },
+        Command::PublishEvent {
+            event: WebhookEvent {
+                event_id: EVENT,
+                event_type: "order.paid".into(),
+                source: "test".into(),
+                owner: SENDER.into(),
+                payload: json!({"n": 1}),
+                at: secs(3),
+            },
+        },
+        create_with(HUMAN, |i| {
+            i.human_task = Some(json!({"title": "approve"}));
+            i.remind_after_seconds = Some(60);
+        }),
+        create_with(DEAD, |i| {
+            i.to_agent = format!("agent://{HOOKED}");
+            i.max_delivery_attempts = 1;
+        }),
+        intent_cmd(IntentCommand::Deliver {
+            intent_id: DEAD,
+            expected_attempt: 0,
+            consumer: "engine".into(),
+            lease_until: secs(10),
+            at: at(),
+        }),
+        intent_cmd(IntentCommand::DeliveryFailed {
+            intent_id: DEAD,
+            attempt: 1,
+            error: "HTTP 500".into(),
+            retry_at: Some(secs(20)),
+            at: secs(1),
+        }),
+    ]
 }
 
 /// Create, deliver and resume of one intent in one apply call: each entry sees the writes of
@@ -214,7 +337,18 @@ async fn populate(sm: &mut StateMachine, ids: &[Uuid]) {
     entries.push(entry(next, deliver(ids[0], 0)));
     entries.push(entry(next + 1, put_key(1)));
     entries.push(entry(next + 2, put_key(2)));
-    sm.apply(entries).await.unwrap();
+    for command in delivery_records() {
+        let next = entries.len() as u64 + 1;
+        entries.push(entry(next, command));
+    }
+    let responses = sm.apply(entries).await.unwrap();
+    for r in responses {
+        assert!(!matches!(r, Response::Rejected(_)), "{r:?}");
+    }
+    let r = sm.reader();
+    assert_eq!(r.dead_letters(None, 10).unwrap().len(), 1);
+    assert_eq!(r.inbox_threads(RECEIVER).unwrap().len(), 1);
+    assert_eq!(r.webhook_deliveries(&EVENT).unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -250,7 +384,8 @@ async fn snapshot_installed_into_a_fresh_store_reads_the_same() {
         follower.get_current_snapshot().await.unwrap().unwrap().meta,
         snap.meta
     );
-    assert_eq!(follower.reader().intent_count().unwrap(), 50);
+    // 50 plus the human task and the dead-lettered intent of `delivery_records`.
+    assert_eq!(follower.reader().intent_count().unwrap(), 52);
     assert_eq!(follower.reader().api_keys().unwrap().len(), 2);
 
     // The follower keeps applying on top of the installed state.
@@ -317,7 +452,7 @@ async fn deleted_sled_is_rebuilt_from_the_snapshot_at_open() {
     std::fs::remove_dir_all(dir.path().join("sm")).unwrap();
     let (_log, mut sm) = open(dir.path());
     assert_eq!(dump(&sm.reader(), &ids), expected);
-    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(14)));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(21)));
 }
 
 /// A durable snapshot newer than sled (a crash between writing an installed snapshot and
@@ -362,4 +497,166 @@ async fn purged_log_without_a_covering_snapshot_is_refused() {
         intentd_storage::open(dir.path(), StorageOptions::default()),
         Err(StorageError::Inconsistent(_))
     ));
+}
+
+/// The due index: time order, entries replaced and removed as intents change, and the same
+/// index on a follower that installed a snapshot, which keeps maintaining it.
+#[tokio::test]
+async fn the_due_index_is_ordered_follows_changes_and_survives_a_snapshot_install() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (_l, mut leader) = open(leader_dir.path());
+    let (_f, mut follower) = open(follower_dir.path());
+    let [a, b, c] = [1u128, 2, 3].map(Uuid::from_u128);
+    let with_deadline = |id: Uuid, s: i64| create_with(id, |i| i.deadline_at = Some(secs(s)));
+    leader
+        .apply([
+            membership(1),
+            entry(2, with_deadline(a, 300)),
+            entry(3, with_deadline(b, 100)),
+            entry(4, with_deadline(c, 200)),
+        ])
+        .await
+        .unwrap();
+    let r = leader.reader();
+    let due = |r: &StateReader, until: i64| -> Vec<(i64, DueKind, Uuid)> {
+        r.due_before(secs(until), 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| ((e.at - at()).num_seconds(), e.kind, e.id))
+            .collect()
+    };
+    assert_eq!(
+        due(&r, 250),
+        [(100, DueKind::Deadline, b), (200, DueKind::Deadline, c)]
+    );
+    assert_eq!(r.due_before(secs(250), 1).unwrap().len(), 1);
+    assert!(due(&r, 99).is_empty());
+    assert_eq!(r.next_due().unwrap(), Some(secs(100)));
+
+    let cancel = intent_cmd(IntentCommand::Resolve {
+        intent_id: b,
+        resolution: Resolution::Canceled {
+            reason: "no".into(),
+        },
+        actor: SENDER.into(),
+        at: at(),
+    });
+    let ack = intent_cmd(IntentCommand::Acknowledge {
+        intent_id: a,
+        attempt: 1,
+        actor: RECEIVER.into(),
+        at: at(),
+    });
+    leader
+        .apply([entry(5, deliver(a, 0)), entry(6, cancel)])
+        .await
+        .unwrap();
+    assert_eq!(
+        due(&r, 250),
+        [(30, DueKind::LeaseExpiry, a), (200, DueKind::Deadline, c)]
+    );
+    assert_eq!(r.next_due().unwrap(), Some(secs(30)));
+    leader.apply([entry(7, ack)]).await.unwrap();
+    assert_eq!(
+        due(&r, 1000),
+        [(200, DueKind::Deadline, c), (300, DueKind::Deadline, a)]
+    );
+
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = leader
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot;
+    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
+    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+    let fr = follower.reader();
+    assert_eq!(due(&fr, 1000), due(&r, 1000));
+
+    let timeout = intent_cmd(IntentCommand::TimeOut {
+        intent_id: c,
+        at: secs(200),
+    });
+    let responses = follower.apply([entry(8, timeout)]).await.unwrap();
+    assert!(
+        matches!(responses[0], Response::Applied(_)),
+        "{responses:?}"
+    );
+    assert_eq!(due(&fr, 1000), [(300, DueKind::Deadline, a)]);
+    assert_eq!(fr.next_due().unwrap(), Some(secs(300)));
+}
+
+/// Delivery records read back through the reader, including across a webhook outcome.
+#[tokio::test]
+async fn delivery_records_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    populate(&mut sm, &[Uuid::from_u128(1)]).await;
+    let r = sm.reader();
+    let agent = r.agent_config("agent://acme/hooked").unwrap().unwrap();
+    assert_eq!(agent.secret_hint().as_deref(), Some("cret"));
+    assert_eq!(r.agent_configs().unwrap().len(), 1);
+    assert!(r.agent_config("acme/nobody").unwrap().is_none());
+
+    let letter = r.dead_letter(&DEAD).unwrap().unwrap();
+    assert!(letter.reason.contains("HTTP 500"));
+    assert!(r.dead_letters(Some(DEAD), 10).unwrap().is_empty());
+    assert_eq!(r.dead_letters(Some(Uuid::nil()), 10).unwrap().len(), 1);
+
+    let thread = r.inbox_thread(&HUMAN).unwrap().unwrap();
+    assert_eq!(r.inbox_threads("acme/receiver").unwrap(), vec![thread]);
+    assert_eq!(r.inbox_changes(RECEIVER, 0, 10).unwrap().len(), 1);
+    assert!(r.inbox_changes(RECEIVER, 1, 10).unwrap().is_empty());
+    assert_eq!(r.inbox_cursor(RECEIVER).unwrap(), 1);
+
+    let subs = r.subscriptions("acme/sender").unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(r.subscription(&subs[0].id).unwrap().unwrap(), subs[0]);
+    let deliveries = r.webhook_deliveries(&EVENT).unwrap();
+    let d = &deliveries[0];
+    assert_eq!(
+        r.webhook_delivery(&d.delivery_id).unwrap().as_ref(),
+        Some(d)
+    );
+    let kinds = |r: &StateReader| -> Vec<DueKind> {
+        r.due_before(secs(1_000_000), 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    };
+    // The push (at +3 s), the lease of the delivered intent (+30 s), the reminder (+60 s).
+    assert_eq!(
+        kinds(&r),
+        [
+            DueKind::WebhookDelivery,
+            DueKind::LeaseExpiry,
+            DueKind::Reminder
+        ]
+    );
+
+    let outcome = Command::WebhookDeliveryOutcome {
+        delivery_id: d.delivery_id,
+        attempt: 0,
+        outcome: WebhookOutcome::Delivered,
+        at: secs(4),
+    };
+    let next = r.applied_index() + 1;
+    sm.apply([entry(next, outcome)]).await.unwrap();
+    assert_eq!(kinds(&r), [DueKind::LeaseExpiry, DueKind::Reminder]);
+    assert_eq!(
+        r.webhook_delivery(&d.delivery_id)
+            .unwrap()
+            .unwrap()
+            .attempts,
+        1
+    );
 }

@@ -142,6 +142,10 @@ impl Api {
         .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        Api::send(self.builder(Method::PUT, path).json(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Resp {
         Api::send(self.builder(Method::DELETE, path)).await
     }

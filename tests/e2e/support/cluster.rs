@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     pub snapshot_after_logs: Option<u64>,
     /// `--snapshot-logs-to-keep`, when set.
     pub snapshot_logs_to_keep: Option<u64>,
+    /// More `serve` arguments, appended as given (e.g. the delivery engine's settings).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +46,7 @@ impl Default for ClusterOptions {
             request_timeout_ms: 2_000,
             snapshot_after_logs: None,
             snapshot_logs_to_keep: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Node {
         if let Some(n) = self.opts.snapshot_logs_to_keep {
             cmd.arg("--snapshot-logs-to-keep").arg(n.to_string());
         }
+        cmd.args(&self.opts.extra_args);
         if self.join {
             cmd.arg("--join");
         }

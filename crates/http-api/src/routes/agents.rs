@@ -1,46 +1,83 @@
-//! Agents: the directory (`GET /v1/agents`, `GET /v1/agents/{address}`) and the delivery
-//! stream `GET /v1/agents/{address}/intents/stream` that `client.listen()` reads.
+//! Agents: the directory (`GET /v1/agents`, `GET /v1/agents/{address}`), the delivery
+//! stream `GET /v1/agents/{address}/intents/stream` that `client.listen()` reads, and our
+//! extensions `PUT /v1/agents/{address}/binding` ([`super::agents_binding`]) and
+//! `POST /v1/agents/{address}/intents/receive` ([`super::receive`]).
 //!
 //! Addresses contain slashes (`acme/prod/billing`) and axum's wildcard must end a route, so
-//! one wildcard route takes everything under `/v1/agents/` and dispatches on the
-//! `/intents/stream` suffix.
+//! one wildcard route takes everything under `/v1/agents/` and dispatches on the suffix.
+//!
+//! Directory entries follow `api.agents.*.response.v1.json` and add one field the schema
+//! does not list (it says `additionalProperties: false`): `binding`, how the agent receives
+//! (mode, lease length, and for HTTP the URL and `secret_hint`, never the secret).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::DateTime;
 use intentd_delivery::{agent_deliveries, Delivery, StatusFilter, StreamOptions, Watch};
-use intentd_lifecycle::{Role, Timestamp};
+use intentd_lifecycle::{AgentConfig, Role, Timestamp};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
 
+use super::agents_binding::{binding_view, put_binding};
 use super::events::{resume_cursor, wait_duration};
-use crate::auth::Caller;
+use super::receive::receive;
+use crate::auth::{bare as bare_address, Caller};
 use crate::context::RequestContext;
 use crate::error::ApiError;
-use crate::extract::{PathParam, QueryParams};
-use crate::{sse, views, AppState};
+use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::{sse, views, ApiConfig, AppState};
 
-pub(crate) fn router() -> Router<AppState> {
+pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
         .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{*rest}", get(agent_route))
+        .route(
+            "/v1/agents/{*rest}",
+            get(agent_route).put(agent_put).post(agent_post),
+        )
+        .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
 }
 
 const STREAM_SUFFIX: &str = "/intents/stream";
+const BINDING_SUFFIX: &str = "/binding";
+const RECEIVE_SUFFIX: &str = "/intents/receive";
 
-/// The address without its `agent://` scheme or stray slashes: the form queues are keyed by.
-fn bare_address(raw: &str) -> &str {
-    raw.strip_prefix("agent://")
-        .unwrap_or(raw)
-        .trim_matches('/')
+fn no_such_route() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// `PUT /v1/agents/{address}/binding`.
+async fn agent_put(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(rest): PathParam<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let address = rest
+        .strip_suffix(BINDING_SUFFIX)
+        .ok_or_else(no_such_route)?;
+    put_binding(&state, &caller, address, &body).await
+}
+
+/// `POST /v1/agents/{address}/intents/receive`.
+async fn agent_post(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: RequestContext,
+    PathParam(rest): PathParam<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let address = rest
+        .strip_suffix(RECEIVE_SUFFIX)
+        .ok_or_else(no_such_route)?;
+    receive(&state, &caller, &ctx, address, &body).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,19 +104,26 @@ async fn agent_route(
 // ---------------------------------------------------------------------------------------------
 // Directory
 
-/// One known agent: an address with a queue, an agent key, or both.
+/// One known agent: an address with a registration, a queue, an agent key, or several.
 #[derive(Debug, Clone, PartialEq)]
 struct AgentInfo {
     address: String,
     created_at: Timestamp,
+    config: Option<AgentConfig>,
 }
 
-/// Agents are not registered separately (yet): an agent exists once an agent key names it or
-/// an intent was sent to it. Its `created_at` is the earlier of the key's creation and its
+/// An agent exists once it registered a binding, an agent key names it or an intent was sent
+/// to it. Its `created_at` is the earliest of its registration, the key's creation and its
 /// first queued intent.
 fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
     let reader = state.cluster.reader();
     let mut agents: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
+    let mut configs: BTreeMap<String, AgentConfig> = BTreeMap::new();
+    for config in reader.agent_configs()? {
+        let address = bare_address(&config.address).to_string();
+        agents.insert(address.clone(), Some(config.created_at));
+        configs.insert(address, config);
+    }
     for (_, key) in reader.api_keys()? {
         if let (Role::Agent { address }, false) = (&key.role, key.revoked) {
             let entry = agents.entry(bare_address(address).to_string()).or_default();
@@ -101,6 +145,7 @@ fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
     Ok(agents
         .into_iter()
         .map(|(address, created_at)| AgentInfo {
+            config: configs.remove(&address),
             address,
             created_at: created_at.unwrap_or(DateTime::UNIX_EPOCH),
         })
@@ -117,13 +162,15 @@ fn agent_view(agent: &AgentInfo) -> Value {
         .next()
         .filter(|n| n.chars().count() >= 2)
         .unwrap_or(&agent.address);
+    let config = agent.config.as_ref();
     json!({
         "address": format!("agent://{}", agent.address),
         "service_account_id": agent.address,
         "service_account_name": name.chars().take(120).collect::<String>(),
-        "display_name": Value::Null,
+        "display_name": config.and_then(|c| c.display_name.clone()),
         "status": "active",
         "created_at": views::timestamp(&agent.created_at),
+        "binding": binding_view(config),
     })
 }
 
@@ -136,7 +183,11 @@ async fn list_agents(
 }
 
 fn get_agent(state: &AppState, raw: &str) -> Result<Json<Value>, ApiError> {
-    let address = bare_address(raw);
+    agent_answer(state, bare_address(raw))
+}
+
+/// `{"ok": true, "agent": ...}` for the agent at the normalized `address`.
+pub(crate) fn agent_answer(state: &AppState, address: &str) -> Result<Json<Value>, ApiError> {
     let agent = known_agents(state)?
         .into_iter()
         .find(|a| a.address == address)
@@ -220,6 +271,7 @@ mod tests {
         let agent = AgentInfo {
             address: "acme/prod/billing".into(),
             created_at: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap(),
+            config: None,
         };
         let v = agent_view(&agent);
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -228,6 +280,7 @@ mod tests {
             keys,
             [
                 "address",
+                "binding",
                 "created_at",
                 "display_name",
                 "service_account_id",
@@ -235,6 +288,7 @@ mod tests {
                 "status"
             ]
         );
+        assert_eq!(v["binding"]["delivery_mode"], "stream");
         assert_eq!(v["address"], "agent://acme/prod/billing");
         assert_eq!(v["service_account_name"], "billing");
         assert_eq!(v["status"], "active");

@@ -50,6 +50,7 @@ const CREATE_FIELDS: &[&str] = &[
     "escalate_to",
     "max_delivery_attempts",
     "human_task",
+    "deliver_at",
 ];
 
 /// Types a create body: wrong JSON types and unknown fields are refused here, every rule of
@@ -75,6 +76,7 @@ fn parse_create(body: &Value) -> Result<IntentRequest, ApiError> {
         escalate_to: text("escalate_to")?,
         max_delivery_attempts: b.uint("max_delivery_attempts", 0)?,
         human_task: b.object("human_task")?.cloned(),
+        deliver_at: text("deliver_at")?,
     })
 }
 
@@ -206,10 +208,11 @@ async fn create_intent(
     let at = now();
     // Agent keys always send as themselves; other keys may name the sender (the field is
     // deprecated in the contract but still honoured for operators relaying on behalf).
+    let default_attempts = default_max_delivery_attempts(&state, req.to_agent.as_deref())?;
     let decided = Decided {
         id: Uuid::new_v4(),
         from_agent: caller.key.acting_as(req.from_agent.as_deref()),
-        default_max_delivery_attempts: state.config.default_max_delivery_attempts,
+        default_max_delivery_attempts: default_attempts,
     };
     let intent = validate::new_intent(req, decided)?;
     let claim = claim(&state, caller.principal(), key, &body, at);
@@ -222,6 +225,24 @@ async fn create_intent(
         "status": intent.status.as_str(),
         "created_at": views::timestamp(&intent.created_at),
     })))
+}
+
+/// The delivery attempts of a new intent that names none: the receiver's registration may
+/// override the server default (`AgentConfig::max_delivery_attempts`). Read from the local
+/// replica: a registration made moments ago through another node may not count yet.
+pub(crate) fn default_max_delivery_attempts(
+    state: &AppState,
+    to_agent: Option<&str>,
+) -> Result<u32, ApiError> {
+    let configured = match to_agent {
+        Some(to) => state
+            .cluster
+            .reader()
+            .agent_config(to)?
+            .and_then(|c| c.max_delivery_attempts),
+        None => None,
+    };
+    Ok(configured.unwrap_or(state.config.default_max_delivery_attempts))
 }
 
 /// `GET /v1/intents/{id}`: linearizable, never older than a write already acknowledged.

@@ -2,16 +2,24 @@
 //! every intent route shares (loading an intent, proposing a change, idempotency claims).
 
 mod agents;
+mod agents_binding;
+mod approvals;
 mod capabilities;
 mod cluster;
+mod deliveries;
 mod events;
 mod health;
+mod inbox;
 mod intents;
 mod keys;
+pub(crate) mod metrics;
+pub(crate) mod receive;
+mod scenarios;
+mod webhooks;
 
 use axum::Router;
 use intentd_delivery::intents::{self as ops, Written};
-use intentd_lifecycle::{IdempotencyClaim, Intent, IntentCommand, Timestamp};
+use intentd_lifecycle::{Command, IdempotencyClaim, Intent, IntentCommand, Reply, Timestamp};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,7 +32,14 @@ pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
         .merge(capabilities::router())
         .merge(intents::router(config))
         .merge(events::router())
-        .merge(agents::router())
+        .merge(agents::router(config))
+        .merge(receive::router(config))
+        .merge(deliveries::router(config))
+        .merge(inbox::router(config))
+        .merge(approvals::router(config))
+        .merge(webhooks::router(config))
+        .merge(scenarios::router(config))
+        .merge(metrics::router())
         .merge(keys::router())
         .merge(cluster::router())
         .fallback(unknown_route)
@@ -56,6 +71,28 @@ pub(crate) async fn write_intent(
     idempotency: Option<IdempotencyClaim>,
 ) -> Result<Written, ApiError> {
     Ok(ops::write_intent(&state.cluster, command, idempotency).await?)
+}
+
+/// Proposes a command that is not an intent command (agents, inbox, webhooks) and waits
+/// until it is committed and applied here.
+pub(crate) async fn write(state: &AppState, command: Command) -> Result<Reply, ApiError> {
+    Ok(state.cluster.write(command).await?)
+}
+
+/// Waits until this replica has applied everything committed before the call, so a read
+/// that follows is never older than a write already acknowledged anywhere.
+pub(crate) async fn read_barrier(state: &AppState) -> Result<(), ApiError> {
+    Ok(state.cluster.read_barrier().await?)
+}
+
+/// Refuses a callback URL (an HTTP agent's, a webhook subscription's) that is not http(s) or
+/// whose host is (or resolves to) a loopback, private, link-local or otherwise internal
+/// address not on the operator's allow-list: without this check any key holder could make
+/// the cluster send requests into its own network. A refusal is a 422 naming `field`.
+pub(crate) async fn checked_url(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
+    intentd_delivery::check_url_async(url, &state.config.delivery_allow_hosts)
+        .await
+        .map_err(|e| ApiError::SchemaInvalid(format!("{field} is refused: {e}")))
 }
 
 /// The claim an `Idempotency-Key` makes, over the request body as the client sent it.

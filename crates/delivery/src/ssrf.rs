@@ -1,0 +1,509 @@
+//! The SSRF guard for outbound pushes.
+//!
+//! Anyone with a key that may register an agent or a webhook names a URL the cluster will
+//! POST to from inside its network. Without a guard that is a way to reach the cluster's
+//! own admin ports, cloud metadata services (169.254.169.254) and private networks. So a
+//! URL must be http(s), and every address its host resolves to must be a public unicast
+//! address, unless the operator's allow-list names the host or a range containing it.
+//!
+//! The check runs twice: at registration ([`check_url`], so the caller gets a 422) and at
+//! connect time ([`GuardedResolver`]), against the very addresses the connection will use,
+//! because a name can resolve differently later (DNS rebinding).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
+use std::sync::Arc;
+
+use reqwest::Url;
+
+/// Why a URL may not be pushed to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SsrfError {
+    #[error("not a valid URL: {0}")]
+    Invalid(String),
+    #[error("only http and https URLs are allowed, not {0}")]
+    Scheme(String),
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("cannot resolve {host}: {error}")]
+    Resolve { host: String, error: String },
+    #[error("{host} resolves to {addr}, a {range} address, which is not allowed")]
+    Blocked {
+        host: String,
+        addr: IpAddr,
+        range: &'static str,
+    },
+    #[error("invalid allow-list entry `{0}`: expected a CIDR (10.0.0.0/8), an IP or a host name")]
+    AllowEntry(String),
+}
+
+/// One allow-list entry: a range of addresses or a host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Allowed {
+    Net { addr: IpAddr, prefix: u8 },
+    Host(String),
+}
+
+/// Hosts and ranges an operator allows despite the guard (`--delivery-allow-hosts`): for
+/// receivers on the same private network, or tests on 127.0.0.1.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    entries: Vec<Allowed>,
+}
+
+impl AllowList {
+    /// Parses a comma-separated list of CIDRs (`10.1.0.0/16`), single IPs and host names.
+    /// Blank entries are ignored, so an empty string is the empty list.
+    pub fn parse(spec: &str) -> Result<Self, SsrfError> {
+        let mut entries = Vec::new();
+        for raw in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            entries.push(parse_entry(raw)?);
+        }
+        Ok(AllowList { entries })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the host name itself is named (case-insensitive; a trailing dot is ignored).
+    pub fn allows_host(&self, host: &str) -> bool {
+        let host = normalize_host(host);
+        self.entries
+            .iter()
+            .any(|e| matches!(e, Allowed::Host(h) if *h == host))
+    }
+
+    /// Whether a named range contains `addr` (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn allows_ip(&self, addr: IpAddr) -> bool {
+        let addr = canonical(addr);
+        self.entries.iter().any(|e| match e {
+            Allowed::Net { addr: net, prefix } => in_prefix(addr, *net, *prefix),
+            Allowed::Host(_) => false,
+        })
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| match e {
+                Allowed::Net { addr, prefix } => format!("{addr}/{prefix}"),
+                Allowed::Host(h) => h.clone(),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+fn parse_entry(raw: &str) -> Result<Allowed, SsrfError> {
+    let bad = || SsrfError::AllowEntry(raw.to_string());
+    if let Some((addr, prefix)) = raw.split_once('/') {
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        let addr = canonical(addr);
+        let prefix = if addr.is_ipv4() && max == 128 {
+            prefix.saturating_sub(96)
+        } else {
+            prefix
+        };
+        return Ok(Allowed::Net { addr, prefix });
+    }
+    let bracketless = raw.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(addr) = bracketless.parse::<IpAddr>() {
+        let addr = canonical(addr);
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        return Ok(Allowed::Net { addr, prefix });
+    }
+    let host = normalize_host(raw);
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if !valid {
+        return Err(bad());
+    }
+    Ok(Allowed::Host(host))
+}
+
+fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) reach the IPv4 address: judge them as one.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+fn in_prefix(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The forbidden range `addr` falls in, if any. Only public unicast addresses are fair game.
+pub fn forbidden_range(addr: IpAddr) -> Option<&'static str> {
+    match canonical(addr) {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+fn forbidden_v4(a: Ipv4Addr) -> Option<&'static str> {
+    let v4 = IpAddr::V4;
+    let within = |net: [u8; 4], prefix: u8| in_prefix(v4(a), v4(Ipv4Addr::from(net)), prefix);
+    if a.is_broadcast() {
+        Some("broadcast")
+    } else if within([0, 0, 0, 0], 8) {
+        // 0.0.0.0 is "this host" on Linux: connecting to it reaches loopback services.
+        Some("unspecified")
+    } else if within([127, 0, 0, 0], 8) {
+        Some("loopback")
+    } else if within([10, 0, 0, 0], 8)
+        || within([172, 16, 0, 0], 12)
+        || within([192, 168, 0, 0], 16)
+    {
+        Some("private")
+    } else if within([169, 254, 0, 0], 16) {
+        Some("link-local")
+    } else if within([100, 64, 0, 0], 10) {
+        Some("carrier-grade NAT")
+    } else if within([224, 0, 0, 0], 4) {
+        Some("multicast")
+    } else if within([240, 0, 0, 0], 4) {
+        Some("reserved")
+    } else {
+        None
+    }
+}
+
+fn forbidden_v6(a: Ipv6Addr) -> Option<&'static str> {
+    let v6 = IpAddr::V6;
+    let within = |net: Ipv6Addr, prefix: u8| in_prefix(v6(a), v6(net), prefix);
+    if a.is_unspecified() {
+        Some("unspecified")
+    } else if a.is_loopback() {
+        Some("loopback")
+    } else if within(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10) {
+        Some("link-local")
+    } else if within(Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10) {
+        // Deprecated site-local: still routed inside some private networks.
+        Some("private")
+    } else if within(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7) {
+        Some("private")
+    } else if a.is_multicast() {
+        Some("multicast")
+    } else if within(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
+        // NAT64 reaches the embedded IPv4 address: judge that one.
+        let [.., a, b, c, d] = a.octets();
+        forbidden_v4(Ipv4Addr::new(a, b, c, d))
+    } else {
+        None
+    }
+}
+
+/// Checks one address of `host` against the guard and the allow-list.
+pub fn check_addr(host: &str, addr: IpAddr, allow: &AllowList) -> Result<(), SsrfError> {
+    if allow.allows_host(host) || allow.allows_ip(addr) {
+        return Ok(());
+    }
+    match forbidden_range(addr) {
+        Some(range) => Err(SsrfError::Blocked {
+            host: host.to_string(),
+            addr: canonical(addr),
+            range,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What a URL's host is, once its syntax has been checked.
+enum Target {
+    Ip(IpAddr),
+    Name(String),
+}
+
+fn target(url: &str) -> Result<(Url, Target), SsrfError> {
+    let parsed = Url::parse(url).map_err(|e| SsrfError::Invalid(e.to_string()))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => return Err(SsrfError::Scheme(other.to_string())),
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or(SsrfError::NoHost)?;
+    // The URL parser has already normalised IP literals (`[::1]`, `0x7f.1` -> `127.0.0.1`).
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let target = match bare.parse::<IpAddr>() {
+        Ok(addr) => Target::Ip(addr),
+        Err(_) => Target::Name(host.to_string()),
+    };
+    Ok((parsed, target))
+}
+
+/// Checks a callback or agent URL at registration: http(s), a host, and every address the
+/// host resolves to allowed. Resolves with the system resolver, so it blocks: async callers
+/// should use [`check_url_async`].
+pub fn check_url(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
+    let (parsed, target) = target(url)?;
+    match target {
+        Target::Ip(addr) => check_addr(&addr.to_string(), addr, allow),
+        Target::Name(host) => {
+            if allow.allows_host(&host) {
+                return Ok(());
+            }
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let addrs: Vec<SocketAddr> = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| SsrfError::Resolve {
+                    host: host.clone(),
+                    error: e.to_string(),
+                })?
+                .collect();
+            check_resolved(&host, &addrs, allow)
+        }
+    }
+}
+
+/// [`check_url`] without blocking the async runtime.
+pub async fn check_url_async(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
+    let (parsed, target) = target(url)?;
+    match target {
+        Target::Ip(addr) => check_addr(&addr.to_string(), addr, allow),
+        Target::Name(host) => {
+            if allow.allows_host(&host) {
+                return Ok(());
+            }
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| SsrfError::Resolve {
+                    host: host.clone(),
+                    error: e.to_string(),
+                })?
+                .collect();
+            check_resolved(&host, &addrs, allow)
+        }
+    }
+}
+
+/// Every resolved address must pass: a client may connect to any of them.
+fn check_resolved(host: &str, addrs: &[SocketAddr], allow: &AllowList) -> Result<(), SsrfError> {
+    if addrs.is_empty() {
+        return Err(SsrfError::Resolve {
+            host: host.to_string(),
+            error: "no addresses".into(),
+        });
+    }
+    addrs
+        .iter()
+        .try_for_each(|a| check_addr(host, a.ip(), allow))
+}
+
+/// Checks a URL right before a push: the syntax, and an IP literal's address. Host names are
+/// checked by [`GuardedResolver`] when the client resolves them for the connection itself.
+pub fn check_before_connect(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
+    match target(url)? {
+        (_, Target::Ip(addr)) => check_addr(&addr.to_string(), addr, allow),
+        (_, Target::Name(_)) => Ok(()),
+    }
+}
+
+/// reqwest's resolver for pushes: resolves with the system resolver and refuses the name if
+/// any address is forbidden, so the connection can only go to addresses that were checked.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    allow: Arc<AllowList>,
+}
+
+impl GuardedResolver {
+    pub fn new(allow: Arc<AllowList>) -> Self {
+        GuardedResolver { allow }
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            check_resolved(&host, &addrs, &allow)?;
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked(url: &str) -> &'static str {
+        match check_url(url, &AllowList::default()) {
+            Err(SsrfError::Blocked { range, .. }) => range,
+            other => panic!("{url}: expected a block, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_forbidden_range_is_refused() {
+        let cases = [
+            ("http://127.0.0.1/", "loopback"),
+            ("http://127.255.0.9:8080/x", "loopback"),
+            ("http://[::1]/", "loopback"),
+            ("http://0.0.0.0/", "unspecified"),
+            ("http://0.1.2.3/", "unspecified"),
+            ("http://[::]/", "unspecified"),
+            ("http://10.0.0.1/", "private"),
+            ("http://10.255.255.255/", "private"),
+            ("http://172.16.0.1/", "private"),
+            ("http://172.31.255.254/", "private"),
+            ("http://192.168.1.1/", "private"),
+            ("http://[fc00::1]/", "private"),
+            ("http://[fd12:3456::1]/", "private"),
+            ("http://[fec0::1]/", "private"),
+            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("http://[fe80::1]/", "link-local"),
+            ("http://[febf::1]/", "link-local"),
+            ("http://100.64.0.1/", "carrier-grade NAT"),
+            ("http://100.127.255.255/", "carrier-grade NAT"),
+            ("http://224.0.0.1/", "multicast"),
+            ("http://239.255.255.250/", "multicast"),
+            ("http://[ff02::1]/", "multicast"),
+            ("http://255.255.255.255/", "broadcast"),
+            ("http://240.0.0.1/", "reserved"),
+            ("http://[::ffff:127.0.0.1]/", "loopback"),
+            ("http://[::ffff:10.1.2.3]/", "private"),
+            ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),
+            // Odd IPv4 spellings are normalised by the URL parser before the check.
+            ("http://0x7f.1/", "loopback"),
+            ("http://2130706433/", "loopback"),
+        ];
+        for (url, range) in cases {
+            assert_eq!(blocked(url), range, "{url}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_and_range_edges_pass() {
+        let allow = AllowList::default();
+        for url in [
+            "http://8.8.8.8/",
+            "https://1.1.1.1:8443/hook",
+            "http://172.15.255.255/",
+            "http://172.32.0.0/",
+            "http://100.63.255.255/",
+            "http://100.128.0.0/",
+            "http://169.253.255.255/",
+            "http://192.169.0.1/",
+            "http://11.0.0.0/",
+            "http://223.255.255.255/",
+            "http://[2001:4860:4860::8888]/",
+            "http://[64:ff9b::808:808]/",
+        ] {
+            assert_eq!(check_url(url, &allow), Ok(()), "{url}");
+        }
+    }
+
+    #[test]
+    fn only_http_and_https_with_a_host() {
+        let allow = AllowList::default();
+        assert_eq!(
+            check_url("ftp://8.8.8.8/", &allow),
+            Err(SsrfError::Scheme("ftp".into()))
+        );
+        assert_eq!(
+            check_url("file:///etc/passwd", &allow),
+            Err(SsrfError::Scheme("file".into()))
+        );
+        assert!(matches!(
+            check_url("not a url", &allow),
+            Err(SsrfError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_resolved_and_checked() {
+        // localhost resolves through /etc/hosts, no network needed.
+        assert_eq!(
+            blocked("http://localhost:9/"),
+            "loopback",
+            "a name is judged by its addresses"
+        );
+        let allow = AllowList::parse("LocalHost.").unwrap();
+        assert_eq!(check_url("http://localhost:9/", &allow), Ok(()));
+    }
+
+    #[test]
+    fn the_allow_list_opens_named_ranges_only() {
+        let allow = AllowList::parse(" 127.0.0.1 , 10.1.0.0/16,::1, fd00::/8, receiver.internal ,")
+            .unwrap();
+        assert_eq!(check_url("http://127.0.0.1:3000/", &allow), Ok(()));
+        assert_eq!(check_url("http://[::ffff:127.0.0.1]/", &allow), Ok(()));
+        assert!(check_url("http://127.0.0.2/", &allow).is_err());
+        assert_eq!(check_url("http://10.1.200.3/", &allow), Ok(()));
+        assert!(check_url("http://10.2.0.1/", &allow).is_err());
+        assert_eq!(check_url("http://[::1]/", &allow), Ok(()));
+        assert_eq!(check_url("http://[fd00::5]/", &allow), Ok(()));
+        assert!(check_url("http://[fc00::5]/", &allow).is_err());
+        assert!(allow.allows_host("RECEIVER.internal"));
+        assert_eq!(
+            allow.to_string(),
+            "127.0.0.1/32,10.1.0.0/16,::1/128,fd00::/8,receiver.internal"
+        );
+        for bad in ["10.0.0.0/33", "::/129", "x/8", "bad host", "a@b"] {
+            assert!(AllowList::parse(bad).is_err(), "{bad}");
+        }
+        assert!(AllowList::parse("").unwrap().is_empty());
+        // A mapped CIDR covers the IPv4 range.
+        let mapped = AllowList::parse("::ffff:192.168.0.0/112").unwrap();
+        assert!(mapped.allows_ip("192.168.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_connect_time_check_refuses_literals_and_leaves_names_to_the_resolver() {
+        let allow = AllowList::default();
+        assert!(check_before_connect("http://127.0.0.1/", &allow).is_err());
+        assert_eq!(check_before_connect("http://example.com/", &allow), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_forbidden_addresses() {
+        use reqwest::dns::Resolve as _;
+        let resolver = GuardedResolver::new(Arc::new(AllowList::default()));
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(resolver.resolve(name).await.is_err());
+        let open = GuardedResolver::new(Arc::new(AllowList::parse("127.0.0.1,::1").unwrap()));
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(open.resolve(name).await.is_ok());
+        assert_eq!(
+            check_url_async("http://localhost/", &AllowList::default())
+                .await
+                .map_err(|e| matches!(e, SsrfError::Blocked { .. })),
+            Err(true)
+        );
+    }
+}

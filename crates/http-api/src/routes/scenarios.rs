@@ -1,0 +1,620 @@
+//! `POST /v1/scenarios/apply` and `POST /v1/scenarios/validate`
+//! (`api.scenarios.bundle.request.v1.json`): register the agents a scenario names, with their
+//! delivery binding, and submit its intent; `validate` answers what `apply` would do without
+//! doing it.
+//!
+//! What a bundle means here:
+//! - `agents[]` entries take our binding fields besides the schema's (`delivery_mode`,
+//!   `url`, `secret`, `max_concurrency`, `ack_timeout_seconds`, `max_delivery_attempts`). An
+//!   entry with a `delivery_mode` or `create_if_missing: true` is registered (mode `stream`
+//!   when unnamed); others are only named.
+//! - `humans[]` are registered with the `inbox` binding at their `contact` as the address,
+//!   so an intent addressed to them waits in their inbox for a decision.
+//! - The intent goes to the first workflow step's `assigned_to` (a role of `agents[]` or
+//!   `humans[]`, or an address), else to the first agent, else to the first human. The
+//!   step's `human_task` (when it `requires_approval` or is a `human_approval` step),
+//!   reminders and escalation apply when the intent does not set its own. intentd runs no
+//!   workflow engine: later steps are not run (a warning says so) and a `macro_id` is
+//!   refused (422). `escalate_to` may name a role too.
+//! - `idempotency_key` (or the `Idempotency-Key` header) makes a repeat answer the first
+//!   intent with `idempotent: true`.
+//!
+//! Deviations from `api.scenarios.bundle.response.v1.json`: the answer also has `"ok": true`
+//! (every success body does), `status` is the intent's real status (SUBMITTED for an agent
+//! that has not received it yet, not one of the schema's three), and agent addresses carry
+//! the `agent://` scheme. `validate` answers `{"ok": true, "valid", "errors": [{"code",
+//! "message"}], "warnings", "plan"}` with status 200 for a bundle that breaks the contract.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use intentd_delivery::intents::Written;
+use intentd_lifecycle::validate::{self, Decided, IntentRequest};
+use intentd_lifecycle::{AgentConfig, Command, IntentCommand, NewIntent};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::agents_binding::{agent_address, parse_binding_fields, BindingRequest, BINDING_FIELDS};
+use super::{checked_url, claim, now, write, write_intent};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{IdempotencyKey, JsonBody};
+use crate::validate::{check_len, Body};
+use crate::{views, ApiConfig, AppState};
+
+pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
+    Router::new()
+        .route("/v1/scenarios/apply", post(apply))
+        .route("/v1/scenarios/validate", post(validate_bundle))
+        .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
+}
+
+/// One participant to register (or only name).
+#[derive(Debug, Clone, PartialEq)]
+struct Participant {
+    role: String,
+    /// Normalized (no `agent://`).
+    address: String,
+    /// `None`: named only, not registered.
+    binding: Option<BindingRequest>,
+}
+
+/// What applying a bundle does.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    scenario_id: String,
+    participants: Vec<Participant>,
+    intent: IntentRequest,
+    idempotency_key: Option<String>,
+    warnings: Vec<String>,
+}
+
+fn array<'a>(b: &Body<'a>, name: &str, max: usize) -> Result<&'a [Value], ApiError> {
+    match b.map().get(name) {
+        None => Ok(&[]),
+        Some(Value::Array(items)) if items.len() <= max => Ok(items),
+        Some(Value::Array(_)) => Err(ApiError::SchemaInvalid(format!(
+            "{name} lists at most {max} entries"
+        ))),
+        Some(_) => Err(ApiError::InvalidRequest(format!("{name} must be an array"))),
+    }
+}
+
+/// `^[a-z0-9_]+(?:\.[a-z0-9_]+)*$`
+fn is_dotted_name(s: &str) -> bool {
+    s.split('.').all(|w| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    })
+}
+
+fn parse_agent(value: &Value) -> Result<Participant, ApiError> {
+    let b = Body::strict(value)?;
+    let mut allowed = vec!["role", "address", "create_if_missing"];
+    allowed.extend_from_slice(BINDING_FIELDS);
+    b.deny_unknown(&allowed)?;
+    let role = b.required_str("role")?;
+    check_len("agents[].role", role, 1, 100)?;
+    let address = b.required_str("address")?;
+    check_len("agents[].address", address, 1, 383)?;
+    let register =
+        b.bool("create_if_missing")?.unwrap_or(false) || b.map().contains_key("delivery_mode");
+    let binding = parse_binding_fields(&b, Some("stream"))?;
+    Ok(Participant {
+        role: role.to_string(),
+        address: agent_address(address)?,
+        binding: register.then_some(binding),
+    })
+}
+
+fn parse_human(value: &Value) -> Result<Participant, ApiError> {
+    let b = Body::strict(value)?;
+    b.deny_unknown(&["role", "contact", "display_name"])?;
+    let role = b.required_str("role")?;
+    check_len("humans[].role", role, 1, 100)?;
+    let contact = b.required_str("contact")?;
+    check_len("humans[].contact", contact, 1, 255)?;
+    let display_name = b.str("display_name")?;
+    if let Some(d) = display_name {
+        check_len("humans[].display_name", d, 1, 255)?;
+    }
+    let mut binding = parse_binding_fields(&Body::strict(&json!({}))?, Some("inbox"))?;
+    binding.display_name = display_name.map(str::to_string);
+    Ok(Participant {
+        role: role.to_string(),
+        address: agent_address(contact)?,
+        binding: Some(binding),
+    })
+}
+
+/// The parts of the first workflow step that shape the intent.
+#[derive(Debug, Default)]
+struct FirstStep {
+    assigned_to: Option<String>,
+    human_task: Option<Map<String, Value>>,
+    remind_after_seconds: Option<u64>,
+    remind_interval_seconds: Option<u64>,
+    max_reminders: Option<u64>,
+    escalate_to: Option<String>,
+}
+
+const STEP_FIELDS: &[&str] = &[
+    "step_id",
+    "tool_id",
+    "runtime_type",
+    "runtime_config",
+    "assigned_to",
+    "requires_approval",
+    "step_deadline_seconds",
+    "retry",
+    "human_task",
+    "remind_after_seconds",
+    "remind_interval_seconds",
+    "max_reminders",
+    "escalate_to",
+    "on_success",
+    "on_failure",
+];
+
+const RUNTIME_TYPES: &[&str] = &[
+    "human_approval",
+    "timeout",
+    "reminder",
+    "delay",
+    "escalation",
+    "notification",
+];
+
+fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<FirstStep, ApiError> {
+    let Some(workflow) = b.object("workflow")? else {
+        return Ok(FirstStep::default());
+    };
+    let workflow = Value::Object(workflow.clone());
+    let w = Body::strict(&workflow)?;
+    w.deny_unknown(&["macro_id", "steps"])?;
+    if w.str("macro_id")?.is_some() {
+        return Err(ApiError::SchemaInvalid(
+            "workflow.macro_id: intentd has no workflow macros".into(),
+        ));
+    }
+    let steps = array(&w, "steps", 100)?;
+    if w.map().contains_key("steps") && steps.is_empty() {
+        return Err(ApiError::SchemaInvalid(
+            "workflow.steps needs at least one step".into(),
+        ));
+    }
+    let mut first = FirstStep::default();
+    for (i, step) in steps.iter().enumerate() {
+        let s = Body::strict(step)?;
+        s.deny_unknown(STEP_FIELDS)?;
+        let step_id = s.required_str("step_id")?;
+        check_len("workflow.steps[].step_id", step_id, 1, 100)?;
+        let runtime = s.str("runtime_type")?;
+        if let Some(r) = runtime {
+            if !RUNTIME_TYPES.contains(&r) {
+                return Err(ApiError::SchemaInvalid(format!(
+                    "workflow.steps[].runtime_type {r:?} is not one of {}",
+                    RUNTIME_TYPES.join(", ")
+                )));
+            }
+        }
+        if i > 0 {
+            continue;
+        }
+        let approval =
+            s.bool("requires_approval")?.unwrap_or(false) || runtime == Some("human_approval");
+        first = FirstStep {
+            assigned_to: s.str("assigned_to")?.map(str::to_string),
+            human_task: if approval {
+                s.object("human_task")?.cloned()
+            } else {
+                None
+            },
+            remind_after_seconds: s.uint("remind_after_seconds", 1)?,
+            remind_interval_seconds: s.uint("remind_interval_seconds", 1)?,
+            max_reminders: s.uint("max_reminders", 1)?,
+            escalate_to: s.str("escalate_to")?.map(str::to_string),
+        };
+    }
+    if steps.len() > 1 {
+        warnings.push(format!(
+            "intentd runs no workflow engine: only the first of {} steps shapes the intent",
+            steps.len()
+        ));
+    }
+    Ok(first)
+}
+
+/// A role of the bundle, or else an address as given.
+fn resolve(participants: &[Participant], name: &str) -> Result<String, ApiError> {
+    match participants.iter().find(|p| p.role == name) {
+        Some(p) => Ok(p.address.clone()),
+        None => agent_address(name),
+    }
+}
+
+const INTENT_FIELDS: &[&str] = &[
+    "type",
+    "payload",
+    "deadline_at",
+    "remind_after_seconds",
+    "remind_interval_seconds",
+    "max_reminders",
+    "escalate_to",
+    "max_delivery_attempts",
+    "human_task",
+];
+
+/// Reads a bundle into a plan. Everything the intent must satisfy beyond the bundle's own
+/// schema (the `intent.*.v1`-style type, the human task's shape) is checked when the plan
+/// becomes a `NewIntent` ([`new_intent`]).
+fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
+    let b = Body::strict(body)?;
+    b.deny_unknown(&[
+        "scenario_id",
+        "description",
+        "idempotency_key",
+        "agents",
+        "humans",
+        "workflow",
+        "intent",
+    ])?;
+    let scenario_id = b.required_str("scenario_id")?;
+    check_len("scenario_id", scenario_id, 3, 255)?;
+    if !is_dotted_name(scenario_id) {
+        return Err(ApiError::SchemaInvalid(format!(
+            "scenario_id {scenario_id:?} does not match ^[a-z0-9_]+(?:\\.[a-z0-9_]+)*$"
+        )));
+    }
+    if let Some(d) = b.str("description")? {
+        check_len("description", d, 0, 1000)?;
+    }
+    let idempotency_key = b
+        .str("idempotency_key")?
+        .map(validate::idempotency_key)
+        .transpose()?;
+    let mut participants = Vec::new();
+    for a in array(&b, "agents", 50)? {
+        participants.push(parse_agent(a)?);
+    }
+    for h in array(&b, "humans", 20)? {
+        participants.push(parse_human(h)?);
+    }
+    let mut warnings = Vec::new();
+    let step = parse_workflow(&b, &mut warnings)?;
+
+    let spec = b.required_object("intent")?;
+    let spec = Value::Object(spec.clone());
+    let i = Body::strict(&spec)?;
+    i.deny_unknown(INTENT_FIELDS)?;
+    let intent_type = i.required_str("type")?;
+    check_len("intent.type", intent_type, 3, 255)?;
+    if let Some(e) = i.str("escalate_to")? {
+        check_len("intent.escalate_to", e, 0, 383)?;
+    }
+    let to_agent = match &step.assigned_to {
+        Some(name) => resolve(&participants, name)?,
+        None => participants
+            .first()
+            .map(|p| p.address.clone())
+            .ok_or_else(|| {
+                ApiError::SchemaInvalid(
+                    "the scenario names no receiver: add agents[], humans[] or a workflow step \
+                     with assigned_to"
+                        .into(),
+                )
+            })?,
+    };
+    let escalate_to = i
+        .str("escalate_to")?
+        .map(str::to_string)
+        .or(step.escalate_to)
+        .map(|e| resolve(&participants, &e))
+        .transpose()?;
+    let intent = IntentRequest {
+        intent_type: Some(intent_type.to_string()),
+        correlation_id: None,
+        from_agent: None,
+        to_agent: Some(format!("agent://{to_agent}")),
+        reply_to: None,
+        payload: Some(i.map().get("payload").cloned().unwrap_or_else(|| json!({}))),
+        deadline_at: i.str("deadline_at")?.map(str::to_string),
+        remind_after_seconds: i
+            .uint("remind_after_seconds", 1)?
+            .or(step.remind_after_seconds),
+        remind_interval_seconds: i
+            .uint("remind_interval_seconds", 1)?
+            .or(step.remind_interval_seconds),
+        max_reminders: i.uint("max_reminders", 1)?.or(step.max_reminders),
+        escalate_to: escalate_to.map(|e| format!("agent://{e}")),
+        max_delivery_attempts: i.uint("max_delivery_attempts", 1)?,
+        human_task: i.object("human_task")?.cloned().or(step.human_task),
+        deliver_at: None,
+    };
+    Ok(Plan {
+        scenario_id: scenario_id.to_string(),
+        participants,
+        intent,
+        idempotency_key,
+        warnings,
+    })
+}
+
+/// The plan's intent as the domain's `NewIntent`, under the contract's create rules.
+fn new_intent(state: &AppState, caller: &Caller, plan: &Plan) -> Result<NewIntent, ApiError> {
+    let mut request = plan.intent.clone();
+    request.correlation_id = Some(Uuid::new_v4().to_string());
+    // A binding the scenario registers overrides what is registered now.
+    let to = request.to_agent.as_deref().map(crate::auth::bare);
+    let from_plan = plan
+        .participants
+        .iter()
+        .find(|p| Some(p.address.as_str()) == to)
+        .and_then(|p| p.binding.as_ref())
+        .and_then(|b| b.max_delivery_attempts);
+    let default_max_delivery_attempts = match from_plan {
+        Some(n) => n,
+        None => super::intents::default_max_delivery_attempts(state, request.to_agent.as_deref())?,
+    };
+    let decided = Decided {
+        id: Uuid::new_v4(),
+        from_agent: caller.principal(),
+        default_max_delivery_attempts,
+    };
+    let intent = validate::new_intent(request, decided)?;
+    let size = intent.payload.to_string().len();
+    if size > state.config.max_intent_body_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the intent payload is {size} bytes; intents take at most {}",
+            state.config.max_intent_body_bytes
+        )));
+    }
+    Ok(intent)
+}
+
+/// Parses and checks a bundle completely (the URLs included), without writing anything.
+async fn check(
+    state: &AppState,
+    caller: &Caller,
+    body: &Value,
+) -> Result<(Plan, NewIntent), ApiError> {
+    let plan = parse_bundle(body)?;
+    let intent = new_intent(state, caller, &plan)?;
+    for p in &plan.participants {
+        if let Some(url) = p.binding.as_ref().and_then(BindingRequest::url) {
+            checked_url(state, "agents[].url", url).await?;
+        }
+    }
+    Ok((plan, intent))
+}
+
+fn participant_view(p: &Participant, existed: bool) -> Value {
+    json!({
+        "role": p.role,
+        "address": format!("agent://{}", p.address),
+        "created": p.binding.is_some() && !existed,
+    })
+}
+
+fn registered(state: &AppState, address: &str) -> Result<Option<AgentConfig>, ApiError> {
+    Ok(state.cluster.reader().agent_config(address)?)
+}
+
+/// `POST /v1/scenarios/apply`. Agent keys may not (a scenario registers other agents).
+async fn apply(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdempotencyKey(header_key): IdempotencyKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_not_agent()?;
+    let (plan, intent) = check(&state, &caller, &body).await?;
+    let mut agents = Vec::with_capacity(plan.participants.len());
+    for p in &plan.participants {
+        let existed = registered(&state, &p.address)?.is_some();
+        if let Some(binding) = &p.binding {
+            let config = binding.clone().into_config(p.address.clone(), now());
+            write(&state, Command::RegisterAgent { config }).await?;
+        }
+        agents.push(participant_view(p, existed));
+    }
+    let at = now();
+    let key = header_key.or_else(|| plan.idempotency_key.clone());
+    let claim = claim(
+        &state,
+        format!("{}:scenario", caller.principal()),
+        key,
+        &body,
+        at,
+    );
+    let written: Written =
+        write_intent(&state, IntentCommand::Create { intent, at }, claim).await?;
+    let i = &written.intent;
+    tracing::info!(scenario_id = %plan.scenario_id, intent_id = %i.id, replayed = written.replayed, "scenario applied");
+    let pending_with = i
+        .pending_with
+        .as_ref()
+        .map_or_else(|| i.to_agent.clone(), |p| p.reference.clone());
+    Ok(Json(json!({
+        "ok": true,
+        "intent_id": i.id,
+        "scenario_id": plan.scenario_id,
+        "status": i.status.as_str(),
+        "pending_with": pending_with,
+        "idempotent": written.replayed,
+        "agents": agents,
+        "deadline_at": i.deadline_at.as_ref().map(views::timestamp),
+        "created_at": views::timestamp(&i.created_at),
+        "warnings": plan.warnings,
+    })))
+}
+
+/// `POST /v1/scenarios/validate`: the plan `apply` would carry out, or why it would refuse.
+async fn validate_bundle(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_not_agent()?;
+    let (plan, intent) = match check(&state, &caller, &body).await {
+        Ok(checked) => checked,
+        Err(
+            e @ (ApiError::InvalidRequest(_)
+            | ApiError::SchemaInvalid(_)
+            | ApiError::PayloadTooLarge(_)),
+        ) => {
+            return Ok(Json(json!({
+                "ok": true,
+                "valid": false,
+                "errors": [{ "code": e.code(), "message": e.to_string() }],
+                "warnings": [],
+            })))
+        }
+        Err(other) => return Err(other),
+    };
+    let mut agents = Vec::with_capacity(plan.participants.len());
+    for p in &plan.participants {
+        let existed = registered(&state, &p.address)?.is_some();
+        let mut v = participant_view(p, existed);
+        v["register"] = json!(p.binding.is_some());
+        v["delivery_mode"] = json!(p.binding.as_ref().map(|b| b.binding.mode()));
+        agents.push(v);
+    }
+    Ok(Json(json!({
+        "ok": true,
+        "valid": true,
+        "errors": [],
+        "warnings": plan.warnings,
+        "scenario_id": plan.scenario_id,
+        "plan": {
+            "agents": agents,
+            "intent": {
+                "intent_type": intent.intent_type,
+                "to_agent": intent.to_agent,
+                "from_agent": intent.from_agent,
+                "payload": intent.payload,
+                "human_task": intent.human_task,
+                "deadline_at": intent.deadline_at.as_ref().map(views::timestamp),
+                "escalate_to": intent.escalate_to,
+                "max_delivery_attempts": intent.max_delivery_attempts,
+            },
+        },
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use intentd_lifecycle::Binding;
+
+    fn bundle() -> Value {
+        json!({
+            "scenario_id": "approval.nginx_rollout.v1",
+            "agents": [
+                {"role": "deployer", "address": "agent://acme/prod/deployer",
+                 "delivery_mode": "poll"},
+                {"role": "auditor", "address": "acme/prod/auditor"},
+            ],
+            "humans": [{"role": "lead", "contact": "acme/people/lead"}],
+            "workflow": {"steps": [
+                {"step_id": "approve", "assigned_to": "lead", "requires_approval": true,
+                 "human_task": {"title": "Roll out nginx?", "allowed_outcomes": ["approved", "rejected"]},
+                 "escalate_to": "auditor", "remind_after_seconds": 60},
+                {"step_id": "deploy", "assigned_to": "deployer"},
+            ]},
+            "intent": {"type": "ops.nginx_rollout.v1", "payload": {"version": "1.27"}},
+        })
+    }
+
+    #[test]
+    fn a_bundle_becomes_a_plan() {
+        let plan = parse_bundle(&bundle()).unwrap();
+        assert_eq!(plan.scenario_id, "approval.nginx_rollout.v1");
+        let modes: Vec<Option<&str>> = plan
+            .participants
+            .iter()
+            .map(|p| p.binding.as_ref().map(|b| b.binding.mode()))
+            .collect();
+        assert_eq!(modes, [Some("poll"), None, Some("inbox")]);
+        assert_eq!(plan.participants[0].address, "acme/prod/deployer");
+        assert_eq!(
+            plan.intent.to_agent.as_deref(),
+            Some("agent://acme/people/lead")
+        );
+        assert_eq!(
+            plan.intent.escalate_to.as_deref(),
+            Some("agent://acme/prod/auditor")
+        );
+        assert_eq!(plan.intent.remind_after_seconds, Some(60));
+        assert_eq!(
+            plan.intent.human_task.as_ref().unwrap()["title"],
+            "Roll out nginx?"
+        );
+        assert_eq!(plan.warnings.len(), 1);
+        assert_eq!(plan.intent.payload, Some(json!({"version": "1.27"})));
+    }
+
+    #[test]
+    fn without_a_workflow_the_first_agent_receives() {
+        let plan = parse_bundle(&json!({
+            "scenario_id": "simple",
+            "agents": [{"role": "a", "address": "acme/prod/a", "create_if_missing": true}],
+            "intent": {"type": "ops.ping.v1"},
+        }))
+        .unwrap();
+        assert_eq!(plan.intent.to_agent.as_deref(), Some("agent://acme/prod/a"));
+        assert_eq!(plan.intent.payload, Some(json!({})));
+        assert_eq!(
+            plan.participants[0].binding.as_ref().unwrap().binding,
+            Binding::Stream
+        );
+        assert!(plan.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_bundles() {
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                json!({"intent": {"type": "a.b.v1"}, "agents": [{"role": "r", "address": "a/b/c"}]}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "Bad-Id", "intent": {"type": "a.b.v1"}}),
+                "schema_invalid",
+            ),
+            (json!({"scenario_id": "ok_id"}), "schema_invalid"),
+            (
+                json!({"scenario_id": "ok_id", "intent": {"type": "a.b.v1"}}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "intent": {"type": "a.b.v1"},
+                    "agents": [{"role": "r", "address": "a/b/c", "delivery_mode": "fax"}]}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "intent": {"type": "a.b.v1"},
+                    "agents": [{"role": "r", "address": "a/b/c"}],
+                    "workflow": {"macro_id": "m1"}}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "intent": {"type": "a.b.v1", "extra": 1},
+                    "agents": [{"role": "r", "address": "a/b/c"}]}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "intent": {"type": "a.b.v1"}, "agents": {}}),
+                "invalid_request",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "intent": "x"}),
+                "invalid_request",
+            ),
+        ];
+        for (body, code) in cases {
+            assert_eq!(parse_bundle(&body).unwrap_err().code(), code, "{body}");
+        }
+    }
+}

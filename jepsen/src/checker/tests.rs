@@ -1,0 +1,651 @@
+//! The checker on small hand-made histories: one per anomaly, a clean one,
+//! and indeterminate creates.
+
+use serde_json::{json, Value};
+
+use super::{check, CheckReport, CheckerConfig};
+use crate::history::{Op, OpKind};
+
+const ID: &str = "00000000-0000-4000-8000-000000000001";
+const ID2: &str = "00000000-0000-4000-8000-000000000002";
+const AGENT: &str = "jepsen/t/a1";
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+/// Builds a history with increasing index and time (1 ms apart).
+#[derive(Default)]
+struct H {
+    ops: Vec<Op>,
+}
+
+impl H {
+    fn push(
+        &mut self,
+        process: &str,
+        kind: OpKind,
+        f: &str,
+        value: Value,
+        node: Option<&str>,
+    ) -> &mut Self {
+        let i = self.ops.len() as u64;
+        self.ops.push(Op {
+            index: i,
+            process: process.into(),
+            kind,
+            f: f.into(),
+            value,
+            time_ns: (i + 1) * 1_000_000,
+            node: node.map(str::to_string),
+        });
+        self
+    }
+    fn invoke(&mut self, p: &str, f: &str, v: Value) -> &mut Self {
+        self.push(p, OpKind::Invoke, f, v, Some("n1"))
+    }
+    fn ok(&mut self, p: &str, f: &str, v: Value) -> &mut Self {
+        self.push(p, OpKind::Ok, f, v, Some("n1"))
+    }
+    fn info(&mut self, p: &str, f: &str, v: Value) -> &mut Self {
+        self.push(p, OpKind::Info, f, v, Some("n1"))
+    }
+    fn fail(&mut self, p: &str, f: &str, v: Value) -> &mut Self {
+        self.push(p, OpKind::Fail, f, v, Some("n1"))
+    }
+    fn binding(&mut self) -> &mut Self {
+        self.ok(
+            "setup",
+            "agent-binding",
+            json!({"agent": AGENT, "mode": "stream"}),
+        )
+    }
+    fn create_ok(&mut self, p: &str, key: &str, id: &str) -> &mut Self {
+        self.invoke(
+            p,
+            "create",
+            json!({"key": key, "agent": AGENT, "payload": payload(key)}),
+        )
+        .ok(
+            p,
+            "create",
+            json!({"key": key, "intent_id": id, "status": "SUBMITTED"}),
+        )
+    }
+    fn read(&mut self, p: &str, id: &str, status: &str, attempt: u64) -> &mut Self {
+        self.invoke(p, "read", json!({"intent_id": id})).ok(
+            p,
+            "read",
+            json!({"intent_id": id, "found": true, "status": status, "delivery_attempt": attempt}),
+        )
+    }
+    fn deliver(
+        &mut self,
+        id: &str,
+        key: &str,
+        attempt: u64,
+        cursor: u64,
+        conn: &str,
+        since: u64,
+    ) -> &mut Self {
+        self.ok(
+            "sse-agent-0",
+            "agent-delivery",
+            json!({"agent": AGENT, "conn": conn, "since": since, "cursor": cursor, "intent_id": id,
+                   "delivery_attempt": attempt, "status": "DELIVERED", "key": key}),
+        )
+    }
+    fn stream_events(
+        &mut self,
+        p: &str,
+        id: &str,
+        conn: &str,
+        since: u64,
+        log: &[Value],
+    ) -> &mut Self {
+        for e in log {
+            let mut v = e.clone();
+            v["intent_id"] = json!(id);
+            v["conn"] = json!(conn);
+            v["since"] = json!(since);
+            self.ok(p, "event", v);
+        }
+        self
+    }
+    fn heal(&mut self) -> &mut Self {
+        self.push("nemesis", OpKind::Info, "stop-partition", json!({}), None)
+    }
+    fn final_reads(
+        &mut self,
+        id: &str,
+        key: &str,
+        status: &str,
+        attempt: u64,
+        log: &[Value],
+    ) -> &mut Self {
+        for n in NODES {
+            self.final_read_on(n, id, key, status, attempt, log);
+        }
+        self
+    }
+    fn final_read_on(
+        &mut self,
+        node: &str,
+        id: &str,
+        key: &str,
+        status: &str,
+        attempt: u64,
+        log: &[Value],
+    ) -> &mut Self {
+        let intent = json!({"intent_id": id, "status": status, "to_agent": format!("agent://{AGENT}"),
+                            "payload": payload(key), "delivery_attempt": attempt});
+        self.push(
+            "final",
+            OpKind::Ok,
+            "final-read",
+            json!({"intent_id": id, "found": true, "intent": intent, "events": log}),
+            Some(node),
+        )
+    }
+    fn check(&self) -> CheckReport {
+        check(&self.ops, &CheckerConfig::default())
+    }
+}
+
+fn payload(key: &str) -> Value {
+    json!({"jepsen_key": key, "n": 1})
+}
+
+fn ev(seq: u64, t: &str, status: &str) -> Value {
+    json!({"seq": seq, "event_type": t, "status": status, "at": format!("2025-01-01T00:00:{seq:02}Z"), "details": {}})
+}
+
+fn delivered_ev(seq: u64, attempt: u64) -> Value {
+    json!({"seq": seq, "event_type": "intent.delivered", "status": "DELIVERED",
+           "at": format!("2025-01-01T00:00:{seq:02}Z"), "details": {"delivery_attempt": attempt}})
+}
+
+/// created, submitted, delivered(1), acknowledged, in_progress, completed.
+fn full_log() -> Vec<Value> {
+    vec![
+        ev(1, "intent.created", "CREATED"),
+        ev(2, "intent.submitted", "SUBMITTED"),
+        delivered_ev(3, 1),
+        ev(4, "intent.acknowledged", "ACKNOWLEDGED"),
+        ev(5, "intent.in_progress", "IN_PROGRESS"),
+        ev(6, "intent.completed", "COMPLETED"),
+    ]
+}
+
+/// A clean run of one intent through the whole lifecycle.
+fn clean() -> H {
+    let mut h = H::default();
+    let log = full_log();
+    h.binding()
+        .push("nemesis", OpKind::Info, "start-partition", json!({}), None)
+        .create_ok("create-0", "k1", ID)
+        .read("reader-0", ID, "SUBMITTED", 0)
+        .deliver(ID, "k1", 1, 1, "c1", 0)
+        .invoke("acker-0", "ack", json!({"intent_id": ID, "attempt": 1}))
+        .ok(
+            "acker-0",
+            "ack",
+            json!({"intent_id": ID, "status": "ACKNOWLEDGED"}),
+        )
+        .stream_events("events-0", ID, "e1", 0, &log[..3])
+        .stream_events("events-0", ID, "e2", 3, &log[3..])
+        .invoke(
+            "resolver-0",
+            "resolve",
+            json!({"intent_id": ID, "status": "COMPLETED"}),
+        )
+        .ok(
+            "resolver-0",
+            "resolve",
+            json!({"intent_id": ID, "status": "COMPLETED"}),
+        )
+        .read("reader-0", ID, "COMPLETED", 1)
+        .heal()
+        .final_reads(ID, "k1", "COMPLETED", 1, &log);
+    h
+}
+
+fn assert_only(report: &CheckReport, names: &[&str]) {
+    for p in &report.properties {
+        let expected_bad = names.contains(&p.name.as_str());
+        assert_eq!(
+            !p.ok,
+            expected_bad,
+            "property {} ok={} (expected violations only in {names:?})\n{}",
+            p.name,
+            p.ok,
+            report.summary()
+        );
+    }
+    assert!(!report.valid);
+}
+
+fn assert_flags(report: &CheckReport, name: &str) {
+    let p = report
+        .property(name)
+        .unwrap_or_else(|| panic!("no property {name}"));
+    assert!(
+        !p.ok && p.count > 0 && !p.examples.is_empty(),
+        "{}",
+        report.summary()
+    );
+    assert!(!report.valid);
+}
+
+#[test]
+fn clean_history_passes() {
+    let r = clean().check();
+    assert!(r.valid, "{}", r.summary());
+    for p in &r.properties {
+        assert!(p.checked > 0, "{} checked nothing", p.name);
+    }
+    // JSON round trip of the report.
+    let s = serde_json::to_string(&r).unwrap();
+    let back: CheckReport = serde_json::from_str(&s).unwrap();
+    assert_eq!(back, r);
+}
+
+#[test]
+fn lost_acknowledged_create() {
+    let mut h = clean();
+    h.create_ok("create-1", "k2", ID2);
+    for n in NODES {
+        h.push(
+            "final",
+            OpKind::Ok,
+            "final-read",
+            json!({"intent_id": ID2, "found": false, "intent": null, "events": []}),
+            Some(n),
+        );
+    }
+    assert_only(&h.check(), &["no-lost-acked-creates"]);
+}
+
+#[test]
+fn indeterminate_creates_are_not_lost() {
+    let mut h = clean();
+    // A create that timed out, one that failed, one never completed: none exists.
+    h.invoke(
+        "create-1",
+        "create",
+        json!({"key": "k2", "agent": AGENT, "payload": payload("k2")}),
+    )
+    .info(
+        "create-1",
+        "create",
+        json!({"key": "k2", "error": "timeout"}),
+    )
+    .invoke(
+        "create-2",
+        "create",
+        json!({"key": "k3", "agent": AGENT, "payload": payload("k3")}),
+    )
+    .fail("create-2", "create", json!({"key": "k3", "error": "503"}))
+    .invoke(
+        "create-3",
+        "create",
+        json!({"key": "k4", "agent": AGENT, "payload": payload("k4")}),
+    );
+    // ... and an indeterminate one that did take effect, seen later: fine too.
+    h.invoke(
+        "create-4",
+        "create",
+        json!({"key": "k5", "agent": AGENT, "payload": payload("k5")}),
+    )
+    .info(
+        "create-4",
+        "create",
+        json!({"key": "k5", "error": "timeout"}),
+    )
+    .deliver(ID2, "k5", 1, 2, "c1", 0);
+    let log = vec![
+        ev(1, "intent.created", "CREATED"),
+        ev(2, "intent.submitted", "SUBMITTED"),
+        delivered_ev(3, 1),
+        ev(4, "intent.canceled", "CANCELED"),
+    ];
+    h.final_reads(ID2, "k5", "CANCELED", 1, &log);
+    let r = h.check();
+    assert!(r.valid, "{}", r.summary());
+}
+
+#[test]
+fn phantom_intent() {
+    let mut h = clean();
+    h.deliver(ID2, "never-sent", 1, 2, "c1", 0);
+    assert_only(&h.check(), &["no-phantom-intents"]);
+}
+
+#[test]
+fn phantom_payload_changed() {
+    let mut h = clean();
+    let last = h.ops.len() - 1;
+    h.ops[last].value["intent"]["payload"]["n"] = json!(2);
+    let r = h.check();
+    assert_flags(&r, "no-phantom-intents");
+}
+
+#[test]
+fn duplicate_intent_per_key() {
+    let mut h = clean();
+    // The concurrent duplicate create got a different id.
+    h.create_ok("create-1", "k1", ID2);
+    let log = full_log();
+    h.final_reads(ID2, "k1", "COMPLETED", 1, &log);
+    h.deliver(ID2, "k1", 1, 3, "c1", 0);
+    assert_only(&h.check(), &["one-intent-per-key"]);
+}
+
+#[test]
+fn seq_gap() {
+    let mut h = clean();
+    // One node's log is missing seq 4: gap (and a divergent replica).
+    let mut log = full_log();
+    log.remove(3);
+    h.final_read_on("n2", ID, "k1", "COMPLETED", 1, &log);
+    let r = h.check();
+    assert_flags(&r, "seq-gapless-increasing");
+    assert_flags(&r, "replicas-identical-after-heal");
+}
+
+#[test]
+fn seq_not_increasing_in_a_stream() {
+    let mut h = clean();
+    let log = full_log();
+    h.stream_events(
+        "events-1",
+        ID,
+        "x1",
+        0,
+        &[log[0].clone(), log[2].clone(), log[1].clone()],
+    );
+    assert_flags(&h.check(), "seq-gapless-increasing");
+}
+
+#[test]
+fn diverging_observer_views() {
+    let mut h = clean();
+    // A stream saw a different seq 3 than the replicated log has.
+    let mut log = full_log();
+    log[2] = ev(3, "intent.canceled", "CANCELED");
+    h.stream_events("events-1", ID, "x1", 0, &log[..3]);
+    assert_only(&h.check(), &["observer-views-one-log"]);
+}
+
+#[test]
+fn illegal_transition() {
+    let mut h = clean();
+    let mut log = full_log();
+    // SUBMITTED -> ACKNOWLEDGED is not in the table.
+    log.remove(2);
+    for (i, e) in log.iter_mut().enumerate() {
+        e["seq"] = json!(i + 1);
+    }
+    h.ops.retain(|o| {
+        o.f != "final-read"
+            && o.f != "event"
+            && o.f != "read"
+            && o.f != "agent-delivery"
+            && o.f != "ack"
+    });
+    h.final_reads(ID, "k1", "COMPLETED", 0, &log);
+    assert_only(&h.check(), &["legal-transitions"]);
+}
+
+#[test]
+fn two_terminal_events() {
+    let mut h = clean();
+    let mut log = full_log();
+    log.push(ev(7, "intent.canceled", "CANCELED"));
+    h.ops.retain(|o| o.f != "final-read");
+    h.final_reads(ID, "k1", "CANCELED", 1, &log);
+    let r = h.check();
+    assert_flags(&r, "exactly-one-terminal-event");
+    assert_flags(&r, "nothing-after-terminal");
+}
+
+#[test]
+fn terminal_status_without_terminal_event() {
+    let mut h = clean();
+    let log = full_log()[..5].to_vec();
+    h.ops
+        .retain(|o| o.f != "final-read" && o.f != "event" && o.f != "read");
+    h.final_reads(ID, "k1", "COMPLETED", 1, &log);
+    assert_flags(&h.check(), "exactly-one-terminal-event");
+}
+
+#[test]
+fn event_after_terminal() {
+    let mut h = clean();
+    let mut log = full_log();
+    log.push(json!({"seq": 7, "event_type": "intent.progress", "status": "COMPLETED", "at": "x", "details": {}}));
+    h.ops.retain(|o| o.f != "final-read");
+    h.final_reads(ID, "k1", "COMPLETED", 1, &log);
+    assert_only(&h.check(), &["nothing-after-terminal"]);
+}
+
+#[test]
+fn stale_ack_changed_state() {
+    let mut h = clean();
+    // Attempt 2 was delivered (seen), then an ack for attempt 1 was accepted.
+    h.deliver(ID, "k1", 2, 5, "c2", 1)
+        .invoke("acker-1", "ack", json!({"intent_id": ID, "attempt": 1}))
+        .ok(
+            "acker-1",
+            "ack",
+            json!({"intent_id": ID, "status": "ACKNOWLEDGED"}),
+        );
+    assert_flags(&h.check(), "stale-attempt-changes-nothing");
+}
+
+#[test]
+fn stale_ack_rejected_or_not_applied_is_fine() {
+    let mut h = clean();
+    h.deliver(ID, "k1", 2, 5, "c2", 1)
+        .invoke("acker-1", "ack", json!({"intent_id": ID, "attempt": 1}))
+        .fail("acker-1", "ack", json!({"intent_id": ID, "http": 409}))
+        .invoke(
+            "acker-1",
+            "resolve",
+            json!({"intent_id": ID, "attempt": 1, "status": "COMPLETED"}),
+        )
+        .ok(
+            "acker-1",
+            "resolve",
+            json!({"intent_id": ID, "applied": false, "status": "COMPLETED"}),
+        );
+    let r = h.check();
+    assert!(r.valid, "{}", r.summary());
+}
+
+#[test]
+fn stale_resolve_changed_state() {
+    let mut h = clean();
+    h.deliver(ID, "k1", 2, 5, "c2", 1)
+        .invoke(
+            "acker-1",
+            "resolve",
+            json!({"intent_id": ID, "attempt": 1, "status": "COMPLETED"}),
+        )
+        .ok(
+            "acker-1",
+            "resolve",
+            json!({"intent_id": ID, "status": "COMPLETED"}),
+        );
+    assert_flags(&h.check(), "stale-attempt-changes-nothing");
+}
+
+#[test]
+fn undelivered_after_heal() {
+    let mut h = clean();
+    h.create_ok("create-1", "k2", ID2);
+    let log = vec![
+        ev(1, "intent.created", "CREATED"),
+        ev(2, "intent.submitted", "SUBMITTED"),
+    ];
+    h.final_reads(ID2, "k2", "SUBMITTED", 0, &log);
+    assert_only(&h.check(), &["delivered-after-heal"]);
+}
+
+#[test]
+fn delivered_too_late_after_heal() {
+    let mut h = clean();
+    h.create_ok("create-1", "k2", ID2);
+    // Observed delivery 2 minutes after the heal, still not terminal.
+    let late = h.ops.last().unwrap().time_ns + 120_000_000_000;
+    h.deliver(ID2, "k2", 1, 2, "c1", 1);
+    h.ops.last_mut().unwrap().time_ns = late;
+    let log = vec![
+        ev(1, "intent.created", "CREATED"),
+        ev(2, "intent.submitted", "SUBMITTED"),
+        delivered_ev(3, 1),
+    ];
+    h.final_reads(ID2, "k2", "DELIVERED", 1, &log);
+    for o in h.ops.iter_mut().rev().take(3) {
+        o.time_ns = late + 1;
+    }
+    assert_flags(&h.check(), "delivered-after-heal");
+}
+
+#[test]
+fn sse_resume_skipping() {
+    let mut h = clean();
+    let log = full_log();
+    // Resumed with since=2 but the first event was seq 4.
+    h.stream_events("events-1", ID, "x1", 0, &log[..2])
+        .stream_events("events-1", ID, "x2", 2, &log[3..]);
+    let r = h.check();
+    assert_flags(&r, "sse-resume-exact");
+    assert_flags(&r, "seq-gapless-increasing");
+}
+
+#[test]
+fn sse_resume_duplicating() {
+    let mut h = clean();
+    let log = full_log();
+    // Resumed with since=3 but seq 3 came again.
+    h.stream_events("events-1", ID, "x1", 0, &log[..3])
+        .stream_events("events-1", ID, "x2", 3, &log[2..]);
+    assert_flags(&h.check(), "sse-resume-exact");
+}
+
+#[test]
+fn agent_stream_resume_duplicating() {
+    let mut h = clean();
+    // Resumed with since=1 but the cursor-1 delivery came again.
+    h.deliver(ID, "k1", 1, 1, "c2", 1);
+    assert_only(&h.check(), &["sse-resume-exact"]);
+}
+
+#[test]
+fn non_linearizable_read() {
+    let mut h = clean();
+    // After the resolve completed, a read still sees IN_PROGRESS: stale.
+    h.read("reader-1", ID, "IN_PROGRESS", 1);
+    assert_only(&h.check(), &["linearizable-status-reads"]);
+}
+
+#[test]
+fn non_linearizable_read_goes_backwards() {
+    let mut h = H::default();
+    let log = full_log();
+    h.binding()
+        .create_ok("create-0", "k1", ID)
+        .deliver(ID, "k1", 1, 1, "c1", 0)
+        .read("reader-0", ID, "ACKNOWLEDGED", 1)
+        .read("reader-1", ID, "DELIVERED", 1)
+        .heal()
+        .final_reads(ID, "k1", "COMPLETED", 1, &log);
+    assert_only(&h.check(), &["linearizable-status-reads"]);
+}
+
+#[test]
+fn read_not_found_after_acknowledged_create() {
+    let mut h = clean();
+    let at = h
+        .ops
+        .iter()
+        .position(|o| o.f == "create" && o.kind == OpKind::Ok)
+        .unwrap()
+        + 1;
+    let i = h.ops.len() as u64;
+    // Insert a not-found read right after the create's ack (times kept increasing).
+    let mut extra = vec![
+        Op {
+            index: i,
+            process: "reader-9".into(),
+            kind: OpKind::Invoke,
+            f: "read".into(),
+            value: json!({"intent_id": ID}),
+            time_ns: 0,
+            node: Some("n2".into()),
+        },
+        Op {
+            index: i + 1,
+            process: "reader-9".into(),
+            kind: OpKind::Ok,
+            f: "read".into(),
+            value: json!({"intent_id": ID, "found": false}),
+            time_ns: 0,
+            node: Some("n2".into()),
+        },
+    ];
+    let t = h.ops[at - 1].time_ns;
+    extra[0].time_ns = t + 1;
+    extra[1].time_ns = t + 2;
+    h.ops.splice(at..at, extra);
+    assert_only(&h.check(), &["linearizable-status-reads"]);
+}
+
+#[test]
+fn concurrent_reads_may_see_either_order() {
+    let mut h = H::default();
+    let log = full_log();
+    h.binding()
+        .create_ok("create-0", "k1", ID)
+        .deliver(ID, "k1", 1, 1, "c1", 0);
+    // Two overlapping reads: one sees ACKNOWLEDGED, the other (completing
+    // later, but invoked before the first completed) DELIVERED: linearizable.
+    h.invoke("reader-0", "read", json!({"intent_id": ID}))
+        .invoke("reader-1", "read", json!({"intent_id": ID}))
+        .ok("reader-0", "read", json!({"intent_id": ID, "found": true, "status": "ACKNOWLEDGED", "delivery_attempt": 1}))
+        .ok("reader-1", "read", json!({"intent_id": ID, "found": true, "status": "DELIVERED", "delivery_attempt": 1}))
+        .heal()
+        .final_reads(ID, "k1", "COMPLETED", 1, &log);
+    let r = h.check();
+    assert!(r.valid, "{}", r.summary());
+}
+
+#[test]
+fn replica_divergence() {
+    let mut h = clean();
+    // n3 disagrees on the intent's final fields only.
+    let log = full_log();
+    h.final_read_on("n3", ID, "k1", "COMPLETED", 2, &log);
+    assert_only(&h.check(), &["replicas-identical-after-heal"]);
+}
+
+#[test]
+fn summary_names_every_property() {
+    let r = clean().check();
+    let s = r.summary();
+    for p in &r.properties {
+        assert!(s.contains(&p.name));
+    }
+    assert!(s.contains("VALID"));
+}
+
+#[test]
+fn check_file_writes_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = clean();
+    let path = dir.path().join("history.jsonl");
+    crate::history::write_jsonl(&path, &h.ops).unwrap();
+    let r = super::check_file(&path, dir.path(), &CheckerConfig::default()).unwrap();
+    assert!(r.valid, "{}", r.summary());
+    for f in ["check.json", "summary.txt", "plot.png"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+}
