@@ -119,3 +119,21 @@ pub fn change_scope(caller: &ApiKey, operation: &str, id: Uuid) -> String {
 pub fn now() -> Timestamp {
     Utc::now()
 }
+
+/// The delivery attempts of a new intent that names none: the receiver's registration may
+/// override the server default (`AgentConfig::max_delivery_attempts`). Read from the local
+/// replica: a registration made moments ago through another node may not count yet.
+pub fn default_max_delivery_attempts(
+    cluster: &Cluster,
+    to_agent: Option<&str>,
+    server_default: u32,
+) -> Result<u32, DeliveryError> {
+    let configured = match to_agent {
+        Some(to) => cluster
+            .reader()
+            .agent_config(to)?
+            .and_then(|c| c.max_delivery_attempts),
+        None => None,
+    };
+    Ok(configured.unwrap_or(server_default))
+}

@@ -35,6 +35,8 @@ pub struct StreamOptions {
     pub idle: Option<Duration>,
     /// How many events or queue entries are read from storage per step.
     pub batch: usize,
+    /// Lease length for agents that did not register one (`--ack-timeout-secs`).
+    pub default_ack_timeout_secs: u64,
 }
 
 /// Which statuses a listener wants to be sent.
@@ -150,7 +152,7 @@ pub fn agent_deliveries(
                 return;
             }
             for (entry_cursor, id) in entries {
-                match offer(&cluster, id, &consumer, &filter).await {
+                match offer(&cluster, id, &consumer, &filter, options.default_ack_timeout_secs).await {
                     Ok(Some(intent)) => {
                         yield Ok(Watch::Next(Delivery { cursor: entry_cursor, intent }));
                         deadline = idle_deadline();
@@ -174,6 +176,7 @@ async fn offer(
     id: Uuid,
     consumer: &str,
     filter: &StatusFilter,
+    default_ack_timeout_secs: u64,
 ) -> Result<Option<Intent>, DeliveryError> {
     let reader = cluster.reader();
     let Some(mut intent) = reader.intent(&id)? else {
@@ -187,14 +190,14 @@ async fn offer(
         _ => false,
     };
     if deliverable && filter.wants(Status::Delivered) {
-        // The lease lasts the agent's ack timeout (30 s unless it registered another).
+        // The lease lasts the agent's ack timeout (the server default unless it registered one).
         let config = reader.agent_config(&intent.to_agent)?;
         let at = now();
         let deliver = IntentCommand::Deliver {
             intent_id: id,
             expected_attempt: intent.delivery_attempt,
             consumer: consumer.to_string(),
-            lease_until: agent::lease_until(at, config.as_ref()),
+            lease_until: agent::lease_until(at, config.as_ref(), default_ack_timeout_secs),
             at,
         };
         let command = Command::Intent {

@@ -62,7 +62,11 @@ async fn create(cluster: &Cluster) -> Uuid {
 }
 
 fn options(idle: Option<Duration>) -> StreamOptions {
-    StreamOptions { idle, batch: 2 }
+    StreamOptions {
+        idle,
+        batch: 2,
+        default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,
+    }
 }
 
 async fn next<T>(stream: &mut (impl futures::Stream<Item = T> + Unpin)) -> Option<T> {

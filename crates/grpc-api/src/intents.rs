@@ -102,10 +102,15 @@ impl IntentApi {
         // means one request on both edges.
         let body = intent_request.to_json();
         let at = now();
+        let default_attempts = intentd_delivery::intents::default_max_delivery_attempts(
+            &self.cluster,
+            intent_request.to_agent.as_deref(),
+            self.config.default_max_delivery_attempts,
+        )?;
         let decided = Decided {
             id: Uuid::new_v4(),
             from_agent: caller.acting_as(intent_request.from_agent.as_deref()),
-            default_max_delivery_attempts: self.config.default_max_delivery_attempts,
+            default_max_delivery_attempts: default_attempts,
         };
         let intent = validate::new_intent(intent_request, decided)?;
         let claim = self.claim(caller.principal(), key.as_deref(), &body, at)?;
@@ -164,6 +169,7 @@ impl IntentApi {
         let options = StreamOptions {
             idle: idle(req.idle_timeout_seconds),
             batch: self.config.stream_batch,
+            default_ack_timeout_secs: self.config.default_ack_timeout_secs,
         };
         let events = intent_events(self.cluster.clone(), id, req.since, options);
         // Quiet is the stream's last item: ending the call with OK says the same thing.
@@ -284,6 +290,7 @@ impl IntentApi {
         let options = StreamOptions {
             idle: idle(req.idle_timeout_seconds),
             batch: self.config.stream_batch,
+            default_ack_timeout_secs: self.config.default_ack_timeout_secs,
         };
         let consumer = format!("grpc:{}", Uuid::new_v4());
         tracing::info!(agent = %address, since = req.since, %consumer, "agent stream opened over grpc");

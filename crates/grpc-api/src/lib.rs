@@ -54,6 +54,8 @@ pub struct GrpcConfig {
     pub stream_batch: usize,
     /// How many events ListEvents returns at most per call.
     pub max_events_per_page: usize,
+    /// Lease length for agents that did not register one (`--ack-timeout-secs`).
+    pub default_ack_timeout_secs: u64,
 }
 
 impl Default for GrpcConfig {
@@ -65,6 +67,7 @@ impl Default for GrpcConfig {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             stream_batch: 100,
             max_events_per_page: 1000,
+            default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct ApiConfig {
     pub stream_batch: usize,
     /// How many events `GET /v1/intents/{id}/events` returns at most per call.
     pub max_events_per_page: usize,
+    /// Lease length for agents that did not register one (`--ack-timeout-secs`).
+    pub default_ack_timeout_secs: u64,
     /// Hosts or CIDRs that agent and webhook callback URLs may name even though they are
     /// private or loopback (`--delivery-allow-hosts`); everything else of that kind is
     /// refused at registration so the cluster cannot be aimed at its own network.
@@ -61,6 +63,7 @@ impl Default for ApiConfig {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             stream_batch: 100,
             max_events_per_page: 1000,
+            default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,
             delivery_allow_hosts: AllowList::default(),
         }
     }

@@ -72,9 +72,10 @@ impl AgentConfig {
     }
 }
 
-/// The lease length for deliveries to an agent with `config` (none: not registered).
-pub fn ack_timeout_secs(config: Option<&AgentConfig>) -> u64 {
-    config.map_or(DEFAULT_ACK_TIMEOUT_SECS, |c| c.ack_timeout_secs)
+/// The lease length for deliveries to an agent with `config`; an unregistered agent gets
+/// the server's `default_secs`.
+pub fn ack_timeout_secs(config: Option<&AgentConfig>, default_secs: u64) -> u64 {
+    config.map_or(default_secs, |c| c.ack_timeout_secs)
 }
 
 /// Whether the engine pushes to this agent over HTTP (an unregistered agent streams).
@@ -89,8 +90,8 @@ pub fn is_inbox(config: Option<&AgentConfig>) -> bool {
 
 /// When a lease given at `at` to an agent with `config` ends: `at` plus its ack timeout. A
 /// timeout too large for a timestamp saturates instead of panicking.
-pub fn lease_until(at: Timestamp, config: Option<&AgentConfig>) -> Timestamp {
-    let secs = ack_timeout_secs(config);
+pub fn lease_until(at: Timestamp, config: Option<&AgentConfig>, default_secs: u64) -> Timestamp {
+    let secs = ack_timeout_secs(config, default_secs);
     i64::try_from(secs)
         .ok()
         .and_then(chrono::Duration::try_seconds)

@@ -96,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_intent_body_bytes: config.max_intent_bytes,
             default_max_delivery_attempts: config.max_delivery_attempts,
             delivery_allow_hosts: config.delivery_allow_hosts.clone(),
+            default_ack_timeout_secs: config.ack_timeout_secs,
             ..ApiConfig::default()
         },
         metrics,
@@ -111,6 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         intentd_grpc_api::GrpcConfig {
             max_intent_bytes: config.max_intent_bytes,
             default_max_delivery_attempts: config.max_delivery_attempts,
+            default_ack_timeout_secs: config.ack_timeout_secs,
             ..intentd_grpc_api::GrpcConfig::default()
         },
         stopped(stop_rx.clone()),

@@ -221,6 +221,7 @@ async fn stream(
     let options = StreamOptions {
         idle: Some(wait_duration(query.wait_seconds)),
         batch: state.config.stream_batch,
+        default_ack_timeout_secs: state.config.default_ack_timeout_secs,
     };
     let consumer = format!("sse:{}", ctx.request_id);
     let span = ctx.span;

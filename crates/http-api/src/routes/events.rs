@@ -114,6 +114,7 @@ async fn stream_events(
     let options = StreamOptions {
         idle: Some(wait_duration(query.wait_seconds)),
         batch: state.config.stream_batch,
+        default_ack_timeout_secs: state.config.default_ack_timeout_secs,
     };
     let intent = load_intent(&state, id, false).await?;
     caller.require_observer_of(&intent)?;

@@ -227,22 +227,16 @@ async fn create_intent(
     })))
 }
 
-/// The delivery attempts of a new intent that names none: the receiver's registration may
-/// override the server default (`AgentConfig::max_delivery_attempts`). Read from the local
-/// replica: a registration made moments ago through another node may not count yet.
+/// The delivery attempts of a new intent that names none (see the shared rule).
 pub(crate) fn default_max_delivery_attempts(
     state: &AppState,
     to_agent: Option<&str>,
 ) -> Result<u32, ApiError> {
-    let configured = match to_agent {
-        Some(to) => state
-            .cluster
-            .reader()
-            .agent_config(to)?
-            .and_then(|c| c.max_delivery_attempts),
-        None => None,
-    };
-    Ok(configured.unwrap_or(state.config.default_max_delivery_attempts))
+    Ok(intentd_delivery::intents::default_max_delivery_attempts(
+        &state.cluster,
+        to_agent,
+        state.config.default_max_delivery_attempts,
+    )?)
 }
 
 /// `GET /v1/intents/{id}`: linearizable, never older than a write already acknowledged.

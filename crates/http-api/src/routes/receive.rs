@@ -153,7 +153,7 @@ pub(crate) async fn receive(
             ),
         });
     }
-    let lease_secs = ack_timeout_secs(config.as_ref());
+    let lease_secs = ack_timeout_secs(config.as_ref(), state.config.default_ack_timeout_secs);
     let consumer = format!("poll:{}", ctx.request_id);
     let deadline = Instant::now() + request.wait;
     let mut applied = reader.subscribe();
