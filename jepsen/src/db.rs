@@ -121,7 +121,7 @@ impl Db {
                 db.set_clock_offset(i, 0)?;
             }
             if db.opts.lossy_fs {
-                let m = fusefs::Mount::mount(&db.node_dir(i).join("disk"), &db.data_dir(i))?;
+                let m = fusefs::Mount::start(&db.node_dir(i).join("disk"), &db.data_dir(i))?;
                 db.node(i).mount = Some(m);
             }
         }
@@ -204,7 +204,10 @@ impl Db {
             c.arg("--unsafe-skip-log-fsync");
         }
         c.args(&self.opts.extra_args);
-        c.env("INTENTD_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn");
+        c.env(
+            "INTENTD_LOG",
+            "info,openraft=warn,sled=warn,h2=warn,tower=warn",
+        );
         c.env_remove("INTENTD_DATA_DIR");
         c.stdin(Stdio::null())
             .stdout(log.try_clone()?)

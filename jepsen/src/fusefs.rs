@@ -343,11 +343,12 @@ impl LossyFs {
     }
 
     fn dirty_entry<'a>(st: &'a mut State, ino: u64, file: &File) -> std::io::Result<&'a mut Dirty> {
-        if !st.dirty.contains_key(&ino) {
-            let len = file.metadata()?.len();
-            st.dirty.insert(ino, Dirty::new(len));
+        match st.dirty.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                Ok(e.insert(Dirty::new(file.metadata()?.len())))
+            }
         }
-        Ok(st.dirty.get_mut(&ino).expect("inserted above"))
     }
 }
 
@@ -429,7 +430,9 @@ impl Filesystem for LossyFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(Errno::from(e)),
             };
-            let sync = fh.and_then(|f| st.handles.get(&f.0)).is_some_and(|h| h.sync);
+            let sync = fh
+                .and_then(|f| st.handles.get(&f.0))
+                .is_some_and(|h| h.sync);
             match Self::dirty_entry(&mut st, ino.0, &file) {
                 Ok(d) => d.truncate(size),
                 Err(e) => return reply.error(Errno::from(e)),
@@ -830,7 +833,7 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts a lossy view of `backing` at `mountpoint` (both are created if absent).
-    pub fn mount(backing: &Path, mountpoint: &Path) -> anyhow::Result<Mount> {
+    pub fn start(backing: &Path, mountpoint: &Path) -> anyhow::Result<Mount> {
         fs::create_dir_all(backing)?;
         fs::create_dir_all(mountpoint)?;
         let (fs, switch) = LossyFs::new(backing);
@@ -840,8 +843,9 @@ impl Mount {
             fuser::MountOption::Subtype("lossy".into()),
             fuser::MountOption::DefaultPermissions,
         ];
-        let session = fuser::spawn_mount(fs, mountpoint, &config)
-            .map_err(|e| anyhow::anyhow!("mounting the lossy fs at {}: {e}", mountpoint.display()))?;
+        let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+            anyhow::anyhow!("mounting the lossy fs at {}: {e}", mountpoint.display())
+        })?;
         Ok(Mount {
             session: Some(session),
             switch,
@@ -925,7 +929,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let (backing, mnt) = (dir.path().join("disk"), dir.path().join("mnt"));
-        let m = Mount::mount(&backing, &mnt).unwrap();
+        let m = Mount::start(&backing, &mnt).unwrap();
 
         // Synced: survives.
         let mut a = File::create(mnt.join("synced")).unwrap();
@@ -959,7 +963,10 @@ mod tests {
         assert!(!mnt.join("tmp").exists());
 
         // Truncation is data too: an unsynced cut is undone by a power-off.
-        let f = OpenOptions::new().write(true).open(mnt.join("synced")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(mnt.join("synced"))
+            .unwrap();
         f.set_len(3).unwrap();
         assert_eq!(fs::metadata(mnt.join("synced")).unwrap().len(), 3);
         drop(f);

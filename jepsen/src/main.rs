@@ -11,7 +11,10 @@ use clap::Parser;
 use intentd_jepsen::{db, fusefs, nemesis, net, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "intentd-jepsen", about = "Jepsen-style fault injection for intentd")]
+#[command(
+    name = "intentd-jepsen",
+    about = "Jepsen-style fault injection for intentd"
+)]
 struct Cli {
     /// Seconds of faults per run (the heal, restart and drain come after).
     #[arg(long, default_value_t = 60)]
@@ -144,11 +147,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Some(outcomes)) => {
             let bad: Vec<_> = outcomes.iter().filter(|o| !o.valid).collect();
-            println!(
-                "{} run(s), {} with anomalies",
-                outcomes.len(),
-                bad.len()
-            );
+            println!("{} run(s), {} with anomalies", outcomes.len(), bad.len());
             for o in &bad {
                 println!("  INVALID: {}", o.dir.display());
             }

@@ -216,7 +216,10 @@ fn our_namespaces() -> Vec<String> {
 pub fn kill_namespace_processes() {
     for ns in our_namespaces() {
         let pids = cmd("ip", &["netns", "pids", &ns]).unwrap_or_default();
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             // SAFETY: kill(2) with a pid read from the namespace's process list.
             unsafe {
                 libc::kill(pid, libc::SIGCONT);

@@ -12,6 +12,7 @@
 //! (also while unwinding from a panic); `main` adds a panic hook and a Ctrl-C handler that
 //! do the same without waiting for anything.
 
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,6 +60,19 @@ pub enum WorkloadKind {
     /// The built-in create-only workload of this module (fast; for smoke tests).
     Creates,
 }
+
+/// Bound of the workload's drain after the heal (every known intent terminal). A correct
+/// cluster drains in seconds: leases are 5-10 s and push retries are capped (see
+/// `PUSH_MAX_BACKOFF_MS`).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Budget of the final reads (the workload's, then separately the harness's top-up reads).
+const FINAL_READS_BUDGET: Duration = Duration::from_secs(150);
+
+/// Cap of the nodes' push retry backoff (`--delivery-max-backoff-ms`; default 5 min): the
+/// receiver is down or failing for seconds at a time, and after the heal a retry must not
+/// be scheduled minutes ahead of a drain that waits for it.
+const PUSH_MAX_BACKOFF_MS: u64 = 3000;
 
 /// Port of the workload's HTTP-push receiver on the bridge address.
 const RECEIVER_PORT: u16 = 18_777;
@@ -134,13 +148,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         faketime: needs.faketime,
         lossy_fs: needs.lossy_fs,
         nodes: opts.nodes,
-        extra_args: if db::serve_supports(&opts.binary, "--delivery-allow-hosts") {
-            vec![
-                "--delivery-allow-hosts".into(),
-                format!("{}/32", net::bridge_ip()),
-            ]
-        } else {
-            Vec::new()
+        extra_args: {
+            let mut a = Vec::new();
+            if db::serve_supports(&opts.binary, "--delivery-allow-hosts") {
+                a.extend([
+                    "--delivery-allow-hosts".into(),
+                    format!("{}/32", net::bridge_ip()),
+                ]);
+            }
+            if db::serve_supports(&opts.binary, "--delivery-max-backoff-ms") {
+                a.extend([
+                    "--delivery-max-backoff-ms".into(),
+                    PUSH_MAX_BACKOFF_MS.to_string(),
+                ]);
+            }
+            a
         },
     })?);
     guard.db = Some(Arc::clone(&db));
@@ -166,6 +188,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     // Workload.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (drained_tx, mut drained_rx) = watch::channel(false);
+    let drained_tx = Arc::new(drained_tx);
     let (healed_tx, healed_rx) = watch::channel(false);
     let workload = match opts.workload {
         WorkloadKind::Creates => tokio::spawn(workload::run(
@@ -179,8 +203,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             healed_rx,
         )),
         WorkloadKind::Full => {
-            let receiver_addr =
-                std::net::SocketAddr::from((net::bridge_ip(), RECEIVER_PORT));
+            let receiver_addr = std::net::SocketAddr::from((net::bridge_ip(), RECEIVER_PORT));
             tokio::spawn(crate::workload::run(crate::workload::WorkloadCtx {
                 nodes: all
                     .iter()
@@ -192,7 +215,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 healed: healed_rx,
                 receiver_addr,
                 receiver_url: format!("http://{receiver_addr}"),
-                drain_timeout: Duration::from_secs(90),
+                drain_timeout: DRAIN_TIMEOUT,
+                drained: Arc::clone(&drained_tx),
                 clients: opts.clients,
                 history: history.clone(),
                 seed: opts.seed,
@@ -248,22 +272,87 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     };
     tracing::info!("{health_note}");
     let _ = healed_tx.send(true);
-    let drained = tokio::time::timeout(Duration::from_secs(180), workload).await;
-    let workload_note = match drained {
-        Ok(Ok(Ok(n))) => format!("workload drained ({n} final reads)"),
+    // Separate budgets: the drain (the workload's own bound plus the consumers' stop), then
+    // the workload's final reads, then the harness's top-up reads. A slow drain can no
+    // longer eat the time of the reads the checker's verdict depends on.
+    let drain_budget = DRAIN_TIMEOUT + Duration::from_secs(30);
+    let abort = workload.abort_handle();
+    let mut workload = workload;
+    let drain_started = Instant::now();
+    let first = tokio::time::timeout(drain_budget, async {
+        tokio::select! {
+            r = &mut workload => Some(r),
+            _ = drained_rx.wait_for(|d| *d) => None,
+        }
+    })
+    .await;
+    let drain_secs = drain_started.elapsed().as_secs_f64();
+    let joined = match first {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => tokio::time::timeout(FINAL_READS_BUDGET, &mut workload)
+            .await
+            .map_err(|_| "its final reads did not finish in their budget"),
+        Err(_) => Err("it did not drain in its budget"),
+    };
+    abort.abort();
+    let mut workload_note = match joined {
+        Ok(Ok(Ok(n))) => format!("workload drained in {drain_secs:.0} s ({n} final reads)"),
         Ok(Ok(Err(e))) => format!("workload failed: {e:#}"),
         Ok(Err(e)) => format!("workload panicked: {e}"),
-        Err(_) => "workload did not drain in 180 s".to_string(),
+        Err(why) => format!("workload stopped: {why}"),
     };
+    // Every acknowledged create must be read back from every node, whatever happened to
+    // the workload: read here each (intent, node) pair that has no successful final read.
+    let ops = history.snapshot();
+    let mut have: HashSet<(&str, &str)> = HashSet::new();
+    for o in ops
+        .iter()
+        .filter(|o| o.f == "final-read" && o.kind == history::OpKind::Ok)
+    {
+        if let (Some(id), Some(node)) = (
+            o.value.get("intent_id").and_then(Value::as_str),
+            o.node.as_deref(),
+        ) {
+            have.insert((id, node));
+        }
+    }
+    let acked: BTreeSet<&str> = ops
+        .iter()
+        .filter(|o| o.f == "create" && o.kind == history::OpKind::Ok)
+        .filter_map(|o| o.value.get("intent_id").and_then(Value::as_str))
+        .filter(|id| !id.is_empty())
+        .collect();
+    let mut missing: Vec<(String, String, String)> = Vec::new();
+    for id in &acked {
+        for &i in &all {
+            let node = db::node_name(i);
+            if !have.contains(&(*id, node.as_str())) {
+                missing.push((id.to_string(), node, db::http_url(i)));
+            }
+        }
+    }
+    drop(have);
+    if !missing.is_empty() {
+        let wanted = missing.len();
+        let api = crate::workload::client::Api::new(ADMIN_KEY)?;
+        let n = tokio::time::timeout(
+            FINAL_READS_BUDGET,
+            crate::workload::finals::read_pairs(&api, &history, missing),
+        )
+        .await;
+        match n {
+            Ok(n) => workload_note.push_str(&format!("; harness final reads: {n} of {wanted}")),
+            Err(_) => workload_note.push_str(&format!(
+                "; harness final reads of {wanted} did not finish in {FINAL_READS_BUDGET:?}"
+            )),
+        }
+    }
     history.flush()?;
 
     // Check.
     let ops = history.snapshot();
     let report = checker::check(&ops, &CheckerConfig::default());
-    std::fs::write(
-        dir.join("check.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
+    std::fs::write(dir.join("check.json"), serde_json::to_vec_pretty(&report)?)?;
     let dropped: u64 = ops
         .iter()
         .filter(|o| o.is_nemesis())
@@ -275,7 +364,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         .iter()
         .filter(|o| o.f == "create" && o.kind == history::OpKind::Ok)
         .count();
-    let valid = report.valid && health.is_ok();
+    // The full workload must reach the end of its drain: without that marker the checker
+    // cannot judge whether everything became terminal after the heal.
+    let drain_ended = opts.workload != WorkloadKind::Full || ops.iter().any(|o| o.f == "drain-end");
+    if !drain_ended {
+        workload_note.push_str("; INVALID: the workload never reached the end of its drain");
+    }
+    let valid = report.valid && health.is_ok() && drain_ended;
     let mut summary = report.summary();
     summary.push_str(&format!(
         "run: {} nodes, {:?} fault phase, nemeses [{}], {cycles} fault cycles, {} ops, {creates_ok} acknowledged creates, {dropped} unsynced bytes dropped{}\n{health_note}\n{workload_note}\nresults: {}\n",
@@ -374,23 +469,29 @@ pub mod workload {
         }
         // Drain: wait for the heal (bounded), then read everything back from every node.
         let _ = tokio::time::timeout(Duration::from_secs(300), healed.wait_for(|h| *h)).await;
-        let http = client(Duration::from_secs(10));
+        let ids: Vec<String> = ids.into_iter().collect();
+        Ok(final_reads(&ctx.history, &ctx.key, &ctx.nodes, &ids).await)
+    }
+
+    /// Reads each intent (and its events) from every node, recorded as `final-read`.
+    pub async fn final_reads(h: &History, key: &str, nodes: &[usize], ids: &[String]) -> usize {
+        let http = client(Duration::from_secs(5));
         let mut reads = 0;
-        for id in &ids {
-            for &n in &ctx.nodes {
+        for id in ids {
+            for &n in nodes {
                 let node = format!("n{n}");
-                if let Some(v) = final_read(&http, &ctx.key, n, id).await {
-                    ctx.history.ok("final-reader", "final-read", v, Some(&node));
+                if let Some(v) = final_read(&http, key, n, id).await {
+                    h.ok("final-reader", "final-read", v, Some(&node));
                     reads += 1;
                 }
             }
         }
-        Ok(reads)
+        reads
     }
 
     /// One node's view of an intent, retried a few times while the node settles.
     async fn final_read(http: &reqwest::Client, key: &str, n: usize, id: &str) -> Option<Value> {
-        for _ in 0..10 {
+        for _ in 0..3 {
             let r = http
                 .get(format!("{}/v1/intents/{id}", http_url(n)))
                 .header("x-api-key", key)
@@ -473,20 +574,40 @@ pub mod workload {
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let s = r.status().as_u16();
-                    h.fail(&process, "create", json!({ "key": k, "error": s }), Some(&node));
+                    h.fail(
+                        &process,
+                        "create",
+                        json!({ "key": k, "error": s }),
+                        Some(&node),
+                    );
                 }
                 Ok(r) => {
                     // 5xx: may or may not have been committed.
                     let s = r.status().as_u16();
-                    h.info(&process, "create", json!({ "key": k, "error": s }), Some(&node));
+                    h.info(
+                        &process,
+                        "create",
+                        json!({ "key": k, "error": s }),
+                        Some(&node),
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) if e.is_connect() => {
-                    h.fail(&process, "create", json!({ "key": k, "error": "connect" }), Some(&node));
+                    h.fail(
+                        &process,
+                        "create",
+                        json!({ "key": k, "error": "connect" }),
+                        Some(&node),
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
-                    h.info(&process, "create", json!({ "key": k, "error": e.to_string() }), Some(&node));
+                    h.info(
+                        &process,
+                        "create",
+                        json!({ "key": k, "error": e.to_string() }),
+                        Some(&node),
+                    );
                 }
             }
         }

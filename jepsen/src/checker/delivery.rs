@@ -9,7 +9,70 @@ use super::events::is_terminal;
 use super::{ex, Analysis, CheckerConfig, Prop, PropertyResult};
 
 pub(crate) fn check(a: &Analysis<'_>, cfg: &CheckerConfig) -> Vec<PropertyResult> {
-    vec![stale(a, cfg), delivered(a, cfg)]
+    vec![
+        stale(a, cfg),
+        delivered(a, cfg),
+        terminal_after_drain(a, cfg),
+    ]
+}
+
+/// When the workload drained (a `drain-end` marker: its consumers completed every delivery
+/// after the heal, for as long as the drain's bound allowed), every intent the final reads
+/// found is terminal on every node. An intent left non-terminal is stuck: a lease that was
+/// never expired, a delivery never retried, a deadline never fired. Histories without a
+/// drain (the create-only workload) are not judged.
+fn terminal_after_drain(a: &Analysis<'_>, cfg: &CheckerConfig) -> PropertyResult {
+    let mut prop = Prop::new("terminal-after-drain", cfg);
+    let ends: Vec<_> = a.with_f("drain-end").filter(|p| p.is_ok()).collect();
+    if ends.is_empty() {
+        return prop.finish();
+    }
+    // The drain itself gave up with intents it never saw terminal.
+    for p in ends {
+        prop.checked(1);
+        let open = p.field("open").as_u64().unwrap_or(0);
+        if open > 0 {
+            prop.violation(ex(&[
+                (
+                    "why",
+                    json!("the drain ended at its bound with open intents"),
+                ),
+                ("open", json!(open)),
+                ("open_ids", p.field("open_ids").clone()),
+            ]));
+        }
+    }
+    for (id, by_node) in &a.finals {
+        for (node, v) in by_node {
+            if v.get("found") != Some(&Value::Bool(true)) {
+                continue;
+            }
+            prop.checked(1);
+            let intent = v.get("intent").unwrap_or(&Value::Null);
+            let status = intent.get("status").and_then(Value::as_str).unwrap_or("");
+            if is_terminal(status) {
+                continue;
+            }
+            prop.violation(ex(&[
+                ("intent_id", json!(id)),
+                ("node", json!(node)),
+                ("status", json!(status)),
+                (
+                    "to_agent",
+                    intent.get("to_agent").cloned().unwrap_or(Value::Null),
+                ),
+                (
+                    "delivery_attempt",
+                    intent
+                        .get("delivery_attempt")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                ),
+                ("lease", intent.get("lease").cloned().unwrap_or(Value::Null)),
+            ]));
+        }
+    }
+    prop.finish()
 }
 
 /// An `ack`/`resolve`/`resume` naming attempt `n`, invoked after a delivery

@@ -203,6 +203,7 @@ fn clean() -> H {
         )
         .read("reader-0", ID, "COMPLETED", 1)
         .heal()
+        .ok("drain", "drain-end", json!({"open": 0}))
         .final_reads(ID, "k1", "COMPLETED", 1, &log);
     h
 }
@@ -486,7 +487,11 @@ fn undelivered_after_heal() {
         ev(2, "intent.submitted", "SUBMITTED"),
     ];
     h.final_reads(ID2, "k2", "SUBMITTED", 0, &log);
-    assert_only(&h.check(), &["delivered-after-heal"]);
+    // Never delivered, and after the drain still open: stuck on both counts.
+    assert_only(
+        &h.check(),
+        &["delivered-after-heal", "terminal-after-drain"],
+    );
 }
 
 #[test]
@@ -648,4 +653,40 @@ fn check_file_writes_outputs() {
     for f in ["check.json", "summary.txt", "plot.png"] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
+}
+
+/// After a drain, an intent that the final reads show non-terminal is stuck; without a
+/// drain marker (create-only workload) the same history is not judged.
+#[test]
+fn stuck_after_drain_is_reported() {
+    let mut h = H::default();
+    let log = &full_log()[..4];
+    h.binding()
+        .create_ok("create-0", "k1", ID)
+        .deliver(ID, "k1", 1, 1, "c1", 0)
+        .heal();
+    let mut drained = H { ops: h.ops.clone() };
+    h.final_reads(ID, "k1", "ACKNOWLEDGED", 1, log);
+    assert!(h
+        .check()
+        .property("terminal-after-drain")
+        .is_some_and(|p| p.ok && p.checked == 0));
+    drained
+        .ok("drain", "drain-end", json!({"open": 1}))
+        .final_reads(ID, "k1", "ACKNOWLEDGED", 1, log);
+    let r = drained.check();
+    let p = r.property("terminal-after-drain").expect("checked");
+    assert!(!p.ok && p.count == 4, "{p:?}");
+    assert!(!r.valid);
+    let mut done = H {
+        ops: drained.ops.clone(),
+    };
+    done.ops
+        .retain(|o| o.f != "final-read" && o.f != "drain-end");
+    done.ok("drain", "drain-end", json!({"open": 0}));
+    done.final_reads(ID, "k1", "COMPLETED", 1, &full_log());
+    assert!(done
+        .check()
+        .property("terminal-after-drain")
+        .is_some_and(|p| p.ok && p.checked == 4));
 }

@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 use super::{names, Ctx};
 
 pub(super) fn start(c: &Ctx) -> anyhow::Result<(Vec<usize>, Value)> {
-    let k = if c.nodes() > 1 && c.rng().gen_bool(0.3) { 2 } else { 1 };
+    let k = if c.nodes() > 1 && c.rng().gen_bool(0.3) {
+        2
+    } else {
+        1
+    };
     let targets = c.rand_subset(k);
     let mut offsets = serde_json::Map::new();
     for &i in &targets {

@@ -18,7 +18,10 @@ fn grudge_from_groups(all: &[usize], groups: &[Vec<usize>]) -> Vec<(usize, Vec<u
                 .find(|g| g.contains(&n))
                 .map(|g| g.iter().copied().collect())
                 .unwrap_or_else(|| BTreeSet::from([n]));
-            (n, all.iter().copied().filter(|o| !mine.contains(o)).collect())
+            (
+                n,
+                all.iter().copied().filter(|o| !mine.contains(o)).collect(),
+            )
         })
         .collect()
 }
@@ -32,7 +35,10 @@ fn grudge_from_visibility(
         .map(|&n| {
             (
                 n,
-                all.iter().copied().filter(|&o| o != n && !visible(n, o)).collect(),
+                all.iter()
+                    .copied()
+                    .filter(|&o| o != n && !visible(n, o))
+                    .collect(),
             )
         })
         .collect()

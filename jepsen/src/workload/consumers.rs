@@ -253,7 +253,7 @@ async fn ack(sh: &Shared, process: &str, id: &str, attempt: u64) -> bool {
 }
 
 /// `POST /v1/intents/{id}/resume` with `action` complete or fail.
-async fn complete(sh: &Shared, process: &str, id: &str, action: &str) {
+pub async fn complete(sh: &Shared, process: &str, id: &str, action: &str) {
     let h = sh.history();
     let (node, base) = sh.node();
     h.invoke(

@@ -58,6 +58,10 @@ pub struct WorkloadCtx {
     pub receiver_url: String,
     /// Upper bound on the drain phase after the heal.
     pub drain_timeout: Duration,
+    /// Set by the workload when its drain is over (bounded by `drain_timeout`) and
+    /// its final reads begin, so that the orchestration can give the drain and the
+    /// final reads separate budgets.
+    pub drained: Arc<watch::Sender<bool>>,
     /// Concurrent creators.
     pub clients: usize,
     /// The recorder.
@@ -237,7 +241,7 @@ async fn setup_agents(api: &Api, ctx: &WorkloadCtx, tag: &str) -> Agents {
         (
             format!("{base}/http"),
             json!({"delivery_mode": "http", "url": format!("{}/push", ctx.receiver_url.trim_end_matches('/')),
-                   "secret": "jepsen-secret", "max_concurrency": 8, "ack_timeout_seconds": 10,
+                   "secret": "jepsen-push-secret-0123456789", "max_concurrency": 8, "ack_timeout_seconds": 10,
                    "max_delivery_attempts": 25}),
         ),
     ];
@@ -350,9 +354,17 @@ pub async fn run(ctx: WorkloadCtx) -> anyhow::Result<usize> {
     let _ = healed.wait_for(|v| *v).await;
     sh.draining.store(true, Ordering::Relaxed);
     finals::drain(&sh).await;
-    let _ = sh.done.send(true);
+    // `send_replace`, not `send`: `send` does nothing while no receiver exists, and the
+    // consumers poll the flag with `borrow` (that left them running for ever).
+    sh.done.send_replace(true);
+    sh.ctx.drained.send_replace(true);
+    // The consumers notice within one long-poll or stream timeout; one bound for all.
+    let stop_by = tokio::time::Instant::now() + Duration::from_secs(15);
     for t in consumers {
-        let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        let abort = t.abort_handle();
+        if tokio::time::timeout_at(stop_by, t).await.is_err() {
+            abort.abort();
+        }
     }
     let n = finals::final_reads(&sh).await;
     sh.ctx.history.flush()?;
