@@ -18,6 +18,8 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::sse::FrameReader;
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Workload {
     Create,
@@ -322,25 +324,15 @@ where
         bail!("stream answered {}", resp.status());
     }
     let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
-    let (mut id, mut data) = (None, String::new());
+    let mut reader = FrameReader::default();
     while let Some(chunk) = stream.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(pos) = buf.find('\n') {
-            let line = buf[..pos].trim_end_matches('\r').to_string();
-            buf.drain(..=pos);
-            if line.is_empty() {
-                if !data.is_empty() {
-                    let value: Value = serde_json::from_str(&data)?;
-                    if on_event(id, value).await {
-                        return Ok(());
-                    }
-                }
-                (id, data) = (None, String::new());
-            } else if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse().ok();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
+        for frame in reader.feed(&chunk?) {
+            if frame.data.is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&frame.data)?;
+            if on_event(frame.id, value).await {
+                return Ok(());
             }
         }
     }

@@ -6,6 +6,8 @@ use anyhow::{bail, Context as _};
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 
+use crate::sse::FrameReader;
+
 /// Where and as whom the client talks.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
@@ -89,29 +91,14 @@ impl Conn {
             bail!("{status}: {body}");
         }
         let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
-        let (mut name, mut id, mut data) = (String::new(), None, String::new());
+        let mut reader = FrameReader::default();
         while let Some(chunk) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(
-                &chunk.context("reading the stream")?,
-            ));
-            while let Some(pos) = buf.find('\n') {
-                let line = buf[..pos].trim_end_matches('\r').to_string();
-                buf.drain(..=pos);
-                if line.is_empty() {
-                    if name == "stream.timeout" {
-                        return Ok(true);
-                    }
-                    if !data.is_empty() {
-                        on_event(&name, id, serde_json::from_str(&data)?)?;
-                    }
-                    (name, id, data) = (String::new(), None, String::new());
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    name = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
+            for frame in reader.feed(&chunk.context("reading the stream")?) {
+                if frame.name == "stream.timeout" {
+                    return Ok(true);
+                }
+                if !frame.data.is_empty() {
+                    on_event(&frame.name, frame.id, serde_json::from_str(&frame.data)?)?;
                 }
             }
         }

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod config;
 mod serve;
+mod sse;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
