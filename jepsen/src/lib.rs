@@ -16,6 +16,7 @@ pub mod workload;
 // Hosts, nodes, faults and orchestration.
 pub mod db;
 pub mod fusefs;
+pub mod linkem;
 pub mod nemesis;
 pub mod net;
 pub mod run;

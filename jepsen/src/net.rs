@@ -6,7 +6,8 @@
 //! root namespace (the clients) and from each other.
 //!
 //! Faults cut real links: partitions are `iptables` DROP rules in the receiving node's own
-//! namespace (INPUT, by source address), and netem qdiscs sit on each node's `eth0`.
+//! namespace (INPUT, by source address), and delay/loss sits on each node's `eth0` (a netem
+//! qdisc, or the harness's NFQUEUE emulator where the kernel has no netem).
 //!
 //! Everything is created by [`Net::setup`] and removed by [`cleanup`], which is idempotent and
 //! also removes what a crashed run left behind (it kills leftover processes in our namespaces).
@@ -15,6 +16,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
+
+use crate::linkem::{Impairment, LinkFault};
 
 pub const BRIDGE: &str = "ijbr0";
 /// Tag on every rule this harness adds to the root namespace's iptables.
@@ -97,9 +100,20 @@ fn tagged(rule: &[String]) -> Vec<String> {
 }
 
 /// The hosts of one run.
-#[derive(Debug)]
 pub struct Net {
     pub nodes: usize,
+    /// Whether the kernel has `sch_netem`; without it links are impaired by [`Impairment`].
+    kernel_netem: bool,
+    impaired: std::sync::Mutex<std::collections::HashMap<usize, Impairment>>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("nodes", &self.nodes)
+            .field("kernel_netem", &self.kernel_netem)
+            .finish()
+    }
 }
 
 impl Net {
@@ -109,7 +123,11 @@ impl Net {
             bail!("between 1 and {MAX_NODES} nodes are supported");
         }
         cleanup();
-        let net = Net { nodes };
+        let mut net = Net {
+            nodes,
+            kernel_netem: false,
+            impaired: Default::default(),
+        };
         let bridge_cidr = format!("{}/24", bridge_ip());
         cmd("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
         cmd("ip", &["addr", "add", &bridge_cidr, "dev", BRIDGE])?;
@@ -136,6 +154,10 @@ impl Net {
             in_ns(i, "ip", &["link", "set", "lo", "up"])?;
             cmd("ip", &["link", "set", &host, "master", BRIDGE])?;
             cmd("ip", &["link", "set", &host, "up"])?;
+        }
+        net.kernel_netem = in_ns(1, "tc", &["qdisc", "add", "dev", "lo", "root", "netem"]).is_ok();
+        if net.kernel_netem {
+            in_ns(1, "tc", &["qdisc", "del", "dev", "lo", "root"])?;
         }
         Ok(net)
     }
@@ -171,23 +193,53 @@ impl Net {
         Ok(())
     }
 
-    /// Puts a netem qdisc on node `i`'s link (e.g. `delay 50ms 20ms loss 5%`).
-    pub fn netem(&self, i: usize, spec: &str) -> anyhow::Result<()> {
-        let mut args = vec!["qdisc", "replace", "dev", "eth0", "root", "netem"];
-        args.extend(spec.split_whitespace());
-        in_ns(i, "tc", &args)?;
-        Ok(())
+    /// Delays and drops what node `i` sends: with the kernel's netem qdisc when it has one,
+    /// else with the harness's own NFQUEUE emulator. Returns which one is in use.
+    pub fn impair(&self, i: usize, fault: LinkFault, seed: u64) -> anyhow::Result<&'static str> {
+        self.clear_impairment(i);
+        if self.kernel_netem {
+            let mut spec = vec!["qdisc", "replace", "dev", "eth0", "root", "netem"];
+            let delay = format!("{}ms", fault.delay_ms);
+            let jitter = format!("{}ms", fault.jitter_ms);
+            let loss = format!("{}%", fault.loss_pct);
+            if fault.delay_ms > 0 || fault.jitter_ms > 0 {
+                spec.extend(["delay", &delay, &jitter, "distribution", "normal"]);
+            }
+            if fault.loss_pct > 0 {
+                spec.extend(["loss", &loss]);
+            }
+            in_ns(i, "tc", &spec)?;
+            return Ok("tc-netem");
+        }
+        let impairment = Impairment::start(i, fault, seed)?;
+        self.impaired
+            .lock()
+            .expect("impairments lock")
+            .insert(i, impairment);
+        Ok("nfqueue")
     }
 
-    /// Removes node `i`'s netem qdisc, if any.
-    pub fn clear_netem(&self, i: usize) {
-        let _ = in_ns(i, "tc", &["qdisc", "del", "dev", "eth0", "root"]);
+    /// Ends node `i`'s impairment, if any; returns how many packets the user-space emulator
+    /// dropped and delayed.
+    pub fn clear_impairment(&self, i: usize) -> Option<(u64, u64)> {
+        if self.kernel_netem {
+            let _ = in_ns(i, "tc", &["qdisc", "del", "dev", "eth0", "root"]);
+            return None;
+        }
+        let mut held = self.impaired.lock().expect("impairments lock").remove(&i)?;
+        if let Err(e) = held.stop() {
+            tracing::warn!(node = i, error = %e, "stopping the link emulator");
+        }
+        Some((
+            held.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            held.delayed.load(std::sync::atomic::Ordering::Relaxed),
+        ))
     }
 
     /// Heals partitions and removes every qdisc.
     pub fn heal_all(&self) -> anyhow::Result<()> {
         for i in 1..=self.nodes {
-            self.clear_netem(i);
+            self.clear_impairment(i);
         }
         self.heal()
     }

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
@@ -12,11 +12,12 @@ use tonic::transport::Channel;
 use intentd_lifecycle::{Command, Reply};
 use intentd_storage::{LogStore, Response as SmResponse, StateMachine, StateReader};
 
+use crate::clock::{wall_micros, ClockPolicy, ClockStatus, ClockWatch};
 use crate::error::{ConsensusError, ForwardError, MembershipChange};
 use crate::network::{channel, NetworkFactory};
 use crate::proto::raft_internal_client::RaftInternalClient;
 use crate::proto::raft_internal_server::RaftInternalServer;
-use crate::proto::{ForwardRequest, RaftPayload, ReadIndexRequest};
+use crate::proto::{ClockProbe, ForwardRequest, RaftPayload, ReadIndexRequest};
 use crate::service::{change_as_leader, write_as_leader, InternalService};
 use crate::Raft;
 
@@ -58,6 +59,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Never form a cluster: wait to be added by one (a new node, or one whose data was lost).
     pub join: bool,
+    /// How far this node's wall clock may stray from the others' before it is fenced.
+    pub clock: ClockPolicy,
 }
 
 /// What a node says about itself on `/health` and the cluster status calls.
@@ -73,6 +76,7 @@ pub struct NodeStatus {
     pub commit_index: u64,
     pub last_log_index: u64,
     pub members: Vec<u64>,
+    pub clock: ClockStatus,
 }
 
 /// The cluster's membership as this node last saw it.
@@ -96,6 +100,7 @@ struct Inner {
     reader: StateReader,
     request_timeout: Duration,
     election_timeout: Duration,
+    clock: Arc<ClockWatch>,
     /// Channels to peers for forwarding, keyed by node id and address so an address change
     /// after a membership change gets a fresh channel.
     peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
@@ -150,8 +155,11 @@ pub async fn start(
     .await
     .map_err(ConsensusError::internal)?;
 
+    let clock = Arc::new(ClockWatch::new(config.clock));
     let service = InternalService {
+        node_id: config.node_id,
         raft: raft.clone(),
+        clock: clock.clone(),
         write_timeout: config.request_timeout,
         membership_timeout: MEMBERSHIP_TIMEOUT,
     };
@@ -186,16 +194,75 @@ pub async fn start(
             .map_err(ConsensusError::internal)?;
     }
 
-    Ok(Cluster {
+    let cluster = Cluster {
         inner: Arc::new(Inner {
             node_id: config.node_id,
             raft,
             reader,
             request_timeout: config.request_timeout,
             election_timeout: Duration::from_millis(t.election_max_ms),
+            clock,
             peers: Mutex::new(HashMap::new()),
         }),
-    })
+    };
+    tokio::spawn(watch_clocks(Arc::downgrade(&cluster.inner)));
+    Ok(cluster)
+}
+
+/// This node's clock judged against the voters of its current membership.
+pub(crate) fn clock_status(raft: &Raft, watch: &ClockWatch, me: u64) -> ClockStatus {
+    let voters: Vec<u64> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    watch.assess(me, &voters, wall_micros(), std::time::Instant::now())
+}
+
+/// Probes every member's clock each interval and keeps the fence in step with the verdict:
+/// out of agreement, the node neither campaigns nor (as leader) heartbeats, so followers
+/// elect a node whose clock is good. Ends when the node shuts down.
+async fn watch_clocks(inner: Weak<Inner>) {
+    let Some(policy) = inner.upgrade().map(|i| i.clock.policy()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(policy.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fenced: Option<bool> = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let cluster = Cluster { inner };
+        if cluster.inner.raft.metrics().borrow().state == ServerState::Shutdown {
+            return;
+        }
+        let members: Vec<u64> = cluster.membership().nodes.keys().copied().collect();
+        cluster.inner.clock.retain(&members);
+        let probes = members
+            .iter()
+            .filter(|id| **id != cluster.inner.node_id)
+            .map(|id| cluster.probe_clock(*id, policy.stale_after));
+        futures::future::join_all(probes).await;
+
+        let status = cluster.clock_status();
+        let fence = !status.synchronized;
+        if fenced != Some(fence) {
+            if fence {
+                tracing::warn!(
+                    ?status,
+                    "clock out of agreement with the cluster: refusing writes and leadership"
+                );
+            } else if fenced.is_some() {
+                tracing::info!(?status, "clock agrees with the cluster again");
+            }
+            let runtime = cluster.inner.raft.runtime_config();
+            runtime.elect(!fence);
+            runtime.heartbeat(!fence);
+            fenced = Some(fence);
+        }
+    }
 }
 
 impl Cluster {
@@ -212,34 +279,104 @@ impl Cluster {
     }
 
     /// Replicates `command` and returns the state machine's reply. `Ok` means a majority has
-    /// the entry on disk and this node applied it, so a read on this node right after sees it.
+    /// the entry on disk and this node applied it (or, if this node lags behind by more than
+    /// the request timeout, that the leader did), so a read on this node right after sees it.
     pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
-        let deadline = Instant::now() + self.inner.request_timeout;
+        self.check_clock()?;
+        let (response, index) = self
+            .on_leader(self.inner.request_timeout, |leader, remaining| {
+                let command = command.clone();
+                async move {
+                    if leader == self.inner.node_id {
+                        self.check_quorum().map_err(|_| ForwardError::NoQuorum)?;
+                        write_as_leader(&self.inner.raft, command, remaining).await
+                    } else {
+                        self.forward(leader, &command, remaining).await
+                    }
+                }
+            })
+            .await?;
+        self.await_applied(index).await;
+        match response {
+            SmResponse::Applied(reply) => Ok(reply),
+            SmResponse::Rejected(rejection) => Err(ConsensusError::Rejected(rejection)),
+            SmResponse::Empty => Err(ConsensusError::Internal(
+                "a command entry produced no reply".into(),
+            )),
+        }
+    }
+
+    /// Waits until this node applied the entry at `index`, so that a caller reading here right
+    /// after a forwarded write sees it. The entry is committed and the reply is the leader's,
+    /// so a node still catching up (just restarted, say) answers with it after the request
+    /// timeout anyway: a late read-your-write beats a 503 for a write that happened.
+    async fn await_applied(&self, index: u64) {
+        let waited = self
+            .inner
+            .raft
+            .wait(Some(self.inner.request_timeout))
+            .applied_index_at_least(Some(index), "read your write")
+            .await;
+        if waited.is_err() {
+            tracing::warn!(index, "answering a committed write before applying it here");
+        }
+    }
+
+    /// Runs `attempt` against the leader (this node or another) until it gives a definite
+    /// answer or `timeout` passes. "Not the leader" and "unreachable" are definite refusals
+    /// (nothing was appended), so they wait for the leadership to change and try again.
+    async fn on_leader<T, F, Fut>(&self, timeout: Duration, attempt: F) -> Result<T, ConsensusError>
+    where
+        F: Fn(u64, Duration) -> Fut,
+        Fut: Future<Output = Result<T, ForwardError>>,
+    {
+        let deadline = Instant::now() + timeout;
         loop {
             let leader = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = if leader == self.inner.node_id {
-                self.check_quorum()?;
-                write_as_leader(&self.inner.raft, command.clone(), remaining).await
-            } else {
-                self.forward(leader, &command, remaining).await
-            };
-            match outcome {
-                Ok(SmResponse::Applied(reply)) => return Ok(reply),
-                Ok(SmResponse::Rejected(rejection)) => {
-                    return Err(ConsensusError::Rejected(rejection))
-                }
-                Ok(SmResponse::Empty) => {
-                    return Err(ConsensusError::Internal(
-                        "a command entry produced no reply".into(),
-                    ))
-                }
-                // Definitely not appended: look for the new leader and try again.
+            match attempt(leader, remaining).await {
+                Ok(value) => return Ok(value),
                 Err(ForwardError::NotLeader { .. }) | Err(ForwardError::Unavailable) => {
                     self.wait_for_change(leader, deadline).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// This node's clock as the fence sees it right now.
+    pub fn clock_status(&self) -> ClockStatus {
+        clock_status(&self.inner.raft, &self.inner.clock, self.inner.node_id)
+    }
+
+    /// Refuses to stamp commands with a clock the cluster does not agree with.
+    fn check_clock(&self) -> Result<(), ConsensusError> {
+        let status = self.clock_status();
+        if status.synchronized {
+            Ok(())
+        } else {
+            Err(ConsensusError::ClockUnsynchronized(format!(
+                "node {} agrees with {} of {} voters within {} ms",
+                self.inner.node_id, status.agreeing_voters, status.voters, status.max_offset_ms
+            )))
+        }
+    }
+
+    /// One probe of `peer`'s wall clock; a peer that does not answer simply ages out.
+    async fn probe_clock(&self, peer: u64, timeout: Duration) {
+        let Ok(mut client) = self.peer(peer) else {
+            return;
+        };
+        let mut request = tonic::Request::new(ClockProbe {});
+        request.set_timeout(timeout);
+        let sent_wall = wall_micros();
+        let sent_mono = std::time::Instant::now();
+        if let Ok(reply) = client.clock(request).await {
+            let recv_mono = std::time::Instant::now();
+            let peer_wall = reply.into_inner().wall_micros;
+            self.inner
+                .clock
+                .record(peer, sent_wall, sent_mono, peer_wall, recv_mono);
         }
     }
 
@@ -319,23 +456,26 @@ impl Cluster {
         &self,
         change: MembershipChange,
     ) -> Result<MembershipView, ConsensusError> {
-        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
-        loop {
-            let leader = self.wait_for_leader(deadline).await?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = if leader == self.inner.node_id {
-                change_as_leader(&self.inner.raft, change.clone(), remaining).await
-            } else {
-                self.forward_membership(leader, &change, remaining).await
-            };
-            match outcome {
-                Ok(()) => return Ok(self.membership()),
-                Err(ForwardError::NotLeader { .. }) | Err(ForwardError::Unavailable) => {
-                    self.wait_for_change(leader, deadline).await?
+        let index = self
+            .on_leader(MEMBERSHIP_TIMEOUT, |leader, remaining| {
+                let change = change.clone();
+                async move {
+                    if leader == self.inner.node_id {
+                        change_as_leader(&self.inner.raft, change, remaining).await
+                    } else {
+                        self.forward_membership(leader, &change, remaining).await
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            }
+            })
+            .await?;
+        // A node that was just removed may never hear of the commit; its view is as good as
+        // it gets. Any other node shows the change it made.
+        let removed_self =
+            matches!(change, MembershipChange::Remove { node_id } if node_id == self.inner.node_id);
+        if !removed_self {
+            self.await_applied(index).await;
         }
+        Ok(self.membership())
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -357,6 +497,7 @@ impl Cluster {
             commit_index: applied,
             last_log_index: m.last_log_index.unwrap_or(0),
             members: m.membership_config.membership().voter_ids().collect(),
+            clock: self.clock_status(),
         }
     }
 
@@ -434,18 +575,15 @@ impl Cluster {
         leader: u64,
         command: &Command,
         timeout: Duration,
-    ) -> Result<SmResponse, ForwardError> {
-        let mut client = self.peer(leader).map_err(|_| ForwardError::Unavailable)?;
-        let bytes =
-            serde_json::to_vec(command).map_err(|e| ForwardError::Internal(e.to_string()))?;
-        let mut request = tonic::Request::new(ForwardRequest { command: bytes });
-        request.set_timeout(timeout);
-        let reply = client
-            .forward(request)
-            .await
-            .map_err(|status| forward_failure(&status))?;
-        serde_json::from_slice::<Result<SmResponse, ForwardError>>(&reply.into_inner().result)
-            .map_err(|e| ForwardError::Internal(e.to_string()))?
+    ) -> Result<(SmResponse, u64), ForwardError> {
+        let command = encode(command)?;
+        self.ask_leader(
+            leader,
+            timeout,
+            ForwardRequest { command },
+            |mut c, r| async move { c.forward(r).await.map(|reply| reply.into_inner().result) },
+        )
+        .await
     }
 
     async fn forward_membership(
@@ -453,17 +591,42 @@ impl Cluster {
         leader: u64,
         change: &MembershipChange,
         timeout: Duration,
-    ) -> Result<(), ForwardError> {
-        let mut client = self.peer(leader).map_err(|_| ForwardError::Unavailable)?;
-        let payload =
-            serde_json::to_vec(change).map_err(|e| ForwardError::Internal(e.to_string()))?;
-        let mut request = tonic::Request::new(RaftPayload { payload });
+    ) -> Result<u64, ForwardError> {
+        let payload = encode(change)?;
+        self.ask_leader(
+            leader,
+            timeout,
+            RaftPayload { payload },
+            |mut c, r| async move {
+                c.change_membership(r)
+                    .await
+                    .map(|reply| reply.into_inner().payload)
+            },
+        )
+        .await
+    }
+
+    /// One call to the leader over the internal plane whose answer is a JSON
+    /// `Result<T, ForwardError>`; transport failures are classified by [`forward_failure`].
+    async fn ask_leader<M, T, F, Fut>(
+        &self,
+        leader: u64,
+        timeout: Duration,
+        message: M,
+        call: F,
+    ) -> Result<T, ForwardError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: FnOnce(RaftInternalClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, tonic::Status>>,
+    {
+        let client = self.peer(leader).map_err(|_| ForwardError::Unavailable)?;
+        let mut request = tonic::Request::new(message);
         request.set_timeout(timeout);
-        let reply = client
-            .change_membership(request)
+        let bytes = call(client, request)
             .await
             .map_err(|status| forward_failure(&status))?;
-        serde_json::from_slice::<Result<(), ForwardError>>(&reply.into_inner().payload)
+        serde_json::from_slice::<Result<T, ForwardError>>(&bytes)
             .map_err(|e| ForwardError::Internal(e.to_string()))?
     }
 
@@ -487,6 +650,10 @@ impl Cluster {
         peers.insert((node_id, addr), client.clone());
         Ok(client)
     }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ForwardError> {
+    serde_json::to_vec(value).map_err(|e| ForwardError::Internal(e.to_string()))
 }
 
 /// Classifies a failed call to the leader. A failed connection means the request never

@@ -14,6 +14,11 @@ pub enum ConsensusError {
     /// it may or may not commit. Callers with an idempotency key can retry safely.
     #[error("the write may or may not have been committed")]
     Ambiguous,
+    /// This node's wall clock (or the proposer's) disagrees with the cluster's by more than
+    /// the allowed offset, so it may not stamp commands. Nothing was appended: safe to retry,
+    /// here once the clock is back or at another node.
+    #[error("clock not synchronized: {0}")]
+    ClockUnsynchronized(String),
     /// The cluster refused an administrative request as it stands (e.g. a membership change
     /// while another is in progress, or removing the last voter).
     #[error("refused: {0}")]
@@ -36,7 +41,11 @@ pub(crate) enum ForwardError {
         leader_id: Option<u64>,
     },
     Unavailable,
+    /// This node leads but has not heard from a quorum lately: answer at once, do not wait.
+    NoQuorum,
     Ambiguous,
+    /// The command's time stamp is not believable on the leader's clock; never appended.
+    ClockSkew(String),
     /// The leader refused the request as invalid (e.g. a membership change in progress).
     Refused(String),
     Internal(String),
@@ -45,12 +54,13 @@ pub(crate) enum ForwardError {
 impl From<ForwardError> for ConsensusError {
     fn from(e: ForwardError) -> Self {
         match e {
-            ForwardError::NotLeader { .. } | ForwardError::Unavailable => {
+            ForwardError::NotLeader { .. } | ForwardError::Unavailable | ForwardError::NoQuorum => {
                 ConsensusError::Unavailable {
                     retry_after_secs: 1,
                 }
             }
             ForwardError::Ambiguous => ConsensusError::Ambiguous,
+            ForwardError::ClockSkew(m) => ConsensusError::ClockUnsynchronized(m),
             ForwardError::Refused(m) => ConsensusError::Refused(m),
             ForwardError::Internal(m) => ConsensusError::Internal(m),
         }

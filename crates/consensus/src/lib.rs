@@ -5,11 +5,13 @@
 //! Writes that reach a follower are forwarded to the leader over the internal plane
 //! ([`proto`]), which never shares a port with the public APIs.
 
+mod clock;
 mod cluster;
 mod error;
 mod network;
 mod service;
 
+pub use clock::{ClockPolicy, ClockStatus, PeerClock};
 pub use cluster::{start, Cluster, MembershipView, NodeConfig, NodeStatus, RaftTimings};
 pub use error::{ConsensusError, MembershipChange};
 

@@ -1,6 +1,7 @@
 //! The server side of the internal plane: hands Raft RPCs to the local openraft instance and
 //! executes writes and read-index requests forwarded by followers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -13,16 +14,20 @@ use std::collections::BTreeSet;
 
 use openraft::{BasicNode, ChangeMembers};
 
+use crate::clock::{stamp_acceptable, wall_micros, ClockWatch};
+use crate::cluster::clock_status;
 use crate::error::{ForwardError, MembershipChange};
 use crate::proto::raft_internal_server::RaftInternal;
 use crate::proto::{
-    ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    SnapshotChunk,
+    ClockProbe, ClockReading, ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest,
+    ReadIndexResponse, SnapshotChunk,
 };
 use crate::Raft;
 
 pub(crate) struct InternalService {
+    pub(crate) node_id: u64,
     pub(crate) raft: Raft,
+    pub(crate) clock: Arc<ClockWatch>,
     /// Bounds a forwarded write on the leader, so a follower's caller never waits forever.
     pub(crate) write_timeout: Duration,
     /// Adding a learner waits for it to catch up, which can take far longer than a write.
@@ -37,16 +42,18 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// Runs a write on this node as leader. A `NotLeader` answer is definite (the entry was never
-/// appended here, or was truncated), so the forwarding node may try elsewhere.
+/// Runs a write on this node as leader and answers with the reply and the entry's log index
+/// (a forwarding follower waits to apply up to it before answering its own caller). A
+/// `NotLeader` answer is definite (the entry was never appended here, or was truncated), so
+/// the forwarding node may try elsewhere.
 pub(crate) async fn write_as_leader(
     raft: &Raft,
     command: Command,
     timeout: Duration,
-) -> Result<SmResponse, ForwardError> {
+) -> Result<(SmResponse, u64), ForwardError> {
     match tokio::time::timeout(timeout, raft.client_write(command)).await {
         Err(_) => Err(ForwardError::Ambiguous),
-        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(ForwardError::NotLeader {
                 leader_id: f.leader_id,
@@ -59,13 +66,14 @@ pub(crate) async fn write_as_leader(
     }
 }
 
-/// Runs a membership change on this node as leader. openraft refuses a change while another
-/// is in flight; that refusal reaches the caller as an error, never as a silent retry.
+/// Runs a membership change on this node as leader and answers with the log index of its
+/// last entry. openraft refuses a change while another is in flight; that refusal reaches the
+/// caller as an error, never as a silent retry.
 pub(crate) async fn change_as_leader(
     raft: &Raft,
     change: MembershipChange,
     timeout: Duration,
-) -> Result<(), ForwardError> {
+) -> Result<u64, ForwardError> {
     let fut = async {
         match change {
             MembershipChange::AddLearner { node_id, raft_addr } => {
@@ -93,7 +101,7 @@ pub(crate) async fn change_as_leader(
     };
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(ForwardError::Ambiguous),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(resp)) => Ok(resp.log_id.index),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(ForwardError::NotLeader {
                 leader_id: f.leader_id,
@@ -106,8 +114,45 @@ pub(crate) async fn change_as_leader(
     }
 }
 
+impl InternalService {
+    /// A forwarded command is appended only if this leader's clock is in agreement with the
+    /// cluster and the command's stamp is believable on it: the follower's own fence may not
+    /// have noticed yet that its clock jumped, and the stamp outlives every clock.
+    fn clock_check(&self, command: &Command) -> Result<(), ForwardError> {
+        let status = clock_status(&self.raft, &self.clock, self.node_id);
+        if !status.synchronized {
+            return Err(ForwardError::ClockSkew(format!(
+                "the leader's clock agrees with {} of {} voters",
+                status.agreeing_voters, status.voters
+            )));
+        }
+        let Some(at) = command.stamped_at() else {
+            return Ok(());
+        };
+        let stamp = at.timestamp_micros();
+        let now = wall_micros();
+        let policy = self.clock.policy();
+        // A command may be retried against new leaders for up to the write timeout before
+        // it gets here, so an old stamp is only suspicious beyond twice that.
+        if stamp_acceptable(stamp, now, policy.max_offset, 2 * self.write_timeout) {
+            Ok(())
+        } else {
+            Err(ForwardError::ClockSkew(format!(
+                "the command was stamped {:.3} s from the leader's clock",
+                (stamp - now) as f64 / 1e6
+            )))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftInternal for InternalService {
+    async fn clock(&self, _request: Request<ClockProbe>) -> Result<Response<ClockReading>, Status> {
+        Ok(Response::new(ClockReading {
+            wall_micros: wall_micros(),
+        }))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
@@ -146,7 +191,10 @@ impl RaftInternal for InternalService {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
         let command: Command = decode(&request.into_inner().command)?;
-        let result = write_as_leader(&self.raft, command, self.write_timeout).await;
+        let result = match self.clock_check(&command) {
+            Ok(()) => write_as_leader(&self.raft, command, self.write_timeout).await,
+            Err(e) => Err(e),
+        };
         Ok(Response::new(ForwardResponse {
             result: encode(&result)?,
         }))

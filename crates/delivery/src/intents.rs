@@ -24,7 +24,10 @@ pub async fn authenticate(
     let hash = hash_key(secret);
     let reader = cluster.reader();
     let mut found = reader.api_key(&hash)?;
-    if found.is_none() && cluster.read_barrier().await.is_ok() {
+    if found.is_none() {
+        // A key made through another node moments ago may not be here yet. If this node
+        // cannot catch up (no leader, still joining), "unknown key" would be a guess: 503.
+        cluster.read_barrier().await?;
         found = reader.api_key(&hash)?;
     }
     Ok(usable_key(found)?)

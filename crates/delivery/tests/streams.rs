@@ -29,6 +29,7 @@ async fn node() -> (tempfile::TempDir, Cluster) {
         timings: RaftTimings::default(),
         request_timeout: Duration::from_secs(5),
         join: false,
+        clock: Default::default(),
     };
     let cluster = intentd_consensus::start(config, log, sm, listener, std::future::pending())
         .await

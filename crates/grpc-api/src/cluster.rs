@@ -45,6 +45,7 @@ impl ClusterService for ClusterApi {
             commit_index: s.commit_index,
             last_log_index: s.last_log_index,
             members: s.members,
+            clock_synchronized: s.clock.synchronized,
         }))
     }
 }

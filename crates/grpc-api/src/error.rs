@@ -139,6 +139,10 @@ fn classify(error: GrpcError) -> Parts {
              been applied; retry with the same idempotency_key",
             RETRY_AFTER_SECS,
         ),
+        DeliveryError::Consensus(ConsensusError::ClockUnsynchronized(detail)) => unavailable(
+            &format!("this node may not accept writes right now: clock not synchronized ({detail}); retry"),
+            RETRY_AFTER_SECS,
+        ),
         DeliveryError::Consensus(ConsensusError::Refused(m)) => {
             parts(Code::FailedPrecondition, "refused", m)
         }

@@ -188,6 +188,10 @@ impl From<ConsensusError> for ApiError {
                     .into(),
                 retry_after_secs: AMBIGUOUS_RETRY_AFTER_SECS,
             },
+            ConsensusError::ClockUnsynchronized(detail) => ApiError::Unavailable {
+                message: format!("this node may not accept writes right now: clock not synchronized ({detail}); retry"),
+                retry_after_secs: 1,
+            },
             ConsensusError::Refused(message) => ApiError::Conflict {
                 code: "refused",
                 message,

@@ -32,6 +32,7 @@ async fn node(config: ApiConfig) -> Node {
         timings: RaftTimings::default(),
         request_timeout: Duration::from_secs(5),
         join: false,
+        clock: Default::default(),
     };
     let cluster = intentd_consensus::start(config_node, log, sm, listener, std::future::pending())
         .await

@@ -87,6 +87,29 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The proposer's clock reading carried by the command, if it has one. Every time the
+    /// command writes into the state is derived from it, so the leader checks it before
+    /// appending.
+    pub fn stamped_at(&self) -> Option<Timestamp> {
+        match self {
+            Command::Intent { command, .. } => Some(command.at()),
+            Command::RemoveAgent { at, .. }
+            | Command::InboxReply { at, .. }
+            | Command::InboxDelegate { at, .. }
+            | Command::InboxDeleteMessages { at, .. }
+            | Command::RevokeSubscription { at, .. }
+            | Command::WebhookDeliveryOutcome { at, .. }
+            | Command::ReplayWebhookEvent { at, .. } => Some(*at),
+            Command::PublishEvent { event } => Some(event.at),
+            Command::PutApiKey { .. }
+            | Command::RevokeApiKey { .. }
+            | Command::RegisterAgent { .. }
+            | Command::UpsertSubscription { .. } => None,
+        }
+    }
+}
+
 /// The proposer's claim on an idempotency key. `scope` separates callers, so two API keys
 /// using the same `Idempotency-Key` value never collide.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

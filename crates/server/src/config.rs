@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Lease length of a delivery to an agent that registered none, in s [default: 30].
     #[arg(long, env = "INTENTD_ACK_TIMEOUT_SECS")]
     pub ack_timeout_secs: Option<u64>,
+    /// Largest disagreement of this node's wall clock with the other nodes', in ms, before it
+    /// refuses writes and leadership [default: 500].
+    #[arg(long, env = "INTENTD_MAX_CLOCK_OFFSET_MS")]
+    pub max_clock_offset_ms: Option<u64>,
     /// TEST-ONLY (jepsen harness): acknowledge Raft log appends without fdatasync, so a power
     /// loss can lose acknowledged writes. Hidden; never use it outside the chaos harness.
     #[arg(long, hide = true)]
@@ -133,6 +137,7 @@ struct FileConfig {
     delivery_max_backoff_ms: Option<u64>,
     delivery_timeout_ms: Option<u64>,
     ack_timeout_secs: Option<u64>,
+    max_clock_offset_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +170,7 @@ pub struct Config {
     pub delivery_max_backoff: Duration,
     pub delivery_timeout: Duration,
     pub ack_timeout_secs: u64,
+    pub max_clock_offset: Duration,
 }
 
 impl ServeArgs {
@@ -261,6 +267,11 @@ impl ServeArgs {
                 .ack_timeout_secs
                 .or(file.ack_timeout_secs)
                 .unwrap_or(intentd_lifecycle::DEFAULT_ACK_TIMEOUT_SECS),
+            max_clock_offset: Duration::from_millis(
+                self.max_clock_offset_ms
+                    .or(file.max_clock_offset_ms)
+                    .unwrap_or(500),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -319,13 +330,21 @@ impl Config {
         if self.ack_timeout_secs == 0 {
             return Err(invalid("ack_timeout_secs", "must be at least 1"));
         }
+        // Below a few ms the probes' own round trip would fence healthy nodes; above a minute
+        // lease and retry times could be off by more than their own length.
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.max_clock_offset) {
+            return Err(invalid(
+                "max_clock_offset_ms",
+                "must be between 10 and 60000",
+            ));
+        }
         Ok(())
     }
 
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} max_clock_offset={:?}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
@@ -344,6 +363,7 @@ impl Config {
             self.delivery_max_backoff,
             self.delivery_timeout,
             self.ack_timeout_secs,
+            self.max_clock_offset,
         )
     }
 }

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run a node (with no cluster settings: a one-node cluster under ./data).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Send, read and watch intents.
     Intents(client::IntentsCmd),
     /// Act as a receiving agent; register agents and their delivery binding.

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use intentd_consensus::{Cluster, ConsensusError, NodeConfig, RaftTimings};
+use intentd_consensus::{ClockPolicy, Cluster, ConsensusError, NodeConfig, RaftTimings};
 use intentd_delivery::backoff::Backoff;
 use intentd_delivery::{Engine, EngineConfig, Metrics};
 use intentd_http_api::auth::{generate_key, hash_key};
@@ -58,6 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             request_timeout: config.request_timeout,
             join: config.join,
+            clock: ClockPolicy {
+                max_offset: config.max_clock_offset,
+                ..ClockPolicy::default()
+            },
         },
         log_store,
         state_machine,
@@ -210,6 +214,13 @@ async fn put_admin_key(cluster: &Cluster, key_hash: String, name: &str) -> anyho
                 {
                     return Ok(());
                 }
+            }
+            // Right after start the clock probes may not have answered yet.
+            Err(ConsensusError::ClockUnsynchronized(detail))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::info!(%detail, "waiting for the clock check before storing the admin key");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e).context("storing the admin key"),
         }

@@ -1,9 +1,11 @@
-//! tc netem on every node's link: delay with jitter, packet loss, or both.
+//! Delay with jitter, packet loss, or both, on every node's link: the kernel's netem qdisc
+//! where there is one, else the harness's NFQUEUE emulator (the history says which).
 
 use rand::Rng as _;
 use serde_json::{json, Value};
 
 use super::{blocking, Ctx};
+use crate::linkem::LinkFault;
 
 pub(super) fn start(c: &Ctx) -> anyhow::Result<Value> {
     let (delay, jitter, loss) = {
@@ -14,22 +16,28 @@ pub(super) fn start(c: &Ctx) -> anyhow::Result<Value> {
             _ => (r.gen_range(20..150), r.gen_range(5..50), r.gen_range(2..15)),
         }
     };
-    let mut spec = String::new();
-    if delay > 0 {
-        spec.push_str(&format!("delay {delay}ms {jitter}ms distribution normal "));
-    }
-    if loss > 0 {
-        spec.push_str(&format!("loss {loss}%"));
-    }
+    let fault = LinkFault {
+        delay_ms: delay,
+        jitter_ms: jitter,
+        loss_pct: loss,
+    };
+    let mut via = "";
     for i in c.all() {
-        blocking(|| c.net.netem(i, spec.trim()))?;
+        let seed = c.rng().gen();
+        via = blocking(|| c.net.impair(i, fault, seed))?;
     }
-    Ok(json!({ "netem": spec.trim(), "delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss }))
+    Ok(json!({ "via": via, "delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss }))
 }
 
 pub(super) fn stop(c: &Ctx) -> Value {
+    let mut counts = serde_json::Map::new();
     for i in c.all() {
-        blocking(|| c.net.clear_netem(i));
+        if let Some((dropped, delayed)) = blocking(|| c.net.clear_impairment(i)) {
+            counts.insert(
+                format!("n{i}"),
+                json!({ "dropped": dropped, "delayed": delayed }),
+            );
+        }
     }
-    json!({ "netem": "removed" })
+    json!({ "netem": "removed", "packets": counts })
 }
