@@ -8,11 +8,14 @@
 //! stamp, since apply must not read a clock; so the wrong stamp must never be proposed.
 //!
 //! Each node probes every peer's wall clock over the internal plane (NTP-style: the offset is
-//! taken at the midpoint of the round trip, half the round trip is the uncertainty) and
-//! counts itself synchronised only while a majority of the voters, itself included, agree
-//! with its clock within `max_offset`. Out of sync, the node refuses writes (callers get a
-//! retryable 503), does not campaign, and as leader stops heartbeating so that a node with a
-//! good clock takes over. A jump of the local clock is noticed at once, without waiting for a
+//! taken at the midpoint of the round trip, half the round trip is the uncertainty). A peer
+//! whose offset lies beyond `max_offset` even after allowing for the uncertainty is known to
+//! disagree; one within it is known to agree; anything else (no answer lately, a round trip
+//! too slow to tell) is unknown. A node counts itself synchronised while a majority of the
+//! voters, itself included, is not known to disagree with it: the fence trips on evidence of
+//! skew, not on a lossy or slow link (which cannot commit anything anyway). Out of sync, the
+//! node refuses writes (callers get a retryable 503), does not campaign, and as leader stops
+//! heartbeating so that a node with a good clock takes over. A jump of the local clock is noticed at once, without waiting for a
 //! probe: each sample remembers the monotonic clock too, and the wall clock's drift from it
 //! since the sample is subtracted from the measured offset.
 
@@ -70,8 +73,30 @@ pub struct PeerClock {
     pub uncertainty_ms: Option<f64>,
     /// Milliseconds since the last answer.
     pub age_ms: Option<u64>,
-    /// Whether the peer counts towards agreement right now.
-    pub agrees: bool,
+    pub verdict: Verdict,
+}
+
+/// What a peer's clock says about ours.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Within the allowed offset, uncertainty included.
+    Agrees,
+    /// Beyond the allowed offset, uncertainty included.
+    Disagrees,
+    /// No recent answer, or a round trip too slow to tell.
+    Unknown,
+}
+
+impl PeerClock {
+    fn unknown(age: Option<Duration>) -> Self {
+        PeerClock {
+            offset_ms: None,
+            uncertainty_ms: None,
+            age_ms: age.map(|a| a.as_millis() as u64),
+            verdict: Verdict::Unknown,
+        }
+    }
 }
 
 /// Whether this node's clock may stamp commands, and why.
@@ -79,8 +104,8 @@ pub struct PeerClock {
 pub struct ClockStatus {
     pub synchronized: bool,
     pub max_offset_ms: u64,
-    /// Voters (this node included when it is one) whose clocks agree with ours.
-    pub agreeing_voters: usize,
+    /// Voters whose clocks are known to disagree with ours.
+    pub disagreeing_voters: usize,
     pub voters: usize,
     pub peers: BTreeMap<u64, PeerClock>,
 }
@@ -150,26 +175,31 @@ impl ClockWatch {
         let max = self.policy.max_offset.as_micros() as i64;
         let samples = self.lock().clone();
         let mut peers = BTreeMap::new();
-        let mut agreeing = usize::from(voters.contains(&me));
+        let mut disagreeing = 0;
         for (&id, kept) in samples.iter().filter(|(id, _)| **id != me) {
             let Some(latest) = kept.back() else { continue };
+            let age = now_mono.saturating_duration_since(latest.mono);
             let fresh =
                 |s: &&Sample| now_mono.saturating_duration_since(s.mono) <= self.policy.stale_after;
-            let sample = kept
-                .iter()
-                .filter(fresh)
-                .min_by_key(|s| s.uncertainty)
-                .unwrap_or(latest);
-            let age = now_mono.saturating_duration_since(latest.mono);
+            let Some(sample) = kept.iter().filter(fresh).min_by_key(|s| s.uncertainty) else {
+                peers.insert(id, PeerClock::unknown(Some(age)));
+                continue;
+            };
             // If our wall clock moved differently from the monotonic clock since the sample,
             // our clock jumped (or drifted) by that much; the peer's did not move with it.
             let since = now_mono.saturating_duration_since(sample.mono);
             let drift = (now_wall - sample.wall) - since.as_micros() as i64;
             let offset = sample.offset - drift;
-            let agrees = age <= self.policy.stale_after
-                && offset.unsigned_abs() as i64 + sample.uncertainty <= max;
-            if agrees && voters.contains(&id) {
-                agreeing += 1;
+            let distance = offset.unsigned_abs() as i64;
+            let verdict = if distance + sample.uncertainty <= max {
+                Verdict::Agrees
+            } else if distance - sample.uncertainty > max {
+                Verdict::Disagrees
+            } else {
+                Verdict::Unknown
+            };
+            if verdict == Verdict::Disagrees && voters.contains(&id) {
+                disagreeing += 1;
             }
             peers.insert(
                 id,
@@ -177,25 +207,20 @@ impl ClockWatch {
                     offset_ms: Some(offset as f64 / 1000.0),
                     uncertainty_ms: Some(sample.uncertainty as f64 / 1000.0),
                     age_ms: Some(age.as_millis() as u64),
-                    agrees,
+                    verdict,
                 },
             );
         }
         for &id in voters.iter().filter(|id| **id != me) {
-            peers.entry(id).or_insert(PeerClock {
-                offset_ms: None,
-                uncertainty_ms: None,
-                age_ms: None,
-                agrees: false,
-            });
+            peers.entry(id).or_insert(PeerClock::unknown(None));
         }
-        // An uninitialised node has no voters and nothing to stamp for; a one-voter cluster
-        // has nobody to disagree with.
-        let synchronized = voters.is_empty() || agreeing > voters.len() / 2;
+        // A one-voter cluster has nobody to disagree with; an uninitialised node has no
+        // voters and nothing to stamp for.
+        let synchronized = voters.is_empty() || voters.len() - disagreeing > voters.len() / 2;
         ClockStatus {
             synchronized,
             max_offset_ms: self.policy.max_offset.as_millis() as u64,
-            agreeing_voters: agreeing,
+            disagreeing_voters: disagreeing,
             voters: voters.len(),
             peers,
         }
@@ -244,15 +269,16 @@ mod tests {
     }
 
     #[test]
-    fn no_samples_yet_means_not_synchronized() {
+    fn peers_not_heard_from_are_unknown_not_disagreeing() {
         let s = watch().assess(1, &[1, 2, 3], 0, Instant::now());
-        assert!(!s.synchronized);
-        assert_eq!(s.agreeing_voters, 1);
+        assert!(s.synchronized);
+        assert_eq!(s.disagreeing_voters, 0);
+        assert_eq!(s.peers[&2].verdict, Verdict::Unknown);
         assert_eq!(s.peers[&2].offset_ms, None);
     }
 
     #[test]
-    fn one_agreeing_peer_of_two_is_a_majority() {
+    fn one_disagreeing_peer_of_two_leaves_a_majority() {
         let w = watch();
         let mono = Instant::now();
         probe(&w, 2, 100 * SEC, mono, 3_000);
@@ -264,9 +290,9 @@ mod tests {
             mono + Duration::from_millis(2),
         );
         assert!(s.synchronized);
-        assert_eq!(s.agreeing_voters, 2);
-        assert!(s.peers[&2].agrees);
-        assert!(!s.peers[&3].agrees);
+        assert_eq!(s.disagreeing_voters, 1);
+        assert_eq!(s.peers[&2].verdict, Verdict::Agrees);
+        assert_eq!(s.peers[&3].verdict, Verdict::Disagrees);
         let offset = s.peers[&2].offset_ms.unwrap();
         assert!((offset - 3.0).abs() < 0.01, "{offset}");
     }
@@ -284,7 +310,22 @@ mod tests {
             mono + Duration::from_millis(2),
         );
         assert!(!s.synchronized);
-        assert_eq!(s.agreeing_voters, 1);
+        assert_eq!(s.disagreeing_voters, 2);
+    }
+
+    #[test]
+    fn two_clocks_off_in_different_ways_fence_everyone() {
+        let w = watch();
+        let mono = Instant::now();
+        probe(&w, 2, 100 * SEC, mono, 30 * SEC);
+        probe(&w, 3, 100 * SEC, mono, -50 * SEC);
+        let s = w.assess(
+            1,
+            &[1, 2, 3],
+            100 * SEC + 2_000,
+            mono + Duration::from_millis(2),
+        );
+        assert!(!s.synchronized);
     }
 
     #[test]
@@ -296,6 +337,7 @@ mod tests {
         let later = mono + Duration::from_millis(100);
         let steady = w.assess(1, &[1, 2, 3], 100 * SEC + 100_000, later);
         assert!(steady.synchronized);
+        assert_eq!(steady.peers[&2].verdict, Verdict::Agrees);
         // Same monotonic instant, wall clock a day ahead: both peers now look a day behind.
         let jumped = w.assess(1, &[1, 2, 3], 100 * SEC + 100_000 + 86_400 * SEC, later);
         assert!(!jumped.synchronized);
@@ -304,21 +346,25 @@ mod tests {
     }
 
     #[test]
-    fn stale_samples_stop_counting() {
+    fn stale_samples_say_nothing() {
         let w = watch();
         let mono = Instant::now();
-        probe(&w, 2, 100 * SEC, mono, 0);
+        probe(&w, 2, 100 * SEC, mono, 60 * SEC);
+        probe(&w, 3, 100 * SEC, mono, 60 * SEC);
+        let fresh = w.assess(1, &[1, 2, 3], 100 * SEC, mono + Duration::from_millis(2));
+        assert!(!fresh.synchronized);
         let later = mono + Duration::from_secs(4);
         let s = w.assess(1, &[1, 2, 3], 104 * SEC, later);
-        assert!(!s.synchronized);
-        assert!(!s.peers[&2].agrees);
+        assert!(s.synchronized);
+        assert_eq!(s.peers[&2].verdict, Verdict::Unknown);
+        assert_eq!(s.peers[&2].age_ms, Some(3_998));
     }
 
     #[test]
-    fn a_slow_round_trip_widens_the_doubt() {
+    fn a_slow_round_trip_cannot_tell() {
         let w = watch();
         let mono = Instant::now();
-        // 900 ms round trip: +-450 ms of doubt on top of a 100 ms offset exceeds 500 ms.
+        // 900 ms round trip: +-450 ms of doubt around a 100 ms offset.
         w.record(
             2,
             0,
@@ -326,8 +372,17 @@ mod tests {
             100_000 + 450_000,
             mono + Duration::from_millis(900),
         );
+        // 900 ms round trip around a 10 s offset: that is skew whatever the doubt.
+        w.record(
+            3,
+            0,
+            mono,
+            10_000_000 + 450_000,
+            mono + Duration::from_millis(900),
+        );
         let s = w.assess(1, &[1, 2, 3], 900_000, mono + Duration::from_millis(900));
-        assert!(!s.peers[&2].agrees);
+        assert_eq!(s.peers[&2].verdict, Verdict::Unknown);
+        assert_eq!(s.peers[&3].verdict, Verdict::Disagrees);
     }
 
     #[test]
@@ -346,18 +401,19 @@ mod tests {
         );
         let now = t + Duration::from_millis(900);
         let s = w.assess(1, &[1, 2, 3], 1_150_000, now);
-        assert!(s.peers[&2].agrees);
+        assert_eq!(s.peers[&2].verdict, Verdict::Agrees);
         assert!(s.peers[&2].uncertainty_ms.unwrap() < 2.0);
     }
 
     #[test]
-    fn learners_do_not_count_towards_agreement() {
+    fn learners_do_not_count() {
         let w = watch();
         let mono = Instant::now();
-        probe(&w, 4, 0, mono, 0);
+        probe(&w, 4, 0, mono, 60 * SEC);
+        probe(&w, 5, 0, mono, 60 * SEC);
         let s = w.assess(1, &[1, 2, 3], 2_000, mono + Duration::from_millis(2));
-        assert!(!s.synchronized);
-        assert!(s.peers[&4].agrees);
+        assert!(s.synchronized);
+        assert_eq!(s.peers[&4].verdict, Verdict::Disagrees);
     }
 
     #[test]

@@ -356,8 +356,8 @@ impl Cluster {
             Ok(())
         } else {
             Err(ConsensusError::ClockUnsynchronized(format!(
-                "node {} agrees with {} of {} voters within {} ms",
-                self.inner.node_id, status.agreeing_voters, status.voters, status.max_offset_ms
+                "node {}'s clock is more than {} ms off from {} of {} voters",
+                self.inner.node_id, status.max_offset_ms, status.disagreeing_voters, status.voters
             )))
         }
     }

@@ -11,7 +11,7 @@ mod error;
 mod network;
 mod service;
 
-pub use clock::{ClockPolicy, ClockStatus, PeerClock};
+pub use clock::{ClockPolicy, ClockStatus, PeerClock, Verdict};
 pub use cluster::{start, Cluster, MembershipView, NodeConfig, NodeStatus, RaftTimings};
 pub use error::{ConsensusError, MembershipChange};
 

@@ -122,8 +122,8 @@ impl InternalService {
         let status = clock_status(&self.raft, &self.clock, self.node_id);
         if !status.synchronized {
             return Err(ForwardError::ClockSkew(format!(
-                "the leader's clock agrees with {} of {} voters",
-                status.agreeing_voters, status.voters
+                "the leader's clock is more than {} ms off from {} of {} voters",
+                status.max_offset_ms, status.disagreeing_voters, status.voters
             )));
         }
         let Some(at) = command.stamped_at() else {
