@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, every Rust test (unit, property, storage suite,
-# end-to-end against the real binary) and the official Python SDK suite.
+# end-to-end against the real binary), the official Python SDK suite and a short chaos run.
 # Usage: bash tests/run.sh   (from anywhere; creates .venv on first use)
 #
 # Every check runs even when an earlier one failed (except when the build itself fails), so
@@ -52,8 +52,18 @@ export INTENTD_BIN="${INTENTD_BIN:-$ROOT/target/debug/intentd}"
 step "sdk tests" .venv/bin/python -m pytest tests/python -c tests/python/pytest.ini \
     --rootdir tests/python -q || true
 
+# The short mixed-nemesis chaos run (network namespaces, iptables, FUSE: needs root).
+if [ "${INTENTD_SKIP_CHAOS:-0}" = "1" ]; then
+    printf '\n==> chaos: skipped (INTENTD_SKIP_CHAOS=1)\n'
+elif [ "$(id -u)" -ne 0 ]; then
+    printf '\n==> chaos: needs root; run as root or set INTENTD_SKIP_CHAOS=1\n' >&2
+    failed+=("chaos")
+else
+    step "chaos" bash jepsen/ci.sh --results "$ROOT/target/jepsen-ci" || true
+fi
+
 if [ "${#failed[@]}" -gt 0 ]; then
     printf '\nrun.sh: FAILED: %s\n' "${failed[*]}" >&2
     exit 1
 fi
-printf '\nrun.sh: fmt, clippy, build, Rust tests and SDK tests all green\n'
+printf '\nrun.sh: fmt, clippy, build, Rust tests, SDK tests and the chaos run all green\n'

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
+import trustme
 from axme import AxmeClient, AxmeValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -177,8 +179,10 @@ class Receiver:
     `assert_all_verified` fails the test with the evidence.
     """
 
-    def __init__(self, secret: str, respond: Callable[[Received], Answer]) -> None:
+    def __init__(self, secret: str, respond: Callable[[Received], Answer],
+                 tls: ssl.SSLContext | None = None) -> None:
         self.secret = secret
+        self.scheme = "https" if tls else "http"
         self.respond = respond
         self.requests: list[Received] = []
         self.cond = threading.Condition()
@@ -224,13 +228,15 @@ class Receiver:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}/hook"
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -266,8 +272,9 @@ class Receiver:
 def receivers() -> Iterator[Callable[[str, Callable[[Received], Answer]], Receiver]]:
     made: list[Receiver] = []
 
-    def make(secret: str, respond: Callable[[Received], Answer]) -> Receiver:
-        r = Receiver(secret, respond)
+    def make(secret: str, respond: Callable[[Received], Answer],
+             tls: ssl.SSLContext | None = None) -> Receiver:
+        r = Receiver(secret, respond, tls)
         made.append(r)
         return r
 
@@ -502,6 +509,54 @@ def test_http_push_plain_2xx_acknowledges(dserver: Server, admin: AxmeClient, re
     # The receiver finishes later through the API, as the contract allows.
     admin.resume_intent(intent_id, {"done": True})
     assert admin.wait_for(intent_id, wait_seconds=2, timeout_seconds=30)["status"] == "COMPLETED"
+
+
+@pytest.fixture
+def private_ca(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A private CA (trustme) with a certificate for 127.0.0.1: the receiver's TLS context and
+    the CA's PEM file."""
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    pem = tmp_path / "receivers-ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    return ctx, pem
+
+
+def test_http_push_over_https_trusts_the_configured_private_ca(
+    tmp_path: Path, receivers: Any, private_ca: tuple[ssl.SSLContext, Path]
+) -> None:
+    ctx, pem = private_ca
+    with run_intentd(tmp_path, [*DELIVERY_ARGS, "--delivery-ca-file", str(pem)]) as srv, \
+            srv.client() as admin:
+        address = unique_address("https-worker")
+        secret = new_secret()
+        rx = receivers(secret, lambda r: Answer(200, {"status": "COMPLETED", "result": {"tls": True}}), ctx)
+        assert rx.url.startswith("https://"), rx.url
+        set_binding(srv, address, {"delivery_mode": "http", "url": rx.url, "secret": secret})
+        intent_id = admin.send_intent(payment_intent(to_agent=address))
+        final = admin.wait_for(intent_id, wait_seconds=2, timeout_seconds=60)
+        assert final["status"] == "COMPLETED", final
+        assert admin.get_intent(intent_id)["intent"]["result"] == {"tls": True}
+        check_pushes(rx, intent_id, 1)
+
+
+def test_http_push_over_https_refuses_a_certificate_nobody_vouches_for(
+    dserver: Server, admin: AxmeClient, receivers: Any, private_ca: tuple[ssl.SSLContext, Path]
+) -> None:
+    ctx, _ = private_ca
+    address = unique_address("https-untrusted")
+    secret = new_secret()
+    rx = receivers(secret, lambda r: Answer(200), ctx)
+    set_binding(dserver, address, {"delivery_mode": "http", "url": rx.url, "secret": secret,
+                                   "max_delivery_attempts": 2})
+    intent_id = admin.send_intent(payment_intent(to_agent=address))
+    final = admin.wait_for(intent_id, wait_seconds=2, timeout_seconds=60)
+    assert final["status"] == "FAILED", final
+    assert rx.snapshot() == [], "the receiver must never see a request over an untrusted TLS link"
+    errors = [str(e["details"]["error"]) for e in events_of(admin, intent_id)
+              if isinstance(e.get("details"), dict) and "error" in e["details"]]
+    assert errors and all("certificate" in e.lower() for e in errors), errors
 
 
 def dead_letters(server: Server) -> list[dict[str, Any]]:

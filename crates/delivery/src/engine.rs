@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// Due entries read per look at the index, beyond those already held.
     pub batch: usize,
+    /// PEM certificates trusted for HTTPS pushes besides the bundled public roots (a
+    /// private CA of the receivers).
+    pub extra_roots_pem: Option<Arc<Vec<u8>>>,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +83,7 @@ impl Default for EngineConfig {
             webhook_max_attempts: 8,
             max_in_flight: 256,
             batch: 128,
+            extra_roots_pem: None,
         }
     }
 }
@@ -142,7 +146,11 @@ impl Engine {
         config: EngineConfig,
         metrics: Metrics,
     ) -> Result<Self, EngineError> {
-        let pusher = Pusher::new(config.allow.clone(), config.request_timeout)?;
+        let pusher = Pusher::new(
+            config.allow.clone(),
+            config.request_timeout,
+            config.extra_roots_pem.as_deref().map(Vec::as_slice),
+        )?;
         metrics.bind(&cluster);
         Ok(Engine {
             shared: Arc::new(Shared {

@@ -77,9 +77,21 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn new(allow: AllowList, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// `extra_roots_pem` adds trusted certificates (PEM, one or more) to the bundled public
+    /// roots for HTTPS receivers behind a private CA.
+    pub fn new(
+        allow: AllowList,
+        timeout: Duration,
+        extra_roots_pem: Option<&[u8]>,
+    ) -> Result<Self, reqwest::Error> {
         let allow = Arc::new(allow);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = extra_roots_pem {
+            for root in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
@@ -230,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_url_is_a_permanent_failure() {
-        let pusher = Pusher::new(AllowList::default(), Duration::from_secs(2)).unwrap();
+        let pusher = Pusher::new(AllowList::default(), Duration::from_secs(2), None).unwrap();
         for url in ["http://127.0.0.1:9/", "http://localhost:9/"] {
             let outcome = pusher
                 .push(
@@ -262,6 +274,7 @@ mod tests {
         let pusher = Pusher::new(
             AllowList::parse("127.0.0.1").unwrap(),
             Duration::from_secs(2),
+            None,
         )
         .unwrap();
         let url = format!("http://127.0.0.1:{port}/");

@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Lease length of a delivery to an agent that registered none, in s [default: 30].
     #[arg(long, env = "INTENTD_ACK_TIMEOUT_SECS")]
     pub ack_timeout_secs: Option<u64>,
+    /// PEM file of certificates to trust for HTTPS pushes besides the bundled public roots
+    /// (the private CA of the receivers) [default: none].
+    #[arg(long, env = "INTENTD_DELIVERY_CA_FILE")]
+    pub delivery_ca_file: Option<PathBuf>,
     /// Largest disagreement of this node's wall clock with the other nodes', in ms, before it
     /// refuses writes and leadership [default: 500].
     #[arg(long, env = "INTENTD_MAX_CLOCK_OFFSET_MS")]
@@ -137,6 +141,7 @@ struct FileConfig {
     delivery_max_backoff_ms: Option<u64>,
     delivery_timeout_ms: Option<u64>,
     ack_timeout_secs: Option<u64>,
+    delivery_ca_file: Option<PathBuf>,
     max_clock_offset_ms: Option<u64>,
 }
 
@@ -170,6 +175,8 @@ pub struct Config {
     pub delivery_max_backoff: Duration,
     pub delivery_timeout: Duration,
     pub ack_timeout_secs: u64,
+    /// The contents of `delivery_ca_file`, checked to hold at least one certificate.
+    pub delivery_ca_pem: Option<Vec<u8>>,
     pub max_clock_offset: Duration,
 }
 
@@ -267,6 +274,10 @@ impl ServeArgs {
                 .ack_timeout_secs
                 .or(file.ack_timeout_secs)
                 .unwrap_or(intentd_lifecycle::DEFAULT_ACK_TIMEOUT_SECS),
+            delivery_ca_pem: match self.delivery_ca_file.or(file.delivery_ca_file) {
+                Some(path) => Some(read_ca_file(&path)?),
+                None => None,
+            },
             max_clock_offset: Duration::from_millis(
                 self.max_clock_offset_ms
                     .or(file.max_clock_offset_ms)
@@ -275,6 +286,24 @@ impl ServeArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Reads a PEM bundle and makes sure it holds certificates, so a wrong path or file fails at
+/// start instead of at the first HTTPS push.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| invalid("delivery_ca_file", format!("{}: {e}", path.display())))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(invalid(
+            "delivery_ca_file",
+            format!("{} holds no PEM certificate", path.display()),
+        )),
+        Err(e) => Err(invalid(
+            "delivery_ca_file",
+            format!("{}: {e}", path.display()),
+        )),
     }
 }
 
@@ -344,7 +373,7 @@ impl Config {
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} max_clock_offset={:?}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
@@ -363,6 +392,7 @@ impl Config {
             self.delivery_max_backoff,
             self.delivery_timeout,
             self.ack_timeout_secs,
+            if self.delivery_ca_pem.is_some() { "<set>" } else { "<none>" },
             self.max_clock_offset,
         )
     }
@@ -439,6 +469,41 @@ mod tests {
         assert_eq!(c.node_id, 2);
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9999");
         assert_eq!(c.peers.len(), 2);
+    }
+
+    #[test]
+    fn a_ca_file_must_exist_and_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [empty, dir.path().join("missing.pem")] {
+            let args = ServeArgs {
+                delivery_ca_file: Some(path.clone()),
+                ..Default::default()
+            };
+            match args.resolve() {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "delivery_ca_file"),
+                other => panic!("{} accepted: {other:?}", path.display()),
+            }
+        }
+    }
+
+    #[test]
+    fn clock_offset_bounds_are_enforced() {
+        for ms in [5, 60_001] {
+            let args = ServeArgs {
+                max_clock_offset_ms: Some(ms),
+                ..Default::default()
+            };
+            match args.resolve() {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "max_clock_offset_ms"),
+                other => panic!("{ms} ms accepted: {other:?}"),
+            }
+        }
+        assert_eq!(
+            ServeArgs::default().resolve().unwrap().max_clock_offset,
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

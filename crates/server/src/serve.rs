@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -83,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             request_timeout: config.delivery_timeout,
             default_ack_timeout_secs: config.ack_timeout_secs,
+            extra_roots_pem: config.delivery_ca_pem.clone().map(Arc::new),
             ..EngineConfig::default()
         },
         metrics.clone(),
