@@ -7,7 +7,7 @@
 //! | `kill-one`, `kill-leader`, `kill-minority`, `kill-all` | SIGKILL | restart |
 //! | `pause-one`, `pause-leader` | SIGSTOP | SIGCONT |
 //! | `partition-one`, `partition-leader`, `partition-halves`, `partition-ring`, `partition-bridge` | iptables DROP in the nodes' namespaces | flush |
-//! | `netem` | tc netem delay/jitter/loss on every node's link | remove |
+//! | `netem` | delay/jitter/loss on every node's link (tc netem, or the NFQUEUE emulator in [`crate::linkem`] where the kernel has no netem) | remove |
 //! | `clock` | libfaketime offset on one or two nodes | offset 0 |
 //! | `membership` | remove a voter (under load) | add it back as learner, promote |
 //! | `fsync-loss` | power off a majority or all nodes: SIGKILL + drop every unsynced write | restart |
