@@ -841,13 +841,21 @@ pub async fn assert_acks_readable(api: &Api, acks: &[Ack], via: &str) {
 }
 
 /// Asserts that retrying every acknowledged create (same key, same body) through `api`
-/// replays the same intent: an acknowledged create was exactly one intent.
+/// replays the same intent: an acknowledged create was exactly one intent. A 503 is what the
+/// API tells a client to retry (a node that just rejoined may trigger an election), so it is
+/// retried with the same key, as a client would, for a bounded time; any other answer counts.
 pub async fn assert_acks_replay(api: &Api, acks: &[Ack], via: &str) {
+    const RETRY_503_FOR: Duration = Duration::from_secs(20);
     let checks = futures::stream::iter(acks.iter().cloned())
         .map(|ack| {
             let api = api.clone();
             async move {
-                let resp = api.create(&ack.body, Some(&ack.key)).await;
+                let give_up = Instant::now() + RETRY_503_FOR;
+                let mut resp = api.create(&ack.body, Some(&ack.key)).await;
+                while resp.status == 503 && Instant::now() < give_up {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    resp = api.create(&ack.body, Some(&ack.key)).await;
+                }
                 if resp.status != 200 || resp.body["intent_id"] != json!(ack.intent_id) {
                     return Err(format!(
                         "retry of key {} (acked as {}) answered {} {}",
