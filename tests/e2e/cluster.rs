@@ -522,10 +522,20 @@ async fn membership_changes_under_load_lose_nothing() {
         let body = resp.assert_ok(200);
         assert_eq!(member_ids(body, "learners"), [4], "{body}");
         assert_eq!(member_ids(body, "voters"), [1, 2, 3], "{body}");
-        // The learner has caught up (the call waits for it) and knows the leader.
+        // The learner has caught up (the call waits for its log) and knows the leader; wait
+        // until it has also applied what the leader had, or its first requests would wait
+        // for that inside the request timeout.
         cluster
             .node_mut(new)
             .wait_healthy(Duration::from_secs(30))
+            .await;
+        let target = cluster
+            .node(leader)
+            .applied_index()
+            .await
+            .expect("leader health");
+        cluster
+            .wait_applied(&[new], target, Duration::from_secs(60))
             .await;
         tgt.write()
             .expect("targets")
