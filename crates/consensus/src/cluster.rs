@@ -6,7 +6,7 @@ use std::time::Duration;
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 use intentd_lifecycle::{Command, Reply};
@@ -163,9 +163,7 @@ pub async fn start(
         write_timeout: config.request_timeout,
         membership_timeout: MEMBERSHIP_TIMEOUT,
     };
-    // Replies go out as several HTTP/2 frames; without TCP_NODELAY the later ones wait for
-    // the peer's delayed ACK (40 ms) and every forwarded write pays for it.
-    let incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
+    let incoming = TcpListenerStream::new(raft_listener);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(
