@@ -286,13 +286,8 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_create() {
             .node_mut(old_leader)
             .wait_healthy(Duration::from_secs(60))
             .await;
-        let target = cluster
-            .node(new_leader)
-            .applied_index()
-            .await
-            .expect("leader health");
         cluster
-            .wait_applied(&[old_leader], target, Duration::from_secs(60))
+            .wait_caught_up(&[old_leader], new_leader, Duration::from_secs(60))
             .await;
         let health = cluster.node(old_leader).health().await.expect("health");
         assert_eq!(health.1["leader_id"], json!(new_leader), "{health:?}");
@@ -529,13 +524,8 @@ async fn membership_changes_under_load_lose_nothing() {
             .node_mut(new)
             .wait_healthy(Duration::from_secs(30))
             .await;
-        let target = cluster
-            .node(leader)
-            .applied_index()
-            .await
-            .expect("leader health");
         cluster
-            .wait_applied(&[new], target, Duration::from_secs(60))
+            .wait_caught_up(&[new], leader, Duration::from_secs(60))
             .await;
         tgt.write()
             .expect("targets")

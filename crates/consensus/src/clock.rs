@@ -173,7 +173,9 @@ impl ClockWatch {
         now_mono: Instant,
     ) -> ClockStatus {
         let max = self.policy.max_offset.as_micros() as i64;
-        let samples = self.lock().clone();
+        // Assessed under the lock: a few peers' samples, and it runs on every write, where a
+        // copy of the map would be the larger cost.
+        let samples = self.lock();
         let mut peers = BTreeMap::new();
         let mut disagreeing = 0;
         for (&id, kept) in samples.iter().filter(|(id, _)| **id != me) {

@@ -527,6 +527,16 @@ impl Cluster {
         id
     }
 
+    /// Waits until each node of `ids` has applied everything `leader` had applied when called.
+    pub async fn wait_caught_up(&mut self, ids: &[u64], leader: u64, limit: Duration) {
+        let target = self
+            .node(leader)
+            .applied_index()
+            .await
+            .expect("leader health");
+        self.wait_applied(ids, target, limit).await;
+    }
+
     /// Waits until each node of `ids` has applied at least `index` (its `/health`).
     pub async fn wait_applied(&mut self, ids: &[u64], index: u64, limit: Duration) {
         let deadline = Instant::now() + limit;
