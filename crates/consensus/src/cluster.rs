@@ -1,12 +1,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 
 use intentd_lifecycle::{Command, Reply};
@@ -91,12 +92,16 @@ pub struct MembershipView {
 /// A running node: the Raft instance, its local state machine and the internal plane.
 #[derive(Clone)]
 pub struct Cluster {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     node_id: u64,
     raft: Raft,
+    /// The same log openraft writes: the elector reads its last log id for pre-votes.
+    pub(crate) log: LogStore,
+    /// Set while the clock fence holds: the elector then never stands for election.
+    pub(crate) fenced: AtomicBool,
     reader: StateReader,
     request_timeout: Duration,
     election_timeout: Duration,
@@ -140,11 +145,14 @@ pub async fn start(
         // its deadline must cover that, not just the transfer.
         install_snapshot_timeout: 60_000,
         max_payload_entries: 256,
+        // Elections are started by `election::run`, after a pre-vote.
+        enable_elect: false,
         ..Default::default()
     }
     .validate()
     .map_err(ConsensusError::internal)?;
     let reader = state_machine.reader();
+    let log = log_store.clone();
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
@@ -156,14 +164,20 @@ pub async fn start(
     .map_err(ConsensusError::internal)?;
 
     let clock = Arc::new(ClockWatch::new(config.clock));
+    // openraft's leader lease is the maximum election timeout; pre-votes honour the same one.
+    let lease = Duration::from_millis(t.election_max_ms);
     let service = InternalService {
         node_id: config.node_id,
         raft: raft.clone(),
         clock: clock.clone(),
+        log: log.clone(),
+        leader_lease: lease,
         write_timeout: config.request_timeout,
         membership_timeout: MEMBERSHIP_TIMEOUT,
     };
-    let incoming = TcpListenerStream::new(raft_listener);
+    // Answers go out as several HTTP/2 frames; with Nagle on, the later ones wait for the
+    // peer's delayed ACK (40 ms), and every forwarded write and Raft round trip pays for it.
+    let incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(
@@ -198,6 +212,8 @@ pub async fn start(
         inner: Arc::new(Inner {
             node_id: config.node_id,
             raft,
+            log,
+            fenced: AtomicBool::new(false),
             reader,
             request_timeout: config.request_timeout,
             election_timeout: Duration::from_millis(t.election_max_ms),
@@ -206,6 +222,12 @@ pub async fn start(
         }),
     };
     tokio::spawn(watch_clocks(Arc::downgrade(&cluster.inner)));
+    tokio::spawn(crate::election::run(
+        Arc::downgrade(&cluster.inner),
+        lease,
+        Duration::from_millis(t.election_min_ms),
+        Duration::from_millis(t.election_max_ms),
+    ));
     Ok(cluster)
 }
 
@@ -257,9 +279,8 @@ async fn watch_clocks(inner: Weak<Inner>) {
             } else if fenced.is_some() {
                 tracing::info!(?status, "clock agrees with the cluster again");
             }
-            let runtime = cluster.inner.raft.runtime_config();
-            runtime.elect(!fence);
-            runtime.heartbeat(!fence);
+            cluster.inner.fenced.store(fence, Ordering::Relaxed);
+            cluster.inner.raft.runtime_config().heartbeat(!fence);
             fenced = Some(fence);
         }
     }
@@ -630,7 +651,7 @@ impl Cluster {
             .map_err(|e| ForwardError::Internal(e.to_string()))?
     }
 
-    fn peer(&self, node_id: u64) -> Result<RaftInternalClient<Channel>, ConsensusError> {
+    pub(crate) fn peer(&self, node_id: u64) -> Result<RaftInternalClient<Channel>, ConsensusError> {
         let metrics = self.inner.raft.metrics();
         let addr = metrics
             .borrow()

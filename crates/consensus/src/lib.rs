@@ -7,6 +7,7 @@
 
 mod clock;
 mod cluster;
+mod election;
 mod error;
 mod network;
 mod service;

@@ -8,7 +8,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
 use intentd_lifecycle::Command;
-use intentd_storage::Response as SmResponse;
+use intentd_storage::{LogStore, Response as SmResponse};
 
 use std::collections::BTreeSet;
 
@@ -16,11 +16,12 @@ use openraft::{BasicNode, ChangeMembers};
 
 use crate::clock::{stamp_acceptable, wall_micros, ClockWatch};
 use crate::cluster::clock_status;
+use crate::election::{log_id_from_request, Standing};
 use crate::error::{ForwardError, MembershipChange};
 use crate::proto::raft_internal_server::RaftInternal;
 use crate::proto::{
-    ClockProbe, ClockReading, ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest,
-    ReadIndexResponse, SnapshotChunk,
+    ClockProbe, ClockReading, ForwardRequest, ForwardResponse, PreVoteRequest, PreVoteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use crate::Raft;
 
@@ -28,6 +29,10 @@ pub(crate) struct InternalService {
     pub(crate) node_id: u64,
     pub(crate) raft: Raft,
     pub(crate) clock: Arc<ClockWatch>,
+    /// The log openraft writes, for the last log id a pre-vote compares.
+    pub(crate) log: LogStore,
+    /// openraft's leader lease: a voter that heard its leader within it refuses pre-votes.
+    pub(crate) leader_lease: Duration,
     /// Bounds a forwarded write on the leader, so a follower's caller never waits forever.
     pub(crate) write_timeout: Duration,
     /// Adding a learner waits for it to catch up, which can take far longer than a write.
@@ -170,6 +175,24 @@ impl RaftInternal for InternalService {
         Ok(Response::new(RaftPayload {
             payload: encode(&result)?,
         }))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteResponse>, Status> {
+        let request = request.into_inner();
+        let candidate_log = log_id_from_request(&request);
+        let standing = Standing::of(&self.raft, self.log.last_log_id())
+            .await
+            .ok_or_else(|| Status::unavailable("raft has stopped"))?;
+        let granted = standing.grants(
+            candidate_log,
+            tokio::time::Instant::now(),
+            self.leader_lease,
+        );
+        tracing::debug!(candidate = request.candidate_id, granted, "pre-vote asked");
+        Ok(Response::new(PreVoteResponse { granted }))
     }
 
     async fn install_snapshot(

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use intentd_consensus::Cluster;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 
 pub use error::GrpcError;
 
@@ -138,7 +138,11 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful);
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            graceful,
+        );
     let grace_expired = async move {
         // If the sender is dropped without firing, the server is already gone.
         if fired_rx.wait_for(|fired| *fired).await.is_ok() {

@@ -25,6 +25,7 @@ use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use intentd_consensus::Cluster;
 use intentd_delivery::{AllowList, Metrics};
@@ -118,6 +119,12 @@ pub async fn serve(
         shutdown.await;
         let _ = fired_tx.send(true);
     };
+    // A small answer must leave at once, not wait for the client's delayed ACK of the last one.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .into_future();

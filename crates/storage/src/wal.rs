@@ -606,6 +606,11 @@ impl LogStore {
         }
     }
 
+    /// The id of the newest entry handed to the log (written or queued), as openraft sees it.
+    pub fn last_log_id(&self) -> Option<LogId<u64>> {
+        self.lock().0.state().last_log_id
+    }
+
     pub(crate) fn log_state(&self) -> LogState<TypeConfig> {
         self.lock().0.state()
     }
