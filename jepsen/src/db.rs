@@ -352,10 +352,15 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(key: &str) -> Admin {
+        Admin::with_timeout(key, Duration::from_secs(3))
+    }
+
+    /// A client whose every request (connecting included) gives up after `timeout`.
+    pub fn with_timeout(key: &str, timeout: Duration) -> Admin {
         Admin {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .connect_timeout(Duration::from_secs(1))
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(1)))
                 .no_proxy()
                 .build()
                 .expect("reqwest client"),

@@ -89,6 +89,10 @@ impl Op {
 /// Process name used by nemesis operations.
 pub const NEMESIS_PROCESS: &str = "nemesis";
 
+/// `f` of the leadership monitor's observations: one node's `/health` view
+/// (`{term, leader_id, role}`) whenever its term or leader changed.
+pub const LEADERSHIP_F: &str = "leadership";
+
 struct Inner {
     ops: Vec<Op>,
     out: Option<BufWriter<File>>,

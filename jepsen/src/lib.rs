@@ -5,8 +5,9 @@
 //! * [`checker`]: the properties checked over it;
 //! * [`plot`]: throughput/latency PNG with nemesis windows shaded.
 //!
-//! Hosts, node control, nemeses and orchestration live in their own modules
-//! (net, db, nemesis, fusefs, run), declared below by their owner.
+//! Hosts, node control, nemeses, the leadership monitor and orchestration live
+//! in their own modules (net, db, nemesis, monitor, fusefs, run), declared
+//! below by their owner.
 
 pub mod checker;
 pub mod history;
@@ -17,6 +18,7 @@ pub mod workload;
 pub mod db;
 pub mod fusefs;
 pub mod linkem;
+pub mod monitor;
 pub mod nemesis;
 pub mod net;
 pub mod run;

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use crate::checker::{self, CheckerConfig};
 use crate::db::{self, Admin, Db, DbOptions};
 use crate::history::{self, History};
+use crate::monitor::Monitor;
 use crate::nemesis::{self, Nemesis};
 use crate::net::{self, Net};
 
@@ -178,6 +179,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     tracing::info!(leader, dir = %dir.display(), "cluster formed");
 
     let history = History::to_file(dir.join("history.jsonl"))?;
+    // Leader changes are counted from here to the end of the final heal; the restart of every
+    // node after it moves the leader on purpose.
+    let monitor = Monitor::start(&all, ADMIN_KEY, &history);
     let ctx = nemesis::Ctx {
         db: Arc::clone(&db),
         net: Arc::clone(&net),
@@ -245,7 +249,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             schedule[k].start(&ctx).await;
             let hold = nemesis::secs_between(&ctx, opts.fault_s.0, opts.fault_s.1);
             // A fault always ends, even past the deadline (bounded by its own duration).
-            tokio::time::sleep(hold).await;
+            schedule[k].hold(&ctx, hold).await;
             schedule[k].stop(&ctx).await;
             cycles += 1;
         }
@@ -262,6 +266,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let healed = nemesis::heal_everything(&ctx).await;
     history.nemesis_stop("final-heal", healed.clone());
     history.ok("final-heal", "final-heal", healed.clone(), None);
+    let polls = monitor.stop().await;
     let restart = restart_all(&ctx).await;
     history.nemesis_start("restart-all", json!({}));
     history.nemesis_stop("restart-all", restart.clone());
@@ -373,12 +378,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let valid = report.valid && health.is_ok() && drain_ended;
     let mut summary = report.summary();
     summary.push_str(&format!(
-        "run: {} nodes, {:?} fault phase, nemeses [{}], {cycles} fault cycles, {} ops, {creates_ok} acknowledged creates, {dropped} unsynced bytes dropped{}\n{health_note}\n{workload_note}\nresults: {}\n",
+        "run: {} nodes, {:?} fault phase, nemeses [{}], {cycles} fault cycles, {} ops, {creates_ok} acknowledged creates, {dropped} unsynced bytes dropped{}\n{health_note}\n{workload_note}\nleadership: {} leader changes, {polls} /health polls answered up to the end of the final heal\nresults: {}\n",
         opts.nodes,
         opts.time_limit,
         opts.nemeses.join(","),
         ops.len(),
         if opts.unsafe_skip_log_fsync { ", UNSAFE: log fsync disabled" } else { "" },
+        report.leadership.changes.len(),
         dir.display(),
     ));
     std::fs::write(dir.join("summary.txt"), &summary)?;

@@ -15,6 +15,7 @@
 //! | `final-read` | observation ok (node set) `{intent_id, found, intent, events}` |
 //! | `agent-binding` | observation ok `{agent, mode}`: the agent has a live receiver |
 //! | `final-heal` | nemesis-free marker of the final heal (else: the last nemesis op) |
+//! | `leadership` | observation ok (node set) `{term, leader_id, role}`: a change of that node's `/health` view |
 //!
 //! An op with kind Ok/Fail/Info completes the pending invoke of the same
 //! process and `f`; without one it is a standalone observation. An invoke
@@ -23,6 +24,7 @@
 mod creates;
 mod delivery;
 mod events;
+pub mod leadership;
 mod linear;
 mod replicas;
 #[cfg(test)]
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::history::{Op, OpKind};
+use leadership::Leadership;
 
 /// Tunables of the checker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,9 @@ pub struct CheckReport {
     pub properties: Vec<PropertyResult>,
     /// Whether every property held.
     pub valid: bool,
+    /// The leader changes of the run (judged by the `no-leader-change` property).
+    #[serde(default)]
+    pub leadership: Leadership,
 }
 
 impl CheckReport {
@@ -106,6 +112,7 @@ impl CheckReport {
                 let _ = writeln!(s, "         e.g. {e}");
             }
         }
+        let _ = writeln!(s, "  {}", self.leadership.summary_line());
         s
     }
 }
@@ -451,8 +458,14 @@ pub fn check(ops: &[Op], cfg: &CheckerConfig) -> CheckReport {
     properties.extend(delivery::check(&a, cfg));
     properties.push(linear::check(&a, cfg));
     properties.push(replicas::check(&a, cfg));
+    let (kept, leadership) = leadership::check(ops, cfg);
+    properties.push(kept);
     let valid = properties.iter().all(|p| p.ok);
-    CheckReport { properties, valid }
+    CheckReport {
+        properties,
+        valid,
+        leadership,
+    }
 }
 
 /// Short JSON example helper.

@@ -1,8 +1,9 @@
 //! The checker on small hand-made histories: one per anomaly, a clean one,
-//! and indeterminate creates.
+//! indeterminate creates, and the leader changes seen by the monitor.
 
 use serde_json::{json, Value};
 
+use super::leadership::{leader_changes, started_nemeses, Epoch};
 use super::{check, CheckReport, CheckerConfig};
 use crate::history::{Op, OpKind};
 
@@ -237,7 +238,10 @@ fn assert_flags(report: &CheckReport, name: &str) {
 
 #[test]
 fn clean_history_passes() {
-    let r = clean().check();
+    assert!(clean().check().valid);
+    // Under a fault that leaves the leader alone, with the monitor's samples, every property
+    // has something to check.
+    let r = clean_under(&["follower-restart"], steady()).check();
     assert!(r.valid, "{}", r.summary());
     for p in &r.properties {
         assert!(p.checked > 0, "{} checked nothing", p.name);
@@ -689,4 +693,234 @@ fn stuck_after_drain_is_reported() {
         .check()
         .property("terminal-after-drain")
         .is_some_and(|p| p.ok && p.checked == 4));
+}
+
+/// A leadership sample: node `node` reports `term` and `leader`.
+fn seen(node: &str, term: u64, leader: Option<u64>) -> Op {
+    let role = if leader == node[1..].parse().ok() {
+        "leader"
+    } else {
+        "follower"
+    };
+    Op {
+        node: Some(node.to_string()),
+        ..Op::new(
+            crate::monitor::MONITOR_PROCESS,
+            OpKind::Ok,
+            crate::history::LEADERSHIP_F,
+            json!({"term": term, "leader_id": leader, "role": role}),
+        )
+    }
+}
+
+/// A nemesis op (`follower-down`, `start-kill-leader`, ...).
+fn fault(f: &str, value: Value) -> Op {
+    Op::new("nemesis", OpKind::Info, f, value)
+}
+
+/// Numbers ops as the recorder would: index in order, 1 ms apart.
+fn numbered(mut ops: Vec<Op>) -> Vec<Op> {
+    for (i, op) in ops.iter_mut().enumerate() {
+        op.index = i as u64;
+        op.time_ns = (i as u64 + 1) * 1_000_000;
+    }
+    ops
+}
+
+/// `clean()` with its fault renamed to the nemeses `names` (started one after the other), and
+/// `extra` right after the first start.
+fn clean_under(names: &[&str], extra: Vec<Op>) -> H {
+    let mut ops = Vec::new();
+    for op in clean().ops {
+        match op.f.as_str() {
+            "start-partition" => {
+                for n in names {
+                    ops.push(fault(&format!("start-{n}"), json!({})));
+                }
+                ops.extend(extra.iter().cloned());
+            }
+            "stop-partition" => {
+                for n in names {
+                    ops.push(fault(&format!("stop-{n}"), json!({})));
+                }
+                ops.push(fault("start-final-heal", json!({})));
+                ops.push(fault("stop-final-heal", json!({})));
+            }
+            _ => ops.push(op),
+        }
+    }
+    H { ops: numbered(ops) }
+}
+
+/// Three followers-and-leader views of term 3 under n1, with a restarted n2 that first knows
+/// no leader and a lagging n3 that still reports term 2.
+fn steady() -> Vec<Op> {
+    vec![
+        seen("n1", 3, Some(1)),
+        seen("n2", 3, Some(1)),
+        seen("n3", 2, Some(3)),
+        seen("n3", 3, Some(1)),
+        fault("follower-down", json!({"node": "n2", "how": "sigkill"})),
+        seen("n2", 3, None),
+        seen("n2", 3, Some(1)),
+        follower_up("n2", "n1"),
+    ]
+}
+
+/// The end of a `follower-restart` round: `node` back, the cluster healthy under `leader`.
+fn follower_up(node: &str, leader: &str) -> Op {
+    fault(
+        "follower-up",
+        json!({"node": node, "how": "sigkill", "done": {"killed": [node]},
+               "back": {"restarted": [node]}, "leader_after": leader}),
+    )
+}
+
+#[test]
+fn leader_changes_ignore_restarts_and_stale_views() {
+    let l = leader_changes(&numbered(steady()));
+    assert!(l.changes.is_empty(), "{l:?}");
+    assert_eq!(l.samples, 6);
+    let first = Epoch {
+        term: 3,
+        leader: Some(1),
+    };
+    assert_eq!(
+        (l.first, l.last, l.term_rise),
+        (Some(first), Some(first), 0)
+    );
+    assert_eq!(l.won_terms, 0);
+}
+
+#[test]
+fn every_rise_of_the_term_is_a_leader_change() {
+    let mut ops = steady();
+    ops.extend([
+        // n2 campaigns: term 4, no leader yet; then wins it; the rest follows.
+        seen("n2", 4, None),
+        seen("n1", 4, Some(2)),
+        seen("n2", 4, Some(2)),
+        // The old leader wins term 5 back: a change although the leader is the same.
+        seen("n1", 5, Some(1)),
+        // Several elections between two polls are seen once; the term says how many.
+        seen("n3", 8, Some(1)),
+        seen("n2", 7, Some(1)),
+    ]);
+    let l = leader_changes(&numbered(ops));
+    let epochs: Vec<(Epoch, Epoch, &str)> = l
+        .changes
+        .iter()
+        .map(|c| (c.from, c.to, c.observer.as_str()))
+        .collect();
+    let e = |term, leader| Epoch { term, leader };
+    assert_eq!(
+        epochs,
+        [
+            (e(3, Some(1)), e(4, None), "n2"),
+            (e(4, Some(2)), e(5, Some(1)), "n1"),
+            (e(5, Some(1)), e(8, Some(1)), "n3"),
+        ]
+    );
+    assert_eq!(l.term_rise, 5);
+    assert_eq!(l.won_terms, 3, "terms 4, 5 and 8");
+    assert_eq!(l.last, Some(e(8, Some(1))));
+}
+
+#[test]
+fn two_leaders_in_one_term_count_as_a_change() {
+    let ops = numbered(vec![seen("n1", 3, Some(1)), seen("n2", 3, Some(2))]);
+    let l = leader_changes(&ops);
+    assert_eq!(l.changes.len(), 1);
+    assert_eq!(l.term_rise, 0);
+}
+
+#[test]
+fn harness_steps_are_not_faults() {
+    let h = clean_under(&["follower-restart"], vec![]);
+    let mut ops = h.ops;
+    ops.push(fault("start-restart-all", json!({})));
+    assert_eq!(started_nemeses(&ops), ["follower-restart"]);
+}
+
+#[test]
+fn follower_restarts_that_keep_the_leader_are_valid() {
+    let r = clean_under(&["follower-restart"], steady()).check();
+    assert!(r.valid, "{}", r.summary());
+    let p = r.property("no-leader-change").expect("checked");
+    assert!(p.ok && p.checked == 6, "{p:?}");
+    assert!(r.leadership.judged);
+    assert!(
+        r.summary()
+            .contains("leader changes: 0 (term 3 (leader n1) -> term 3 (leader n1)"),
+        "{}",
+        r.summary()
+    );
+}
+
+#[test]
+fn a_leader_change_under_follower_restarts_is_an_anomaly() {
+    let mut ops = steady();
+    ops.push(fault(
+        "follower-down",
+        json!({"node": "n3", "how": "sigterm"}),
+    ));
+    ops.push(seen("n3", 4, None));
+    let r = clean_under(&["follower-restart"], ops).check();
+    assert_only(&r, &["no-leader-change"]);
+    let p = r.property("no-leader-change").expect("checked");
+    assert_eq!(p.count, 1);
+    let message = p.examples[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("term 3 (leader n1) -> term 4 (no leader), seen on n3")
+            && message.contains("after follower-down")
+            && message.contains("sigterm"),
+        "{message}"
+    );
+    assert_eq!(p.examples[0]["to"], json!({"term": 4, "leader": null}));
+    assert_eq!(p.examples[0]["last_fault"]["f"], "follower-down");
+}
+
+#[test]
+fn a_judged_run_without_samples_cannot_pass() {
+    let r = clean_under(&["follower-restart"], vec![follower_up("n2", "n1")]).check();
+    assert_only(&r, &["no-leader-change"]);
+}
+
+#[test]
+fn a_judged_run_without_a_completed_round_cannot_pass() {
+    let mut ops: Vec<Op> = steady()
+        .into_iter()
+        .filter(|o| o.f != "follower-up")
+        .collect();
+    let mut unhealthy = follower_up("n2", "n1");
+    unhealthy.value["leader_after"] = json!({"error": "cluster not healthy after 30s"});
+    ops.push(unhealthy);
+    ops.push(fault(
+        "follower-up",
+        json!({"round": 1, "error": "no node said it leads"}),
+    ));
+    let r = clean_under(&["follower-restart"], ops).check();
+    assert_only(&r, &["no-leader-change"]);
+    assert_eq!(r.leadership.follower_rounds, 0);
+    assert!(r.leadership.changes.is_empty());
+}
+
+#[test]
+fn leader_changes_under_faults_that_move_the_leader_are_only_counted() {
+    let mut ops = steady();
+    ops.push(seen("n2", 4, Some(2)));
+    let r = clean_under(&["follower-restart", "kill-leader"], ops).check();
+    assert!(r.valid, "{}", r.summary());
+    let p = r.property("no-leader-change").expect("reported");
+    assert!(p.ok && p.checked == 0, "{p:?}");
+    assert!(!r.leadership.judged);
+    assert_eq!(r.leadership.changes.len(), 1);
+    assert!(
+        r.summary()
+            .contains("leader changes: 1 (term 3 (leader n1) -> term 4 (leader n2)")
+            && r.summary()
+                .contains("not judged: faults that may move the leader (kill-leader)"),
+        "{}",
+        r.summary()
+    );
 }

@@ -1,4 +1,7 @@
-//! Process faults: SIGKILL (one node, the leader, a minority, all at once) and SIGSTOP/SIGCONT.
+//! Process faults: SIGKILL (one node, the leader, a minority, all at once), SIGTERM (a clean
+//! shutdown) and SIGSTOP/SIGCONT.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -23,6 +26,17 @@ pub(super) fn kill(c: &Ctx, targets: &[usize]) -> anyhow::Result<Value> {
         }
     }
     Ok(json!({ "targets": names(targets), "killed": names(&killed) }))
+}
+
+/// How long a SIGTERMed node may take to shut down before it is SIGKILLed.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERMs every target and waits for it to exit (SIGKILL after [`TERM_GRACE`]).
+pub(super) fn terminate(c: &Ctx, targets: &[usize]) -> anyhow::Result<Value> {
+    for &i in targets {
+        blocking(|| c.db.stop(i, TERM_GRACE))?;
+    }
+    Ok(json!({ "terminated": names(targets) }))
 }
 
 pub(super) fn restart(c: &Ctx, targets: &[usize]) -> anyhow::Result<Value> {

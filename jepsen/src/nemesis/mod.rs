@@ -12,8 +12,10 @@
 //! | `membership` | remove a voter (under load) | add it back as learner, promote |
 //! | `fsync-loss` | power off a majority or all nodes: SIGKILL + drop every unsynced write | restart |
 //! | `partition-kill` | isolate the leader, then kill a node of the majority side | heal, restart |
+//! | `follower-restart` | until its stop, round after round: a node that is not the leader is SIGKILLed, SIGTERMed or isolated alone for a moment, brought back, and the cluster is waited on (see [`follower`]) | report the rounds |
 
 mod clock;
+mod follower;
 mod kill;
 mod membership;
 mod netem;
@@ -21,6 +23,7 @@ mod partition;
 mod power;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
@@ -49,7 +52,25 @@ pub const ALL: &[&str] = &[
     "membership",
     "fsync-loss",
     "partition-kill",
+    "follower-restart",
 ];
+
+/// The nemeses that never act on the leader, so that the leader must not change while they
+/// run: the checker fails such a run on any leader change. `follower-restart` chooses its
+/// victim among the nodes that are not the leader and keeps a majority with the leader. No
+/// other nemesis qualifies: the random ones (`kill-one`, `pause-one`, `partition-one`, ...)
+/// may pick the leader, `netem` and `clock` act on it too, and `membership` may remove it.
+pub const LEADER_PRESERVING: &[&str] = &["follower-restart"];
+
+/// The nemesis op `follower-restart` records when it takes a follower away, and when the
+/// follower is back and the cluster healthy again (or the round gave up waiting).
+pub const FOLLOWER_DOWN: &str = "follower-down";
+pub const FOLLOWER_UP: &str = "follower-up";
+
+/// Whether nemesis `name` never acts on the leader (see [`LEADER_PRESERVING`]).
+pub fn preserves_leader(name: &str) -> bool {
+    LEADER_PRESERVING.contains(&name)
+}
 
 /// What the nodes must be started with for a set of nemeses.
 #[derive(Debug, Clone, Copy, Default)]
@@ -140,12 +161,17 @@ enum Active {
     Clock(Vec<usize>),
     Removed(usize),
     PartitionKilled(Vec<usize>),
+    /// The rounds of this fault window so far (see [`Nemesis::hold`]).
+    FollowerRestarts(Vec<Value>),
 }
 
 /// One nemesis of the schedule.
 pub struct Nemesis {
     pub name: String,
     active: Active,
+    /// Rounds done over the whole run (`follower-restart`): they rotate through the ways of
+    /// taking a follower away across fault windows, not afresh in each.
+    rounds: usize,
 }
 
 impl Nemesis {
@@ -153,6 +179,7 @@ impl Nemesis {
         Nemesis {
             name: name.to_string(),
             active: Active::Idle,
+            rounds: 0,
         }
     }
 
@@ -170,6 +197,34 @@ impl Nemesis {
         c.history.nemesis_start(&self.name, value.clone());
         tracing::info!(nemesis = %self.name, %value, "nemesis start");
         value
+    }
+
+    /// Keeps the fault on for `d`. Most faults only wait; `follower-restart` acts throughout,
+    /// one round after another, and may overrun `d` by the end of its last round (a restart
+    /// and the wait for a healthy cluster, both bounded).
+    pub async fn hold(&mut self, c: &Ctx, d: Duration) {
+        let Active::FollowerRestarts(rounds) = &mut self.active else {
+            tokio::time::sleep(d).await;
+            return;
+        };
+        let end = tokio::time::Instant::now() + d;
+        while tokio::time::Instant::now() < end {
+            let n = self.rounds;
+            match follower::round(c, n).await {
+                Ok(v) => {
+                    rounds.push(v);
+                    self.rounds += 1;
+                }
+                Err(e) => {
+                    rounds.push(json!({ "round": n, "error": format!("{e:#}") }));
+                    // Nothing was done to any node; try again a little later.
+                    tokio::time::sleep_until(
+                        end.min(tokio::time::Instant::now() + follower::RETRY_AFTER),
+                    )
+                    .await;
+                }
+            }
+        }
     }
 
     /// Ends the fault (a no-op when it is not active) and records `stop-<name>`.
@@ -225,6 +280,10 @@ impl Nemesis {
                 v["killed"] = kill::kill(c, &[victim])?["killed"].clone();
                 (Active::PartitionKilled(vec![victim]), v)
             }
+            "follower-restart" => (
+                Active::FollowerRestarts(Vec::new()),
+                json!({ "rounds": "until stop" }),
+            ),
             other => anyhow::bail!("unknown nemesis {other}"),
         };
         self.active = active;
@@ -245,6 +304,7 @@ impl Nemesis {
                 v["restarted"] = kill::restart(c, &t)?["restarted"].clone();
                 v
             }
+            Active::FollowerRestarts(rounds) => follower::report(&rounds),
         })
     }
 }
@@ -285,6 +345,6 @@ pub(crate) fn names(nodes: &[usize]) -> Value {
 }
 
 /// A random duration in `[lo, hi)` seconds.
-pub(crate) fn secs_between(c: &Ctx, lo: f64, hi: f64) -> std::time::Duration {
-    std::time::Duration::from_secs_f64(c.rng().gen_range(lo..hi))
+pub(crate) fn secs_between(c: &Ctx, lo: f64, hi: f64) -> Duration {
+    Duration::from_secs_f64(c.rng().gen_range(lo..hi))
 }

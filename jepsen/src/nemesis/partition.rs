@@ -62,12 +62,9 @@ pub(super) async fn start(c: &Ctx, name: &str) -> anyhow::Result<Value> {
             } else {
                 (c.rand_node(), false)
             };
-            let rest: Vec<usize> = all.iter().copied().filter(|x| *x != victim).collect();
-            (
-                grudge_from_groups(&all, &[vec![victim], rest.clone()]),
-                json!({ "isolated": victim, "was_leader": known && name == "partition-leader",
-                        "groups": [names(&[victim]), names(&rest)] }),
-            )
+            let (grudge, mut value) = alone(&all, victim);
+            value["was_leader"] = json!(known && name == "partition-leader");
+            (grudge, value)
         }
         "partition-halves" => {
             let (minority, majority) = shuffled.split_at(n / 2);
@@ -110,8 +107,27 @@ pub(super) async fn start(c: &Ctx, name: &str) -> anyhow::Result<Value> {
         }
         other => anyhow::bail!("not a partition: {other}"),
     };
-    blocking(|| c.net.partition(&grudge))?;
-    let mut value = value;
+    cut(c, &grudge, value)
+}
+
+/// `victim` in a group of its own, everyone else together.
+fn alone(all: &[usize], victim: usize) -> (Vec<(usize, Vec<usize>)>, Value) {
+    let rest: Vec<usize> = all.iter().copied().filter(|x| *x != victim).collect();
+    (
+        grudge_from_groups(all, &[vec![victim], rest.clone()]),
+        json!({ "isolated": victim, "groups": [names(&[victim]), names(&rest)] }),
+    )
+}
+
+/// Cuts node `victim` off from every other node (until [`heal`]).
+pub(super) fn isolate(c: &Ctx, victim: usize) -> anyhow::Result<Value> {
+    let (grudge, value) = alone(&c.all(), victim);
+    cut(c, &grudge, value)
+}
+
+/// Applies `grudge` and adds the cuts to `value`.
+fn cut(c: &Ctx, grudge: &[(usize, Vec<usize>)], mut value: Value) -> anyhow::Result<Value> {
+    blocking(|| c.net.partition(grudge))?;
     value["cuts"] = json!(grudge
         .iter()
         .map(|(to, from)| (format!("n{to}"), names(from)))
