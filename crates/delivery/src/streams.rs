@@ -1,15 +1,18 @@
 //! The two watching streams: an agent's deliveries and an intent's events.
 //!
 //! Both are served from the local replica: applied state only moves forward, so a stream
-//! never goes backwards, and both wake on `StateReader::subscribe` rather than polling. They
-//! subscribe before their first read, so an entry applied between a read and the wait still
-//! wakes them.
+//! never goes backwards. Neither polls: each registers on the one key it reads (the agent's
+//! queue, the intent) with `StateReader::watch_queue` / `watch_intent` and wakes only when an
+//! applied batch wrote that key, so thousands of idle streams cost writes to other agents
+//! nothing. They register before their first read and mark the wake-ups seen before each
+//! read, so an entry applied between a read and the wait still wakes them.
 
 use std::time::Duration;
 
 use futures::Stream;
 use intentd_consensus::{Cluster, ConsensusError};
 use intentd_lifecycle::{agent, Command, Event, Intent, IntentCommand, Reply, Status};
+use intentd_storage::Waiter;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -95,16 +98,13 @@ pub struct Delivery {
     pub intent: Intent,
 }
 
-async fn wait_until(
-    applied: &mut tokio::sync::watch::Receiver<u64>,
-    deadline: Option<Instant>,
-) -> Result<bool, DeliveryError> {
+async fn wait_until(waiter: &mut Waiter, deadline: Option<Instant>) -> Result<bool, DeliveryError> {
     let changed = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, applied.changed()).await {
+        Some(deadline) => match tokio::time::timeout_at(deadline, waiter.changed()).await {
             Ok(changed) => changed,
             Err(_elapsed) => return Ok(false),
         },
-        None => applied.changed().await,
+        None => waiter.changed().await,
     };
     changed
         .map(|()| true)
@@ -130,12 +130,12 @@ pub fn agent_deliveries(
 ) -> impl Stream<Item = Result<Watch<Delivery>, DeliveryError>> + Send + 'static {
     async_stream::stream! {
         let reader = cluster.reader().clone();
-        let mut applied = reader.subscribe();
+        let mut queue = reader.watch_queue(&address);
         let mut cursor = since;
         let idle_deadline = || options.idle.map(|idle| Instant::now() + idle);
         let mut deadline = idle_deadline();
         loop {
-            applied.borrow_and_update();
+            queue.mark_seen();
             let entries = match reader.agent_queue(&address, cursor, options.batch) {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -144,7 +144,7 @@ pub fn agent_deliveries(
                 }
             };
             if entries.is_empty() {
-                match wait_until(&mut applied, deadline).await {
+                match wait_until(&mut queue, deadline).await {
                     Ok(true) => continue,
                     Ok(false) => yield Ok(Watch::Quiet { cursor }),
                     Err(e) => yield Err(e),
@@ -239,12 +239,12 @@ pub fn intent_events(
 ) -> impl Stream<Item = Result<Watch<Event>, DeliveryError>> + Send + 'static {
     async_stream::stream! {
         let reader = cluster.reader().clone();
-        let mut applied = reader.subscribe();
+        let mut changes = reader.watch_intent(&id);
         let mut cursor = since;
         let idle_deadline = || options.idle.map(|idle| Instant::now() + idle);
         let mut deadline = idle_deadline();
         loop {
-            applied.borrow_and_update();
+            changes.mark_seen();
             let events = match reader.events(&id, cursor, options.batch) {
                 Ok(events) => events,
                 Err(e) => {
@@ -275,7 +275,7 @@ pub fn intent_events(
                 yield Ok(Watch::Quiet { cursor });
                 return;
             }
-            match wait_until(&mut applied, deadline).await {
+            match wait_until(&mut changes, deadline).await {
                 Ok(true) => continue,
                 Ok(false) => yield Ok(Watch::Quiet { cursor }),
                 Err(e) => yield Err(e),

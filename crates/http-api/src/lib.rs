@@ -4,7 +4,8 @@
 //!  request -> context middleware (trace id, request id, span)
 //!          -> extractors (Caller: API key -> 401/403; JsonBody: 400/413; ids: 422)
 //!          -> handler: validate -> build a lifecycle Command -> Cluster::write (Raft)
-//!                      or read_barrier + StateReader for reads; streams wait on subscribe()
+//!                      or read_barrier + StateReader for reads; streams wait on the
+//!                      per-key wake-ups of what they read (watch_queue, watch_intent)
 //!          -> views (domain -> contract JSON) | ApiError (the one error shape)
 //! ```
 //!

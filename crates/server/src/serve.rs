@@ -128,6 +128,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    // Open streams and long polls end now (their clients reconnect, elsewhere if need be)
+    // rather than holding the HTTP and gRPC servers' graceful shutdown open to its limit.
+    state_handle.close_waits();
     if let Ok(Err(e)) = http.await {
         tracing::warn!(error = %e, "http server ended with an error");
     }

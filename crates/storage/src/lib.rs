@@ -20,6 +20,7 @@ mod keys;
 mod reader;
 mod sm;
 mod snapshot;
+mod wake;
 mod wal;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use error::StorageError;
 pub use reader::{AgentSummary, StateReader};
 pub use sm::StateMachine;
+pub use wake::{Closed, Waiter};
 pub use wal::{LogStore, WalStats};
 
 openraft::declare_raft_types!(

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::keys;
 use crate::sm::SmShared;
+use crate::wake::{Waiter, WakeKey};
 use crate::StorageError;
 
 /// One agent that has a delivery queue.
@@ -26,7 +27,8 @@ pub struct AgentSummary {
 /// Reads go straight to sled and never wait for an apply. Each single-key read sees an applied
 /// batch entirely or not at all; a range read (events, queue) racing an apply may see part of
 /// it. [`StateReader::subscribe`] announces an index only once its whole batch is visible, so
-/// code that waits for index N and then reads sees everything up to N.
+/// code that waits for index N and then reads sees everything up to N; the per-key waits
+/// ([`StateReader::watch_queue`] and its siblings) wake only after the batch is visible too.
 #[derive(Clone)]
 pub struct StateReader {
     shared: Arc<SmShared>,
@@ -148,8 +150,39 @@ impl StateReader {
 
     /// The applied index, sent after every applied batch (or installed snapshot) is visible
     /// to readers.
+    ///
+    /// Every batch wakes every receiver: for those that care about any write (the delivery
+    /// engine). A wait for news about one agent or intent uses [`StateReader::watch_queue`]
+    /// and its siblings instead, so that it costs nothing when others are written.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.subscribe()
+    }
+
+    /// Registers for entries added to `agent`'s queue (with or without `agent://`): what
+    /// [`StateReader::agent_queue`] reads. Register before the first read; see [`Waiter`].
+    pub fn watch_queue(&self, agent: &str) -> Waiter {
+        self.watch(WakeKey::Queue(normalize(agent).to_string()))
+    }
+
+    /// Registers for changes of any intent addressed to `agent` (with or without
+    /// `agent://`): a lease taken or lost, a release, a status. What a receiver waits for
+    /// when the queue holds entries it could not lease yet.
+    pub fn watch_addressed_to(&self, agent: &str) -> Waiter {
+        self.watch(WakeKey::Addressed(normalize(agent).to_string()))
+    }
+
+    /// Registers for changes of intent `id`: its record or new events.
+    pub fn watch_intent(&self, id: &Uuid) -> Waiter {
+        self.watch(WakeKey::Intent(*id))
+    }
+
+    fn watch(&self, key: WakeKey) -> Waiter {
+        self.shared.wakes().subscribe(key)
+    }
+
+    /// How many keys have waiters now (every one of them is freed with its last waiter).
+    pub fn watched_keys(&self) -> usize {
+        self.shared.wakes().len()
     }
 
     /// The registration of `address` (with or without `agent://`); `None`: unregistered,

@@ -18,7 +18,7 @@
 //! than it, so the next open redoes the install from that file).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use intentd_lifecycle::{
-    AgentConfig, ApiKey, DeadLetter, IdempotencyRecord, InboxThread, Intent, StateView,
-    Subscription, WebhookDelivery, WebhookEvent, Write,
+    normalize_address, AgentConfig, ApiKey, DeadLetter, IdempotencyRecord, InboxThread, Intent,
+    StateView, Subscription, WebhookDelivery, WebhookEvent, Write,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, Entry};
@@ -42,6 +42,7 @@ use uuid::Uuid;
 use crate::fsutil::{self, DirLock};
 use crate::reader::StateReader;
 use crate::snapshot::{self, Meta};
+use crate::wake::{Notifier, WakeKey};
 use crate::{keys, Response, StorageError, StorageOptions, TypeConfig};
 
 const CURRENT_TREE: &[u8] = b"current_tree";
@@ -63,6 +64,8 @@ pub(crate) struct SmShared {
     applied: AtomicU64,
     /// Bumped after each applied batch is visible.
     watch: watch::Sender<u64>,
+    /// Wakes the waiters of the keys each applied batch wrote, after it is visible.
+    wakes: Arc<Notifier>,
     snap_dir: PathBuf,
     /// Local counter that makes snapshot file names and ids unique.
     snap_seq: AtomicU64,
@@ -105,6 +108,13 @@ impl SmShared {
         self.watch.subscribe()
     }
 
+    pub(crate) fn wakes(&self) -> &Arc<Notifier> {
+        &self.wakes
+    }
+
+    /// Announces `last` on the applied-index watch. Called only after the batch (or the
+    /// installed tree) is visible to readers, so a waiter that saw the announcement and then
+    /// reads finds everything up to it. The per-key wake-ups keep the same order.
     fn publish(&self, last: Option<LogId<u64>>) {
         let index = last.map_or(0, |l| l.index);
         self.applied.store(index, Ordering::Release);
@@ -170,6 +180,7 @@ impl SmShared {
             batch.insert(keys::MEMBERSHIP, serde_json::to_vec(&m)?);
         }
         tree.apply_batch(batch)?;
+        self.wakes.wake(&view.touched.into_inner());
         self.publish(Some(last));
         Ok(responses)
     }
@@ -297,6 +308,8 @@ impl SmShared {
         self.db.drop_tree(&old.0)?;
         self.db.flush()?;
         self.publish(meta.last_log_id);
+        // Any key may have changed, and the install says nothing about which.
+        self.wakes.wake_all();
         tracing::info!(snapshot = %meta.snapshot_id, "state machine loaded from snapshot");
         Ok(meta)
     }
@@ -358,6 +371,8 @@ struct BatchView<'a> {
     overlay: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// `StateView` cannot return errors; the first one is kept here and fails the batch.
     error: RefCell<Option<StorageError>>,
+    /// The keys waiters watch that this batch wrote, woken once it is visible.
+    touched: RefCell<HashSet<WakeKey>>,
 }
 
 impl<'a> BatchView<'a> {
@@ -366,6 +381,7 @@ impl<'a> BatchView<'a> {
             tree,
             overlay: RefCell::new(BTreeMap::new()),
             error: RefCell::new(None),
+            touched: RefCell::new(HashSet::new()),
         }
     }
 
@@ -444,11 +460,19 @@ impl<'a> BatchView<'a> {
         decode(self.get(key)?)
     }
 
+    fn touch(&self, key: WakeKey) {
+        self.touched.borrow_mut().insert(key);
+    }
+
     /// Translates the lifecycle's writes into keys; the only place that knows both.
     fn store(&self, writes: Vec<Write>) -> Result<(), StorageError> {
         for write in writes {
             match write {
                 Write::Intent(intent) => {
+                    self.touch(WakeKey::Intent(intent.id));
+                    self.touch(WakeKey::Addressed(
+                        normalize_address(&intent.to_agent).to_string(),
+                    ));
                     let key = keys::intent(&intent.id);
                     if self.get(&key)?.is_none() {
                         let n = self
@@ -460,6 +484,7 @@ impl<'a> BatchView<'a> {
                     self.put(key, serde_json::to_vec(&intent)?);
                 }
                 Write::Event(event) => {
+                    self.touch(WakeKey::Intent(event.intent_id));
                     self.put(
                         keys::event(&event.intent_id, event.seq),
                         serde_json::to_vec(&event)?,
@@ -473,6 +498,7 @@ impl<'a> BatchView<'a> {
                     cursor,
                     intent_id,
                 } => {
+                    self.touch(WakeKey::Queue(normalize_address(&agent).to_string()));
                     self.put(keys::queue(&agent, cursor), intent_id.as_bytes().to_vec());
                     let last = self
                         .get(&keys::cursor(&agent))?
@@ -708,6 +734,7 @@ impl StateMachine {
             apply_lock: Mutex::new(()),
             applied: AtomicU64::new(last.map_or(0, |l| l.index)),
             watch,
+            wakes: Arc::default(),
             snap_dir: snap_dir.to_path_buf(),
             snap_seq: AtomicU64::new(snap_seq),
             current: Mutex::new(newest.clone()),
@@ -732,6 +759,14 @@ impl StateMachine {
     /// A read-only view of the local state, for any task.
     pub fn reader(&self) -> StateReader {
         StateReader::new(Arc::clone(&self.shared))
+    }
+
+    /// Ends every per-key wait ([`StateReader::watch_queue`] and its siblings), now and
+    /// later, with [`crate::Closed`]. At shutdown, so that streams end and their clients
+    /// reconnect to another node instead of holding the server's graceful shutdown open. The
+    /// applied-index watch is untouched: Raft and the engine stop by their own signals.
+    pub fn close_waits(&self) {
+        self.shared.wakes.close();
     }
 
     /// Asks sled to write out what it holds. Never needed for correctness (the state machine

@@ -660,3 +660,113 @@ async fn delivery_records_read_back() {
         1
     );
 }
+
+/// Whether a per-key wait is over right now, without waiting.
+fn woken(w: &mut intentd_storage::Waiter) -> Option<Result<(), intentd_storage::Closed>> {
+    use std::future::Future;
+    let fut = std::pin::pin!(w.changed());
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Apply wakes the waiters of the keys a batch wrote, and no one else.
+#[tokio::test]
+async fn apply_wakes_only_the_keys_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    let reader = sm.reader();
+    let (id, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    // With and without the scheme: the same key.
+    let mut queue = reader.watch_queue(RECEIVER);
+    let mut queue_bare = reader.watch_queue("acme/receiver");
+    let mut addressed = reader.watch_addressed_to(RECEIVER);
+    let mut intent = reader.watch_intent(&id);
+    let mut other_agent = reader.watch_queue("agent://acme/elsewhere");
+    let mut other_addressed = reader.watch_addressed_to("acme/elsewhere");
+    let mut other_intent = reader.watch_intent(&other);
+    assert_eq!(reader.watched_keys(), 6);
+
+    sm.apply([membership(1), entry(2, create(id))])
+        .await
+        .unwrap();
+    for w in [&mut queue, &mut queue_bare, &mut addressed, &mut intent] {
+        assert_eq!(woken(w), Some(Ok(())));
+    }
+    for w in [&mut other_agent, &mut other_addressed, &mut other_intent] {
+        assert_eq!(woken(w), None);
+    }
+
+    // A lease writes the intent, not the queue.
+    for w in [&mut queue, &mut addressed, &mut intent] {
+        w.mark_seen();
+    }
+    sm.apply([entry(3, deliver(id, 0))]).await.unwrap();
+    assert_eq!(woken(&mut queue), None);
+    assert_eq!(woken(&mut addressed), Some(Ok(())));
+    assert_eq!(woken(&mut intent), Some(Ok(())));
+
+    // A rejected command writes nothing and wakes no one.
+    intent.mark_seen();
+    let r = sm.apply([entry(4, deliver(id, 0))]).await.unwrap();
+    assert!(matches!(r[0], Response::Rejected(_)), "{r:?}");
+    assert_eq!(woken(&mut intent), None);
+
+    drop((queue, queue_bare, addressed, intent));
+    drop((other_agent, other_addressed, other_intent));
+    assert_eq!(reader.watched_keys(), 0, "no entry outlives its waiters");
+}
+
+/// An installed snapshot wakes every waiter: the whole state changed at once.
+#[tokio::test]
+async fn a_snapshot_install_wakes_every_waiter() {
+    let ids: Vec<Uuid> = (1..=3).map(Uuid::from_u128).collect();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (_l, mut leader) = open(leader_dir.path());
+    let (_f, mut follower) = open(follower_dir.path());
+    populate(&mut leader, &ids).await;
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let reader = follower.reader();
+    let mut waiters = vec![
+        reader.watch_queue("acme/nobody-writes-this"),
+        reader.watch_intent(&Uuid::from_u128(999)),
+        reader.watch_addressed_to(RECEIVER),
+    ];
+    for w in &mut waiters {
+        assert_eq!(woken(w), None);
+    }
+    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = leader
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot;
+    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
+    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+    for w in &mut waiters {
+        assert_eq!(woken(w), Some(Ok(())));
+    }
+}
+
+/// At shutdown every wait ends, and so does any wait that starts later.
+#[tokio::test]
+async fn closed_waits_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, sm) = open(dir.path());
+    let reader = sm.reader();
+    let mut before = reader.watch_queue(RECEIVER);
+    sm.close_waits();
+    assert_eq!(woken(&mut before), Some(Err(intentd_storage::Closed)));
+    let mut after = reader.watch_intent(&Uuid::from_u128(1));
+    assert_eq!(woken(&mut after), Some(Err(intentd_storage::Closed)));
+    assert_eq!(reader.watched_keys(), 0);
+}

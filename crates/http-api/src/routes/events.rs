@@ -2,9 +2,10 @@
 //! `wait_for()` use.
 //!
 //! Streams are served from the local replica: applied state only ever moves forward, so a
-//! stream never goes backwards, and it wakes on [`StateReader::subscribe`] rather than polling.
+//! stream never goes backwards, and it wakes on [`StateReader::watch_intent`] (only when its
+//! intent is written) rather than polling.
 //!
-//! [`StateReader::subscribe`]: intentd_storage::StateReader::subscribe
+//! [`StateReader::watch_intent`]: intentd_storage::StateReader::watch_intent
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -10,8 +10,9 @@
 //! loser's write is rejected and it moves on. The lease lasts the agent's ack timeout; when
 //! it runs out the leader's engine expires it and the intent is offered again.
 //!
-//! The wait is on the state machine's applied-index watch (`StateReader::subscribe`), never
-//! a sleep loop: a receiver wakes as soon as an entry is applied here.
+//! The wait is on per-key wake-ups of the state machine, never a sleep loop: a receiver wakes
+//! as soon as a batch applied here adds to the agent's queue or changes an intent addressed to
+//! it (a lease it could not take may have gone), and writes about other agents never wake it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -156,17 +157,25 @@ pub(crate) async fn receive(
     let lease_secs = ack_timeout_secs(config.as_ref(), state.config.default_ack_timeout_secs);
     let consumer = format!("poll:{}", ctx.request_id);
     let deadline = Instant::now() + request.wait;
-    let mut applied = reader.subscribe();
+    let mut queue = reader.watch_queue(&address);
+    let mut addressed = reader.watch_addressed_to(&address);
     loop {
         // Marked seen before the scan, so an entry applied during the scan still wakes us.
-        applied.borrow_and_update();
+        queue.mark_seen();
+        addressed.mark_seen();
         let leased = lease_some(state, &address, &consumer, lease_secs, request.max).await?;
         if !leased.is_empty() {
             let deliveries: Vec<Value> = leased.iter().map(|(c, i)| delivery_view(i, *c)).collect();
             tracing::info!(agent = %address, count = deliveries.len(), "intents leased by receive");
             return Ok(Json(json!({ "ok": true, "deliveries": deliveries })));
         }
-        let woke = match tokio::time::timeout_at(deadline, applied.changed()).await {
+        let changed = async {
+            tokio::select! {
+                changed = queue.changed() => changed,
+                changed = addressed.changed() => changed,
+            }
+        };
+        let woke = match tokio::time::timeout_at(deadline, changed).await {
             Err(_elapsed) => false,
             Ok(Ok(())) => true,
             Ok(Err(_closed)) => {
