@@ -18,7 +18,7 @@
 //! than it, so the next open redoes the install from that file).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -60,6 +60,12 @@ pub(crate) struct SmShared {
     /// Serialises everything that writes the live tree or must see it still: apply, the
     /// iteration of a snapshot build, the switch of an install.
     apply_lock: Mutex<()>,
+    /// Held by a snapshot build for its whole scan and by an install's switch of trees, so
+    /// the tree being scanned is never dropped under the scan. Taken before `apply_lock`.
+    scan_lock: Mutex<()>,
+    /// While a build scans: the values its keys had when it started, for those that applies
+    /// changed since (see [`SmShared::build_blocking`]).
+    capture: Mutex<Option<Capture>>,
     /// Index of the last applied entry, for readers that must not touch sled.
     applied: AtomicU64,
     /// Bumped after each applied batch is visible.
@@ -73,6 +79,58 @@ pub(crate) struct SmShared {
     /// files.
     current: Mutex<Option<(Meta, snapshot::SnapFile)>>,
     _lock: Arc<DirLock>,
+}
+
+/// The pre-images a snapshot build needs to see the state at its start while applies go on.
+#[derive(Debug, Default)]
+struct Capture {
+    /// The last key the scan has passed: changes to keys at or before it are not its concern
+    /// (the scan already wrote their value as of the start).
+    scanned: Option<Vec<u8>>,
+    /// Keys ahead of the scan that applies changed since the start, with their value then
+    /// (`None`: the key did not exist).
+    before: HashMap<Vec<u8>, Option<sled::IVec>>,
+}
+
+impl Capture {
+    /// Remembers what `tree` holds under `keys` before an apply changes them, for keys the
+    /// scan has yet to reach and that no earlier apply already changed.
+    fn preserve<'k>(
+        &mut self,
+        tree: &sled::Tree,
+        keys: impl Iterator<Item = &'k Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        for key in keys {
+            let passed = self.scanned.as_deref().is_some_and(|s| key.as_slice() <= s);
+            if passed || key.first() == Some(&keys::META) || self.before.contains_key(key) {
+                continue;
+            }
+            self.before.insert(key.clone(), tree.get(key)?);
+        }
+        Ok(())
+    }
+
+    /// What the snapshot holds for `key`, which the scan just read as `now`.
+    fn at_start(&mut self, key: &[u8], now: sled::IVec) -> Option<sled::IVec> {
+        self.scanned = Some(key.to_vec());
+        self.before.remove(key).unwrap_or(Some(now))
+    }
+}
+
+/// Clears the capture when the build that set it up ends, however it ends.
+struct CaptureEnd<'a>(&'a Mutex<Option<Capture>>);
+
+impl CaptureEnd<'_> {
+    /// Ends the capture now and hands over the pre-images of keys the scan never reached.
+    fn take(self) -> HashMap<Vec<u8>, Option<sled::IVec>> {
+        lock(self.0).take().map(|c| c.before).unwrap_or_default()
+    }
+}
+
+impl Drop for CaptureEnd<'_> {
+    fn drop(&mut self) {
+        lock(self.0).take();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,8 +226,12 @@ impl SmShared {
         let Some(last) = last else {
             return Ok(responses);
         };
+        let overlay = view.overlay.into_inner();
+        if let Some(capture) = lock(&self.capture).as_mut() {
+            capture.preserve(&tree, overlay.keys())?;
+        }
         let mut batch = sled::Batch::default();
-        for (k, v) in view.overlay.into_inner() {
+        for (k, v) in overlay {
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
@@ -188,38 +250,58 @@ impl SmShared {
     /// Builds a snapshot file of the live tree.
     ///
     /// # Correctness
-    /// The tree is iterated while holding the apply lock, so no apply (or install) runs
-    /// meanwhile and the file is exactly the state at `last_applied`. That stalls applies for
-    /// the length of the scan: the simple correct choice, as sled has no point-in-time view.
+    /// The file is exactly the state at the `last_applied` read when the build starts, although
+    /// applies go on during the scan (holding them for the scan stalled every write for as long
+    /// as it took). Starting under the apply lock, the build reads `last_applied` and sets up a
+    /// [`Capture`]; from then on every apply, before it changes the tree, records the value each
+    /// key it writes had at the start, if the scan has not passed that key yet. The scan writes,
+    /// for each key it reads, that recorded value if there is one, else what it read (the key is
+    /// unchanged since the start, or changed only after the scan passed it), and it skips keys
+    /// born since the start; keys removed before the scan reached them are written last from
+    /// their recorded values. The scan lock keeps an install from switching trees meanwhile.
     /// The file is fsynced, renamed and the directory fsynced before this returns, because
     /// openraft purges the log behind the snapshot it is given.
     /// Returns the file opened before it is promoted, so that a newer snapshot installed
     /// meanwhile (which deletes this one) cannot pull it away from the caller.
     fn build_blocking(&self) -> Result<(Meta, File), StorageError> {
         let seq = self.snap_seq.fetch_add(1, Ordering::Relaxed);
-        let (meta, path, tmp) = {
+        let _scan = lock(&self.scan_lock);
+        let (meta, tree) = {
             let _guard = lock(&self.apply_lock);
             let tree = self.tree();
             let (last, membership) = read_applied(&tree)?;
             let (term, index) = last.map_or((0, 0), |l| (l.leader_id.term, l.index));
+            *lock(&self.capture) = Some(Capture::default());
             let meta = Meta {
                 last_log_id: last,
                 last_membership: membership,
                 snapshot_id: format!("{term}-{index}-{seq}"),
             };
-            let path = self.snap_dir.join(snapshot::file_name(&meta, seq));
-            let tmp = fsutil::tmp_path(&path);
-            let mut w = BufWriter::new(File::create(&tmp)?);
-            let records = tree
-                .iter()
-                .filter(|r| !matches!(r, Ok((k, _)) if k.first() == Some(&keys::META)))
-                .map(|r| r.map_err(StorageError::from));
-            let count = snapshot::write(&mut w, &meta, records)?;
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            tracing::info!(snapshot = %meta.snapshot_id, records = count, "snapshot built");
-            (meta, path, tmp)
+            (meta, tree)
         };
+        let path = self.snap_dir.join(snapshot::file_name(&meta, seq));
+        let tmp = fsutil::tmp_path(&path);
+        let scanned = {
+            // Ends the capture whatever the scan's outcome, a panic included: applies must not
+            // go on recording pre-images for a build that is gone.
+            let capture = CaptureEnd(&self.capture);
+            let scanned = self.scan_as_of_start(&tree, &meta, &tmp);
+            scanned.map(|(w, count)| (w, count, capture.take()))
+        };
+        let (mut w, count, removed_ahead) = scanned?;
+        let mut buf = Vec::new();
+        let mut extra = 0;
+        for (k, v) in removed_ahead {
+            if let Some(v) = v {
+                snapshot::write_record(&mut w, &mut buf, &k, &v)?;
+                extra += 1;
+            }
+        }
+        snapshot::finish(&mut w, &mut buf, count + extra)?;
+        drop(_scan);
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        tracing::info!(snapshot = %meta.snapshot_id, records = count + extra, "snapshot built");
         fs::rename(&tmp, &path)?;
         fsutil::fsync_dir(&self.snap_dir)?;
         // Not needed for safety (see the module doc), but it makes the rebuild at open rare.
@@ -232,6 +314,34 @@ impl SmShared {
         let handle = File::open(&file.path)?;
         self.promote(&meta, &file)?;
         Ok((meta, handle))
+    }
+
+    /// Writes the header and every record the scan reaches, each as of the build's start;
+    /// the caller adds the records removed ahead of the scan and the trailer.
+    fn scan_as_of_start(
+        &self,
+        tree: &sled::Tree,
+        meta: &Meta,
+        tmp: &Path,
+    ) -> Result<(BufWriter<File>, u64), StorageError> {
+        let mut w = BufWriter::new(File::create(tmp)?);
+        snapshot::write_header(&mut w, meta)?;
+        let mut buf = Vec::new();
+        let mut count = 0;
+        for r in tree.iter() {
+            let (k, now) = r?;
+            if k.first() == Some(&keys::META) {
+                continue;
+            }
+            let value = lock(&self.capture)
+                .as_mut()
+                .and_then(|c| c.at_start(&k, now));
+            if let Some(v) = value {
+                snapshot::write_record(&mut w, &mut buf, &k, &v)?;
+                count += 1;
+            }
+        }
+        Ok((w, count))
     }
 
     /// Makes `file` the current snapshot if it is the newest, and deletes every other one.
@@ -299,6 +409,7 @@ impl SmShared {
             return Err(e);
         }
 
+        let _scan = lock(&self.scan_lock);
         let _guard = lock(&self.apply_lock);
         self.db.insert(CURRENT_TREE, name.as_bytes())?;
         let old = std::mem::replace(
@@ -732,6 +843,8 @@ impl StateMachine {
             db,
             tree: RwLock::new((name, tree)),
             apply_lock: Mutex::new(()),
+            scan_lock: Mutex::new(()),
+            capture: Mutex::new(None),
             applied: AtomicU64::new(last.map_or(0, |l| l.index)),
             watch,
             wakes: Arc::default(),
@@ -888,5 +1001,80 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftError<u64>> {
         self.open_snapshot()
             .map_err(|e| e.into_raft(|a| StorageIOError::read_snapshot(None, a)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for k in ["a", "c", "e"] {
+            tree.insert(k, k.to_uppercase().as_bytes()).unwrap();
+        }
+        tree
+    }
+
+    fn key(k: &str) -> Vec<u8> {
+        k.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_change_ahead_of_the_scan_keeps_the_value_at_the_start() {
+        let tree = tree();
+        let mut capture = Capture::default();
+        capture.preserve(&tree, [key("c")].iter()).unwrap();
+        tree.insert("c", "changed").unwrap();
+        assert_eq!(capture.at_start(b"c", "changed".into()), Some("C".into()));
+        // A second change of the same key is not its value at the start.
+        capture.preserve(&tree, [key("e")].iter()).unwrap();
+        tree.insert("e", "once").unwrap();
+        capture.preserve(&tree, [key("e")].iter()).unwrap();
+        tree.insert("e", "twice").unwrap();
+        assert_eq!(capture.at_start(b"e", "twice".into()), Some("E".into()));
+    }
+
+    #[test]
+    fn a_change_behind_the_scan_is_not_the_build_s_concern() {
+        let tree = tree();
+        let mut capture = Capture::default();
+        assert_eq!(capture.at_start(b"c", "C".into()), Some("C".into()));
+        capture
+            .preserve(&tree, [key("a"), key("c")].iter())
+            .unwrap();
+        assert!(capture.before.is_empty());
+    }
+
+    #[test]
+    fn keys_born_during_the_scan_are_left_out_and_removed_ones_kept() {
+        let tree = tree();
+        let mut capture = Capture::default();
+        capture
+            .preserve(&tree, [key("d"), key("e")].iter())
+            .unwrap();
+        tree.insert("d", "new").unwrap();
+        tree.remove("e").unwrap();
+        assert_eq!(
+            capture.at_start(b"d", "new".into()),
+            None,
+            "born after the start"
+        );
+        // The scan never meets `e`; its value at the start is what is left over.
+        assert_eq!(
+            capture.before.remove(b"e".as_slice()),
+            Some(Some("E".into()))
+        );
+    }
+
+    #[test]
+    fn meta_keys_are_never_captured() {
+        let tree = tree();
+        let mut capture = Capture::default();
+        capture
+            .preserve(&tree, [keys::LAST_APPLIED.to_vec()].iter())
+            .unwrap();
+        assert!(capture.before.is_empty());
     }
 }

@@ -30,37 +30,48 @@ const MAGIC: &[u8; 8] = b"ISNAP001";
 const KV: u8 = 1;
 const END: u8 = 2;
 
-/// Streams a snapshot into `w`. Returns the number of records written.
-pub(crate) fn write<W, I>(w: &mut W, meta: &Meta, records: I) -> Result<u64, StorageError>
-where
-    W: Write,
-    I: IntoIterator<Item = Result<(sled::IVec, sled::IVec), StorageError>>,
-{
+// A snapshot file is `write_header`, any number of `write_record`s, then `finish`.
+
+/// The magic and the meta frame that open every snapshot file.
+pub(crate) fn write_header<W: Write>(w: &mut W, meta: &Meta) -> Result<(), StorageError> {
     let mut buf = Vec::new();
     w.write_all(MAGIC)?;
     frame::encode_into(&mut buf, &serde_json::to_vec(meta)?);
     w.write_all(&buf)?;
-    let mut payload = Vec::new();
-    let mut count = 0u64;
-    for rec in records {
-        let (k, v) = rec?;
-        payload.clear();
-        payload.push(KV);
-        payload.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&k);
-        payload.extend_from_slice(&v);
-        buf.clear();
-        frame::encode_into(&mut buf, &payload);
-        w.write_all(&buf)?;
-        count += 1;
-    }
-    payload.clear();
+    Ok(())
+}
+
+/// One key/value record; `buf` is scratch space reused between calls.
+pub(crate) fn write_record<W: Write>(
+    w: &mut W,
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), StorageError> {
+    let mut payload = Vec::with_capacity(1 + 4 + key.len() + value.len());
+    payload.push(KV);
+    payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    payload.extend_from_slice(key);
+    payload.extend_from_slice(value);
+    buf.clear();
+    frame::encode_into(buf, &payload);
+    w.write_all(buf)?;
+    Ok(())
+}
+
+/// The trailer with the record count, which a reader checks to know the file is whole.
+pub(crate) fn finish<W: Write>(
+    w: &mut W,
+    buf: &mut Vec<u8>,
+    count: u64,
+) -> Result<(), StorageError> {
+    let mut payload = Vec::with_capacity(9);
     payload.push(END);
     payload.extend_from_slice(&count.to_le_bytes());
     buf.clear();
-    frame::encode_into(&mut buf, &payload);
-    w.write_all(&buf)?;
-    Ok(count)
+    frame::encode_into(buf, &payload);
+    w.write_all(buf)?;
+    Ok(())
 }
 
 /// Reads a snapshot as a stream of key/values, checking every frame, the record count and

@@ -770,3 +770,54 @@ async fn closed_waits_end() {
     assert_eq!(woken(&mut after), Some(Err(intentd_storage::Closed)));
     assert_eq!(reader.watched_keys(), 0);
 }
+
+/// A build no longer stops applies while it scans; whatever they change meanwhile, the file
+/// must hold exactly the state at the log id it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_while_applies_go_on_holds_the_state_at_its_log_id() {
+    let first: Vec<Uuid> = (1..=1500).map(Uuid::from_u128).collect();
+    let later: Vec<Uuid> = (5001..=5600).map(Uuid::from_u128).collect();
+    // Entries after the population: new intents (new keys), deliveries (changed intents, new
+    // due entries) and progress reports that take those due entries away again (removals).
+    let mut entries = vec![membership(1)];
+    for id in &first {
+        let next = entries.len() as u64 + 1;
+        entries.push(entry(next, create(*id)));
+    }
+    let populated = entries.len();
+    for (i, id) in later.iter().enumerate() {
+        for command in [create(*id), deliver(first[i], 0), resume(first[i])] {
+            let next = entries.len() as u64 + 1;
+            entries.push(entry(next, command));
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    sm.apply(entries[..populated].to_vec()).await.unwrap();
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await.unwrap() });
+    for chunk in entries[populated..].chunks(3) {
+        sm.apply(chunk.to_vec()).await.unwrap();
+    }
+    let snap = build.await.unwrap();
+    let at = snap.meta.last_log_id.unwrap().index as usize;
+
+    // The reference: a fresh store that applied exactly the entries up to that log id.
+    let reference_dir = tempfile::tempdir().unwrap();
+    let (_rl, mut reference) = open(reference_dir.path());
+    reference.apply(entries[..at].to_vec()).await.unwrap();
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (_fl, mut follower) = open(follower_dir.path());
+    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = sm.get_current_snapshot().await.unwrap().unwrap().snapshot;
+    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
+    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+
+    let ids: Vec<Uuid> = first.iter().chain(&later).copied().collect();
+    assert_eq!(
+        dump(&follower.reader(), &ids),
+        dump(&reference.reader(), &ids)
+    );
+}
