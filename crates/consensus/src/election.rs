@@ -158,12 +158,17 @@ pub(crate) async fn run(inner: Weak<Inner>, lease: Duration, min: Duration, max:
         let last_news = standing
             .vote_changed_at
             .map_or(quiet_since, |at| at.max(quiet_since));
-        if now.saturating_duration_since(last_news) < standing.patience(lease, timeout) {
+        // The only voter has nobody to wait for or to ask (a one-node cluster that restarted);
+        // once it stands, its election is given the usual time to finish.
+        let alone = voters.len() == 1;
+        let at_once = alone && state == ServerState::Follower;
+        if !at_once && now.saturating_duration_since(last_news) < standing.patience(lease, timeout)
+        {
             continue;
         }
         quiet_since = now;
         timeout = random_timeout();
-        let granted = if voters.len() == 1 {
+        let granted = if alone {
             1
         } else {
             1 + ask_for_pre_votes(&cluster, &voters, standing.last_log, min).await
