@@ -300,10 +300,12 @@ def main():
                                      "--concurrency", "16", "--seconds", str(args.duration)):
                 print(out, flush=True)
         if "streams" in only and args.streams:
-            for out in intentd_bench(args.binary, [cluster.addr(lead)], "--concurrency", "16",
-                                     "--seconds", str(args.duration), "--idle-streams",
-                                     str(args.streams)):
-                print(out, flush=True)
+            # The same creates on the leader without and then with the idle streams open.
+            for streams in (0, args.streams):
+                extra = ["--idle-streams", str(streams)] if streams else []
+                for out in intentd_bench(args.binary, [cluster.addr(lead)], "--concurrency",
+                                         "16", "--seconds", str(args.duration), *extra):
+                    print(f"streams={streams} {out}", flush=True)
         if "memory" in only and args.intents:
             memory(cluster, args)
 
