@@ -327,6 +327,16 @@ async fn a_rejection_writes_nothing_but_advances_last_applied() {
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(3)));
 }
 
+/// Streams `from`'s current snapshot into `to`, as the transfer between nodes would, and
+/// installs it.
+async fn install_current(from: &mut StateMachine, to: &mut StateMachine) {
+    let current = from.get_current_snapshot().await.unwrap().unwrap();
+    let mut recv = to.begin_receiving_snapshot().await.unwrap();
+    let mut src = current.snapshot;
+    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
+    to.install_snapshot(&current.meta, recv).await.unwrap();
+}
+
 async fn populate(sm: &mut StateMachine, ids: &[Uuid]) {
     let mut entries = vec![membership(1)];
     for id in ids {
@@ -569,15 +579,7 @@ async fn the_due_index_is_ordered_follows_changes_and_survives_a_snapshot_instal
         .build_snapshot()
         .await
         .unwrap();
-    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
-    let mut src = leader
-        .get_current_snapshot()
-        .await
-        .unwrap()
-        .unwrap()
-        .snapshot;
-    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
-    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+    install_current(&mut leader, &mut follower).await;
     let fr = follower.reader();
     assert_eq!(due(&fr, 1000), due(&r, 1000));
 
@@ -743,15 +745,7 @@ async fn a_snapshot_install_wakes_every_waiter() {
     for w in &mut waiters {
         assert_eq!(woken(w), None);
     }
-    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
-    let mut src = leader
-        .get_current_snapshot()
-        .await
-        .unwrap()
-        .unwrap()
-        .snapshot;
-    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
-    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+    install_current(&mut leader, &mut follower).await;
     for w in &mut waiters {
         assert_eq!(woken(w), Some(Ok(())));
     }
@@ -810,10 +804,11 @@ async fn a_snapshot_built_while_applies_go_on_holds_the_state_at_its_log_id() {
 
     let follower_dir = tempfile::tempdir().unwrap();
     let (_fl, mut follower) = open(follower_dir.path());
-    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
-    let mut src = sm.get_current_snapshot().await.unwrap().unwrap().snapshot;
-    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
-    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        snap.meta
+    );
+    install_current(&mut sm, &mut follower).await;
 
     let ids: Vec<Uuid> = first.iter().chain(&later).copied().collect();
     assert_eq!(
