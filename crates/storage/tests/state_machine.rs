@@ -573,7 +573,7 @@ async fn the_due_index_is_ordered_follows_changes_and_survives_a_snapshot_instal
         [(200, DueKind::Deadline, c), (300, DueKind::Deadline, a)]
     );
 
-    let snap = leader
+    leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
@@ -729,7 +729,7 @@ async fn a_snapshot_install_wakes_every_waiter() {
     let (_l, mut leader) = open(leader_dir.path());
     let (_f, mut follower) = open(follower_dir.path());
     populate(&mut leader, &ids).await;
-    let snap = leader
+    leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
