@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::{CommittedLeaderId, LogId, ServerState};
 use rand::Rng;
 use tokio::time::Instant;
@@ -171,7 +172,7 @@ pub(crate) async fn run(inner: Weak<Inner>, lease: Duration, min: Duration, max:
         let granted = if alone {
             1
         } else {
-            1 + ask_for_pre_votes(&cluster, &voters, standing.last_log, min).await
+            ask_for_pre_votes(&cluster, &voters, standing.last_log, min).await
         };
         if 2 * granted > voters.len() {
             tracing::info!(
@@ -192,8 +193,11 @@ pub(crate) async fn run(inner: Weak<Inner>, lease: Duration, min: Duration, max:
     }
 }
 
-/// Asks every other voter at once and counts the agreements; a voter that does not answer
-/// within `timeout` counts as a refusal.
+/// Asks every other voter at once and counts the agreements, its own included, until they
+/// make a majority or every answer is in; a voter that does not answer within `timeout`
+/// counts as a refusal. Not waiting for the last answers matters when a voter hangs (a paused
+/// leader): its silence would otherwise delay the election by the whole timeout, long enough
+/// for the other follower to stand too and split the vote.
 async fn ask_for_pre_votes(
     cluster: &Cluster,
     voters: &[u64],
@@ -201,26 +205,34 @@ async fn ask_for_pre_votes(
     timeout: Duration,
 ) -> usize {
     let me = cluster.node_id();
-    let asks = voters.iter().filter(|id| **id != me).map(|id| {
-        let mut request = tonic::Request::new(log_id_to_request(me, last_log));
-        request.set_timeout(timeout);
-        let client = cluster.peer(*id);
-        async move {
-            let Ok(mut client) = client else { return false };
-            matches!(
-                client
-                    .pre_vote(request)
-                    .await
-                    .map(tonic::Response::into_inner),
-                Ok(PreVoteResponse { granted: true })
-            )
+    let mut asks: futures::stream::FuturesUnordered<_> = voters
+        .iter()
+        .filter(|id| **id != me)
+        .map(|id| {
+            let mut request = tonic::Request::new(log_id_to_request(me, last_log));
+            request.set_timeout(timeout);
+            let client = cluster.peer(*id);
+            async move {
+                let Ok(mut client) = client else { return false };
+                matches!(
+                    client
+                        .pre_vote(request)
+                        .await
+                        .map(tonic::Response::into_inner),
+                    Ok(PreVoteResponse { granted: true })
+                )
+            }
+        })
+        .collect();
+    let mut granted = 1;
+    while 2 * granted <= voters.len() {
+        match asks.next().await {
+            Some(true) => granted += 1,
+            Some(false) => {}
+            None => break,
         }
-    });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .filter(|granted| *granted)
-        .count()
+    }
+    granted
 }
 
 #[cfg(test)]
