@@ -25,7 +25,6 @@ Usage: bench/run.sh [--duration S] [--levels 1,16,64] [--streams 10000] [--inten
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -59,9 +58,8 @@ def wait_until(what, check, timeout=60.0):
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
-def http_json(url, timeout=2.0, key=None):
-    req = urllib.request.Request(url, headers={"x-api-key": key} if key else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+def http_json(url, timeout=2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.load(resp)
 
 

@@ -378,12 +378,7 @@ async fn snapshot_installed_into_a_fresh_store_reads_the_same() {
         .unwrap();
     let current = leader.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snap.meta);
-
-    // Stream the bytes into the follower's receiving file, as the transfer would.
-    let mut recv = follower.begin_receiving_snapshot().await.unwrap();
-    let mut src = current.snapshot;
-    tokio::io::copy(&mut *src, &mut *recv).await.unwrap();
-    follower.install_snapshot(&snap.meta, recv).await.unwrap();
+    install_current(&mut leader, &mut follower).await;
 
     assert_eq!(dump(&follower.reader(), &ids), dump(&leader.reader(), &ids));
     assert_eq!(
