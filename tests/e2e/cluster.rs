@@ -417,6 +417,69 @@ async fn stopped_follower_catches_up_through_a_snapshot() {
     .await
 }
 
+/// Writes that arrive together are coalesced: each node's proposer sends whatever queued while
+/// its last proposals were out as one Raft entry (or one forward to the leader), and the state
+/// machine answers every command of an entry on its own. So under concurrency through all
+/// three nodes each caller must get exactly its own answer: its own intent, and its own
+/// idempotency verdict when its twin with the same key and a changed body raced it (one of the
+/// two is created, the other is a 409, whichever the log ordered first).
+#[tokio::test]
+async fn concurrent_writes_through_every_node_each_get_their_own_answer() {
+    within(Duration::from_secs(150), async {
+        let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+        cluster.wait_leader(Duration::from_secs(30)).await;
+        const WRITERS: usize = 120;
+        let body = |n: usize| {
+            let mut b = intent_body(PAYMENTS);
+            b["payload"] = json!({ "n": n });
+            b
+        };
+        let sends = (0..WRITERS).map(|n| {
+            let api = cluster.api(1 + (n % 3) as u64);
+            let twin = cluster.api(1 + ((n + 1) % 3) as u64);
+            async move {
+                let key = format!("coalesced-{n}");
+                let (mine, changed) = (body(n), body(n + 1000));
+                if n % 4 == 0 {
+                    let (a, b) = tokio::join!(
+                        api.create(&mine, Some(&key)),
+                        twin.create(&changed, Some(&key))
+                    );
+                    (n, a, Some(b))
+                } else {
+                    (n, api.create(&mine, Some(&key)).await, None)
+                }
+            }
+        });
+        let answers = futures::future::join_all(sends).await;
+        let mut ids = std::collections::BTreeSet::new();
+        let reader = cluster.api(1);
+        for (n, first, twin) in answers {
+            let (created, want) = match twin {
+                None => (first, n),
+                Some(second) => match (first.status, second.status) {
+                    (200, 409) => (first, n),
+                    (409, 200) => (second, n + 1000),
+                    other => panic!("twins of key {n} answered {other:?}"),
+                },
+            };
+            let id = created.assert_ok(200)["intent_id"]
+                .as_str()
+                .expect("intent_id")
+                .to_string();
+            assert!(ids.insert(id.clone()), "intent {id} answered twice");
+            let intent = reader.intent(&id).await;
+            assert_eq!(
+                intent["payload"],
+                json!({ "n": want }),
+                "the answer of writer {n}"
+            );
+        }
+        assert_eq!(ids.len(), WRITERS);
+    })
+    .await;
+}
+
 /// Test 3b: a follower loses its whole data directory and comes back with `--join` under the
 /// same id and address: it is still in the membership, so the leader brings it back through a
 /// snapshot. Then it must be a working voter: with the other follower down, the leader and it

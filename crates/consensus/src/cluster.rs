@@ -11,15 +11,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 
 use intentd_lifecycle::{Command, Reply};
-use intentd_storage::{LogStore, Response as SmResponse, StateMachine, StateReader};
+use intentd_storage::{LogStore, Outcome, Proposal, StateMachine, StateReader};
 
 use crate::clock::{wall_micros, ClockPolicy, ClockStatus, ClockWatch};
 use crate::error::{ConsensusError, ForwardError, MembershipChange};
 use crate::network::{channel, NetworkFactory};
+use crate::proposer::{self, Proposer};
 use crate::proto::raft_internal_client::RaftInternalClient;
 use crate::proto::raft_internal_server::RaftInternalServer;
-use crate::proto::{ClockProbe, ForwardRequest, RaftPayload, ReadIndexRequest};
-use crate::service::{change_as_leader, write_as_leader, InternalService};
+use crate::proto::{ClockProbe, RaftPayload, ReadIndexRequest};
+use crate::service::{change_as_leader, InternalService};
 use crate::Raft;
 
 /// Raft timing knobs. The defaults aim at writes resuming within 2 s after the leader dies.
@@ -109,6 +110,8 @@ pub(crate) struct Inner {
     /// Channels to peers for forwarding, keyed by node id and address so an address change
     /// after a membership change gets a fresh channel.
     peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
+    /// Every write of this node goes through it, to be coalesced with concurrent ones.
+    proposer: Proposer,
 }
 
 /// Snapshot chunk size: small enough to keep memory bounded on both ends and each RPC short.
@@ -208,6 +211,7 @@ pub async fn start(
             .map_err(ConsensusError::internal)?;
     }
 
+    let (proposer, queue) = Proposer::new();
     let cluster = Cluster {
         inner: Arc::new(Inner {
             node_id: config.node_id,
@@ -219,8 +223,10 @@ pub async fn start(
             election_timeout: Duration::from_millis(t.election_max_ms),
             clock,
             peers: Mutex::new(HashMap::new()),
+            proposer,
         }),
     };
+    tokio::spawn(proposer::run(Arc::downgrade(&cluster.inner), queue));
     tokio::spawn(watch_clocks(Arc::downgrade(&cluster.inner)));
     tokio::spawn(crate::election::run(
         Arc::downgrade(&cluster.inner),
@@ -304,26 +310,27 @@ impl Cluster {
     /// the request timeout, that the leader did), so a read on this node right after sees it.
     pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
         self.check_clock()?;
-        let (response, index) = self
+        // Encoded here, on the caller's task, once: the proposal carries this text verbatim
+        // to the WAL, the followers and every state machine.
+        let encoded = Proposal::encode(&command).map_err(ConsensusError::internal)?;
+        let (outcome, index) = self
             .on_leader(self.inner.request_timeout, |leader, remaining| {
-                let command = command.clone();
+                let encoded = encoded.clone();
                 async move {
                     if leader == self.inner.node_id {
                         self.check_quorum().map_err(|_| ForwardError::NoQuorum)?;
-                        write_as_leader(&self.inner.raft, command, remaining).await
-                    } else {
-                        self.forward(leader, &command, remaining).await
                     }
+                    self.inner
+                        .proposer
+                        .submit(self, leader, encoded, remaining)
+                        .await
                 }
             })
             .await?;
         self.await_applied(index).await;
-        match response {
-            SmResponse::Applied(reply) => Ok(reply),
-            SmResponse::Rejected(rejection) => Err(ConsensusError::Rejected(rejection)),
-            SmResponse::Empty => Err(ConsensusError::Internal(
-                "a command entry produced no reply".into(),
-            )),
+        match outcome {
+            Outcome::Applied(reply) => Ok(reply),
+            Outcome::Rejected(rejection) => Err(ConsensusError::Rejected(rejection)),
         }
     }
 
@@ -591,22 +598,6 @@ impl Cluster {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: u64,
-        command: &Command,
-        timeout: Duration,
-    ) -> Result<(SmResponse, u64), ForwardError> {
-        let command = encode(command)?;
-        self.ask_leader(
-            leader,
-            timeout,
-            ForwardRequest { command },
-            |mut c, r| async move { c.forward(r).await.map(|reply| reply.into_inner().result) },
-        )
-        .await
-    }
-
     async fn forward_membership(
         &self,
         leader: u64,
@@ -629,7 +620,7 @@ impl Cluster {
 
     /// One call to the leader over the internal plane whose answer is a JSON
     /// `Result<T, ForwardError>`; transport failures are classified by [`forward_failure`].
-    async fn ask_leader<M, T, F, Fut>(
+    pub(crate) async fn ask_leader<M, T, F, Fut>(
         &self,
         leader: u64,
         timeout: Duration,

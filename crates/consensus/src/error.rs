@@ -34,7 +34,7 @@ impl ConsensusError {
 }
 
 /// What the leader tells a forwarding follower; travels as JSON over the internal plane.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum ForwardError {
     /// The receiver is not the leader (any more); the sender should look again.
     NotLeader {

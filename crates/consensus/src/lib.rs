@@ -10,6 +10,7 @@ mod cluster;
 mod election;
 mod error;
 mod network;
+mod proposer;
 mod service;
 
 pub use clock::{ClockPolicy, ClockStatus, PeerClock, Verdict};

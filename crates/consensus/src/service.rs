@@ -8,7 +8,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
 use intentd_lifecycle::Command;
-use intentd_storage::{LogStore, Response as SmResponse};
+use intentd_storage::{LogStore, Outcome, Proposal, Response as SmResponse};
+use serde_json::value::RawValue;
 
 use std::collections::BTreeSet;
 
@@ -18,6 +19,7 @@ use crate::clock::{stamp_acceptable, wall_micros, ClockWatch};
 use crate::cluster::clock_status;
 use crate::election::{log_id_from_request, Standing};
 use crate::error::{ForwardError, MembershipChange};
+use crate::proposer::Forwarded;
 use crate::proto::raft_internal_server::RaftInternal;
 use crate::proto::{
     ClockProbe, ClockReading, ForwardRequest, ForwardResponse, PreVoteRequest, PreVoteResponse,
@@ -53,10 +55,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
 /// the forwarding node may try elsewhere.
 pub(crate) async fn write_as_leader(
     raft: &Raft,
-    command: Command,
+    proposal: Proposal,
     timeout: Duration,
 ) -> Result<(SmResponse, u64), ForwardError> {
-    match tokio::time::timeout(timeout, raft.client_write(command)).await {
+    match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
         Err(_) => Err(ForwardError::Ambiguous),
         Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -209,14 +211,57 @@ impl RaftInternal for InternalService {
         }))
     }
 
+    /// Proposes a follower's batch as one entry. Every command is read here before it is
+    /// logged (a payload apply could not read would stop every node on it) and checked against
+    /// this node's clock; one refused alone leaves the others to go on.
     async fn forward(
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        let command: Command = decode(&request.into_inner().command)?;
-        let result = match self.clock_check(&command) {
-            Ok(()) => write_as_leader(&self.raft, command, self.write_timeout).await,
-            Err(e) => Err(e),
+        let bytes = request.into_inner().commands;
+        let parts: Vec<&RawValue> =
+            serde_json::from_slice(&bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut outcomes: Vec<Option<Result<Outcome, ForwardError>>> = Vec::new();
+        let mut accepted = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let command: Command = serde_json::from_str(part.get())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            match self.clock_check(&command) {
+                Ok(()) => {
+                    accepted.push(part.get());
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
+        }
+        let result = if accepted.is_empty() {
+            Ok(Forwarded {
+                index: 0,
+                outcomes: outcomes.into_iter().flatten().collect(),
+            })
+        } else {
+            let proposal = Proposal::join(accepted).map_err(|e| Status::internal(e.to_string()))?;
+            match write_as_leader(&self.raft, proposal, self.write_timeout).await {
+                Ok((SmResponse::Commands(applied), index)) => {
+                    let mut applied = applied.into_iter();
+                    let outcomes = outcomes
+                        .into_iter()
+                        .map(|o| o.or_else(|| applied.next().map(Ok)))
+                        .collect::<Option<Vec<_>>>();
+                    match outcomes {
+                        Some(outcomes) if applied.next().is_none() => {
+                            Ok(Forwarded { index, outcomes })
+                        }
+                        _ => Err(ForwardError::Internal(
+                            "the state machine answered a different number of commands".into(),
+                        )),
+                    }
+                }
+                Ok((other, _)) => Err(ForwardError::Internal(format!(
+                    "a proposal of commands was answered with {other:?}"
+                ))),
+                Err(e) => Err(e),
+            }
         };
         Ok(Response::new(ForwardResponse {
             result: encode(&result)?,

@@ -17,6 +17,7 @@
 mod error;
 mod fsutil;
 mod keys;
+mod proposal;
 mod reader;
 mod sm;
 mod snapshot;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use error::StorageError;
+pub use proposal::Proposal;
 pub use reader::{AgentSummary, StateReader};
 pub use sm::StateMachine;
 pub use wake::{Closed, Waiter};
@@ -37,7 +39,7 @@ pub use wal::{LogStore, WalStats};
 openraft::declare_raft_types!(
     /// The openraft type configuration of intentd.
     pub TypeConfig:
-        D = intentd_lifecycle::Command,
+        D = Proposal,
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -49,11 +51,18 @@ openraft::declare_raft_types!(
 /// What applying one log entry gave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
+    /// One outcome per command of the entry's [`Proposal`], in its order.
+    Commands(Vec<Outcome>),
+    /// Blank and membership entries.
+    Empty,
+}
+
+/// What applying one command gave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outcome {
     Applied(intentd_lifecycle::Reply),
     /// The command was refused and changed nothing.
     Rejected(intentd_lifecycle::Rejection),
-    /// Blank and membership entries.
-    Empty,
 }
 
 /// Tuning of the storage layer; the defaults suit a single node.

@@ -872,9 +872,12 @@ mod tests {
     fn normal(term: u64, index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(intentd_lifecycle::Command::RevokeApiKey {
-                id: uuid::Uuid::from_u128(index as u128),
-            }),
+            payload: EntryPayload::Normal(
+                crate::Proposal::single(&intentd_lifecycle::Command::RevokeApiKey {
+                    id: uuid::Uuid::from_u128(index as u128),
+                })
+                .unwrap(),
+            ),
         }
     }
 

@@ -7,7 +7,8 @@ use intentd_lifecycle::{
     Resolution, ResumeAction, Role, Status, Subscription, Timestamp, WebhookEvent, WebhookOutcome,
 };
 use intentd_storage::{
-    LogStore, Response, StateMachine, StateReader, StorageError, StorageOptions, TypeConfig,
+    LogStore, Outcome, Proposal, Response, StateMachine, StateReader, StorageError, StorageOptions,
+    TypeConfig,
 };
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -27,9 +28,26 @@ fn log_id(index: u64) -> LogId<u64> {
 }
 
 fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    coalesced(index, &[command])
+}
+
+/// One entry carrying several commands, as the proposer coalesces concurrent writes.
+fn coalesced(index: u64, commands: &[Command]) -> Entry<TypeConfig> {
+    let parts: Vec<String> = commands
+        .iter()
+        .map(|c| Proposal::encode(c).unwrap())
+        .collect();
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(command),
+        payload: EntryPayload::Normal(Proposal::join(parts.iter().map(String::as_str)).unwrap()),
+    }
+}
+
+/// The outcome of an entry that carries one command.
+fn single(response: &Response) -> &Outcome {
+    match response {
+        Response::Commands(outcomes) if outcomes.len() == 1 => &outcomes[0],
+        other => panic!("expected one command's outcome, got {other:?}"),
     }
 }
 
@@ -268,7 +286,7 @@ async fn one_batch_sees_its_own_writes_and_survives_reopen() {
             .unwrap();
         assert!(matches!(responses[0], Response::Empty));
         for r in &responses[1..] {
-            assert!(matches!(r, Response::Applied(_)), "{r:?}");
+            assert!(matches!(single(r), Outcome::Applied(_)), "{r:?}");
         }
         applied.changed().await.unwrap();
         assert_eq!(*applied.borrow(), 4);
@@ -315,16 +333,46 @@ async fn a_rejection_writes_nothing_but_advances_last_applied() {
         .await
         .unwrap();
     assert!(matches!(
-        responses[0],
-        Response::Rejected(Rejection::StaleAttempt { .. })
+        single(&responses[0]),
+        Outcome::Rejected(Rejection::StaleAttempt { .. })
     ));
     assert!(matches!(
-        responses[1],
-        Response::Rejected(Rejection::AlreadyExists(_))
+        single(&responses[1]),
+        Outcome::Rejected(Rejection::AlreadyExists(_))
     ));
     assert_eq!(sm.reader().events(&id, 0, 100).unwrap(), before);
     assert_eq!(sm.reader().intent_count().unwrap(), 1);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(3)));
+}
+
+#[tokio::test]
+async fn commands_coalesced_in_one_entry_see_each_other_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Uuid::from_u128(1);
+    let (_log, mut sm) = open(dir.path());
+    let responses = sm
+        .apply([coalesced(
+            1,
+            &[create(id), deliver(id, 0), create(id), resume(id)],
+        )])
+        .await
+        .unwrap();
+    let Response::Commands(outcomes) = &responses[0] else {
+        panic!("{responses:?}");
+    };
+    assert_eq!(outcomes.len(), 4);
+    assert!(matches!(outcomes[0], Outcome::Applied(_)), "{outcomes:?}");
+    // The delivery sees the create of the same entry.
+    assert!(matches!(outcomes[1], Outcome::Applied(_)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], Outcome::Rejected(Rejection::AlreadyExists(_))),
+        "{outcomes:?}"
+    );
+    // A rejection between two commands does not stop the ones after it.
+    assert!(matches!(outcomes[3], Outcome::Applied(_)), "{outcomes:?}");
+    let intent = sm.reader().intent(&id).unwrap().unwrap();
+    assert_eq!(intent.status, Status::InProgress);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1)));
 }
 
 /// Streams `from`'s current snapshot into `to`, as the transfer between nodes would, and
@@ -352,8 +400,8 @@ async fn populate(sm: &mut StateMachine, ids: &[Uuid]) {
         entries.push(entry(next, command));
     }
     let responses = sm.apply(entries).await.unwrap();
-    for r in responses {
-        assert!(!matches!(r, Response::Rejected(_)), "{r:?}");
+    for r in &responses[1..] {
+        assert!(!matches!(single(r), Outcome::Rejected(_)), "{r:?}");
     }
     let r = sm.reader();
     assert_eq!(r.dead_letters(None, 10).unwrap().len(), 1);
@@ -399,7 +447,7 @@ async fn snapshot_installed_into_a_fresh_store_reads_the_same() {
         .apply([entry(next, deliver(ids[1], 0))])
         .await
         .unwrap();
-    assert!(matches!(r[0], Response::Applied(_)));
+    assert!(matches!(single(&r[0]), Outcome::Applied(_)));
 }
 
 #[tokio::test]
@@ -584,7 +632,7 @@ async fn the_due_index_is_ordered_follows_changes_and_survives_a_snapshot_instal
     });
     let responses = follower.apply([entry(8, timeout)]).await.unwrap();
     assert!(
-        matches!(responses[0], Response::Applied(_)),
+        matches!(single(&responses[0]), Outcome::Applied(_)),
         "{responses:?}"
     );
     assert_eq!(due(&fr, 1000), [(300, DueKind::Deadline, a)]);
@@ -707,7 +755,7 @@ async fn apply_wakes_only_the_keys_it_wrote() {
     // A rejected command writes nothing and wakes no one.
     intent.mark_seen();
     let r = sm.apply([entry(4, deliver(id, 0))]).await.unwrap();
-    assert!(matches!(r[0], Response::Rejected(_)), "{r:?}");
+    assert!(matches!(single(&r[0]), Outcome::Rejected(_)), "{r:?}");
     assert_eq!(woken(&mut intent), None);
 
     drop((queue, queue_bare, addressed, intent));
