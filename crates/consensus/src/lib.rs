@@ -2,6 +2,7 @@
 //!
 //! Every write is a [`Command`](intentd_lifecycle::Command) appended to the Raft log and
 //! acknowledged only after a majority has it on disk and the local state machine applied it.
+//! Concurrent writes share entries: each node's proposer coalesces what queues up.
 //! Writes that reach a follower are forwarded to the leader over the internal plane
 //! ([`proto`]), which never shares a port with the public APIs.
 
