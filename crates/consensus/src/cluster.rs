@@ -249,6 +249,22 @@ pub(crate) fn clock_status(raft: &Raft, watch: &ClockWatch, me: u64) -> ClockSta
     watch.assess(me, &voters, wall_micros(), std::time::Instant::now())
 }
 
+/// The index a linearizable read must wait for, decided by this node as leader; `None` if it
+/// could not confirm that it leads.
+///
+/// openraft's read index is its commit index (or its term's first entry). But a leader that
+/// restarts takes its leadership back in the same term without committing anything new, and
+/// its commit index restarts at what its state machine had applied, which a power loss can put
+/// far behind what it had acknowledged: a read index from it would miss acknowledged writes
+/// (the `fsync-loss` chaos row caught a follower answering 404 for one). Every acknowledged
+/// write is in the leader's log, so the read also waits for the last index the log had when
+/// the read arrived; entries in flight then cost the read the rest of their commit round.
+pub(crate) async fn leader_read_index(raft: &Raft) -> Option<u64> {
+    let last_log = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let read = raft.ensure_linearizable().await.ok()?;
+    Some(read.map_or(0, |l| l.index).max(last_log))
+}
+
 /// Probes every member's clock each interval and keeps the fence in step with the verdict:
 /// out of agreement, the node neither campaigns nor (as leader) heartbeats, so followers
 /// elect a node whose clock is good. Ends when the node shuts down.
@@ -339,15 +355,24 @@ impl Cluster {
     /// so a node still catching up (just restarted, say) answers with it after the request
     /// timeout anyway: a late read-your-write beats a 503 for a write that happened.
     async fn await_applied(&self, index: u64) {
-        let waited = self
-            .inner
-            .raft
-            .wait(Some(self.inner.request_timeout))
-            .applied_index_at_least(Some(index), "read your write")
-            .await;
-        if waited.is_err() {
+        if !self
+            .applied_at_least(index, self.inner.request_timeout)
+            .await
+        {
             tracing::warn!(index, "answering a committed write before applying it here");
         }
+    }
+
+    /// Waits until this node's state machine shows `index` to readers, at most `timeout`;
+    /// false if it did not in time.
+    ///
+    /// Watches the state machine's own applied index rather than openraft's metrics: every
+    /// change of those (each append, commit, heartbeat) would wake every waiting request and
+    /// clone the whole metrics struct for it, which a busy follower paid per forwarded write.
+    async fn applied_at_least(&self, index: u64, timeout: Duration) -> bool {
+        let mut applied = self.inner.reader.subscribe();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Runs `attempt` against the leader (this node or another) until it gives a definite
@@ -417,16 +442,13 @@ impl Cluster {
             match self.read_index_from(leader, deadline).await {
                 Ok(index) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    return self
-                        .inner
-                        .raft
-                        .wait(Some(remaining))
-                        .applied_index_at_least(Some(index), "read barrier")
-                        .await
-                        .map(|_| ())
-                        .map_err(|_| ConsensusError::Unavailable {
+                    return if self.applied_at_least(index, remaining).await {
+                        Ok(())
+                    } else {
+                        Err(ConsensusError::Unavailable {
                             retry_after_secs: 1,
-                        });
+                        })
+                    };
                 }
                 // A new leader may not have committed in its term yet, or the leader just
                 // died: look again until the deadline.
@@ -446,11 +468,10 @@ impl Cluster {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if leader == self.inner.node_id {
             self.check_quorum()?;
-            return match tokio::time::timeout(remaining, self.inner.raft.ensure_linearizable())
-                .await
+            return match tokio::time::timeout(remaining, leader_read_index(&self.inner.raft)).await
             {
-                Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
-                Ok(Err(_)) | Err(_) => Err(unavailable()),
+                Ok(Some(index)) => Ok(index),
+                Ok(None) | Err(_) => Err(unavailable()),
             };
         }
         let mut client = self.peer(leader)?;

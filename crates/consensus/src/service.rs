@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use openraft::{BasicNode, ChangeMembers};
 
 use crate::clock::{stamp_acceptable, wall_micros, ClockWatch};
-use crate::cluster::clock_status;
+use crate::cluster::{clock_status, leader_read_index};
 use crate::election::{log_id_from_request, Standing};
 use crate::error::{ForwardError, MembershipChange};
 use crate::proposer::Forwarded;
@@ -125,19 +125,24 @@ impl InternalService {
     /// A forwarded command is appended only if this leader's clock is in agreement with the
     /// cluster and the command's stamp is believable on it: the follower's own fence may not
     /// have noticed yet that its clock jumped, and the stamp outlives every clock.
-    fn clock_check(&self, command: &Command) -> Result<(), ForwardError> {
+    fn clock_check(&self) -> Result<(), ForwardError> {
         let status = clock_status(&self.raft, &self.clock, self.node_id);
-        if !status.synchronized {
-            return Err(ForwardError::ClockSkew(format!(
+        if status.synchronized {
+            Ok(())
+        } else {
+            Err(ForwardError::ClockSkew(format!(
                 "the leader's clock is more than {} ms off from {} of {} voters",
                 status.max_offset_ms, status.disagreeing_voters, status.voters
-            )));
+            )))
         }
+    }
+
+    /// The second half of the check above, per command of a batch.
+    fn stamp_check(&self, command: &Command, now: i64) -> Result<(), ForwardError> {
         let Some(at) = command.stamped_at() else {
             return Ok(());
         };
         let stamp = at.timestamp_micros();
-        let now = wall_micros();
         let policy = self.clock.policy();
         // A command may be retried against new leaders for up to the write timeout before
         // it gets here, so an old stamp is only suspicious beyond twice that.
@@ -219,6 +224,12 @@ impl RaftInternal for InternalService {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
         let bytes = request.into_inner().commands;
+        if let Err(e) = self.clock_check() {
+            return Ok(Response::new(ForwardResponse {
+                result: encode(&Err::<Forwarded, _>(e))?,
+            }));
+        }
+        let now = wall_micros();
         let parts: Vec<&RawValue> =
             serde_json::from_slice(&bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut outcomes: Vec<Option<Result<Outcome, ForwardError>>> = Vec::new();
@@ -226,7 +237,7 @@ impl RaftInternal for InternalService {
         for part in &parts {
             let command: Command = serde_json::from_str(part.get())
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            match self.clock_check(&command) {
+            match self.stamp_check(&command, now) {
                 Ok(()) => {
                     accepted.push(part.get());
                     outcomes.push(None);
@@ -283,11 +294,11 @@ impl RaftInternal for InternalService {
         &self,
         _request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
-        match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(Response::new(ReadIndexResponse {
-                read_index: log_id.map(|l| l.index).unwrap_or(0),
-            })),
-            Err(e) => Err(Status::unavailable(e.to_string())),
+        match leader_read_index(&self.raft).await {
+            Some(read_index) => Ok(Response::new(ReadIndexResponse { read_index })),
+            None => Err(Status::unavailable(
+                "this node could not confirm its leadership",
+            )),
         }
     }
 }
