@@ -223,3 +223,48 @@ fn answer_all(group: Vec<Pending>, e: ForwardError) {
         let _ = pending.reply.send(Err(e.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(leader: u64, command: &str) -> (Pending, oneshot::Receiver<Answer>) {
+        let (reply, answer) = oneshot::channel();
+        let p = Pending {
+            leader,
+            command: command.to_string(),
+            deadline: Instant::now(),
+            reply,
+        };
+        (p, answer)
+    }
+
+    #[tokio::test]
+    async fn groups_keep_arrival_order_per_leader_and_skip_callers_that_left() {
+        let (a, _ka) = pending(1, "a");
+        let (b, _kb) = pending(2, "b");
+        let (c, gone) = pending(1, "c");
+        let (d, _kd) = pending(1, "d");
+        let (e, _ke) = pending(2, "e");
+        drop(gone);
+        let groups = by_leader(vec![a, b, c, d, e]);
+        let seen: Vec<(u64, Vec<&str>)> = groups
+            .iter()
+            .map(|g| (g[0].leader, g.iter().map(|p| p.command.as_str()).collect()))
+            .collect();
+        assert_eq!(seen, vec![(1, vec!["a", "d"]), (2, vec!["b", "e"])]);
+    }
+
+    #[tokio::test]
+    async fn a_shared_failure_reaches_every_caller() {
+        let (a, ra) = pending(1, "a");
+        let (b, rb) = pending(1, "b");
+        answer_all(vec![a, b], ForwardError::NotLeader { leader_id: Some(2) });
+        for answer in [ra.await.unwrap(), rb.await.unwrap()] {
+            assert!(matches!(
+                answer,
+                Err(ForwardError::NotLeader { leader_id: Some(2) })
+            ));
+        }
+    }
+}
