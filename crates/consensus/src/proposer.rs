@@ -12,7 +12,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use intentd_storage::{Outcome, Proposal, Response as SmResponse};
+use intentd_storage::{Outcome, Proposal};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
@@ -178,15 +178,16 @@ async fn send(cluster: &Cluster, group: Vec<Pending>) {
     };
     if leader == cluster.node_id() {
         match write_as_leader(cluster.raft(), proposal, timeout).await {
-            Ok((SmResponse::Commands(outcomes), index)) if outcomes.len() == group.len() => {
+            Ok((outcomes, index)) if outcomes.len() == group.len() => {
                 for (pending, outcome) in group.into_iter().zip(outcomes) {
                     let _ = pending.reply.send(Ok((outcome, index)));
                 }
             }
-            Ok((other, _)) => answer_all(
+            Ok((outcomes, _)) => answer_all(
                 group,
                 ForwardError::Internal(format!(
-                    "a proposal of commands was answered with {other:?}"
+                    "the state machine answered {} outcomes for a proposal of commands",
+                    outcomes.len()
                 )),
             ),
             Err(e) => answer_all(group, e),

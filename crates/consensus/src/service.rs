@@ -57,10 +57,15 @@ pub(crate) async fn write_as_leader(
     raft: &Raft,
     proposal: Proposal,
     timeout: Duration,
-) -> Result<(SmResponse, u64), ForwardError> {
+) -> Result<(Vec<Outcome>, u64), ForwardError> {
     match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
         Err(_) => Err(ForwardError::Ambiguous),
-        Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+        Ok(Ok(resp)) => match resp.data {
+            SmResponse::Commands(outcomes) => Ok((outcomes, resp.log_id.index)),
+            other => Err(ForwardError::Internal(format!(
+                "a proposal of commands was answered with {other:?}"
+            ))),
+        },
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(ForwardError::NotLeader {
                 leader_id: f.leader_id,
@@ -253,7 +258,7 @@ impl RaftInternal for InternalService {
         } else {
             let proposal = Proposal::join(accepted).map_err(|e| Status::internal(e.to_string()))?;
             match write_as_leader(&self.raft, proposal, self.write_timeout).await {
-                Ok((SmResponse::Commands(applied), index)) => {
+                Ok((applied, index)) => {
                     let mut applied = applied.into_iter();
                     let outcomes = outcomes
                         .into_iter()
@@ -268,9 +273,6 @@ impl RaftInternal for InternalService {
                         )),
                     }
                 }
-                Ok((other, _)) => Err(ForwardError::Internal(format!(
-                    "a proposal of commands was answered with {other:?}"
-                ))),
                 Err(e) => Err(e),
             }
         };
