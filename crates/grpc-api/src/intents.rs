@@ -108,7 +108,7 @@ impl IntentApi {
             self.config.default_max_delivery_attempts,
         )?;
         let decided = Decided {
-            id: Uuid::new_v4(),
+            id: intentd_lifecycle::new_intent_id(),
             from_agent: caller.acting_as(intent_request.from_agent.as_deref()),
             default_max_delivery_attempts: default_attempts,
         };

@@ -28,7 +28,8 @@ pub use command::{
 pub use due::{DeadLetter, DueEntry, DueKind};
 pub use inbox::{InboxChange, InboxChangeKind, InboxMessage, InboxThread, ThreadStatus};
 pub use intent::{
-    normalize_address, same_address, Event, EventType, Intent, Lease, PendingWith, PendingWithKind,
+    new_intent_id, normalize_address, same_address, Event, EventType, Intent, Lease, PendingWith,
+    PendingWithKind,
 };
 pub use status::{Status, WaitingReason};
 pub use webhook::{

@@ -9,6 +9,13 @@ mod sse;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: a write allocates and frees many short-lived buffers
+/// on several threads (HTTP workers, the state machine, the WAL writer, sled's IO pool), and
+/// glibc spent about a fifth of a busy node's CPU in its arena locks and chunk consolidation
+/// (`docs/performance.md`, round 3).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "intentd",

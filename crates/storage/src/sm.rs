@@ -778,6 +778,9 @@ fn open_sled(dir: &Path, opts: &StorageOptions) -> Result<sled::Db, StorageError
     Ok(sled::Config::new()
         .path(dir)
         .cache_capacity(opts.sled_cache_bytes)
+        // Appends instead of rewriting fragmented pages eagerly: the Raft log is what makes
+        // applies durable, so sled's own space reclamation can wait.
+        .mode(sled::Mode::HighThroughput)
         .open()?)
 }
 

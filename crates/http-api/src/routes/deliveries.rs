@@ -263,7 +263,7 @@ async fn replay_delivery(
     );
     let command = IntentCommand::Replay {
         intent_id: id,
-        new_intent_id: Uuid::new_v4(),
+        new_intent_id: intentd_lifecycle::new_intent_id(),
         at,
     };
     let written = write_intent(&state, command, claim).await?;

@@ -210,7 +210,7 @@ async fn create_intent(
     // deprecated in the contract but still honoured for operators relaying on behalf).
     let default_attempts = default_max_delivery_attempts(&state, req.to_agent.as_deref())?;
     let decided = Decided {
-        id: Uuid::new_v4(),
+        id: intentd_lifecycle::new_intent_id(),
         from_agent: caller.key.acting_as(req.from_agent.as_deref()),
         default_max_delivery_attempts: default_attempts,
     };

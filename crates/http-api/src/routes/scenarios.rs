@@ -358,7 +358,7 @@ fn new_intent(state: &AppState, caller: &Caller, plan: &Plan) -> Result<NewInten
         None => super::intents::default_max_delivery_attempts(state, request.to_agent.as_deref())?,
     };
     let decided = Decided {
-        id: Uuid::new_v4(),
+        id: intentd_lifecycle::new_intent_id(),
         from_agent: caller.principal(),
         default_max_delivery_attempts,
     };
