@@ -374,16 +374,12 @@ fn new_intent(state: &AppState, caller: &Caller, plan: &Plan) -> Result<NewInten
 }
 
 /// Parses and checks a bundle completely (the URLs included), without writing anything.
-async fn check(
-    state: &AppState,
-    caller: &Caller,
-    body: &Value,
-) -> Result<(Plan, NewIntent), ApiError> {
+fn check(state: &AppState, caller: &Caller, body: &Value) -> Result<(Plan, NewIntent), ApiError> {
     let plan = parse_bundle(body)?;
     let intent = new_intent(state, caller, &plan)?;
     for p in &plan.participants {
         if let Some(url) = p.binding.as_ref().and_then(BindingRequest::url) {
-            checked_url(state, "agents[].url", url).await?;
+            checked_url(state, "agents[].url", url)?;
         }
     }
     Ok((plan, intent))
@@ -409,7 +405,7 @@ async fn apply(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_not_agent()?;
-    let (plan, intent) = check(&state, &caller, &body).await?;
+    let (plan, intent) = check(&state, &caller, &body)?;
     let mut agents = Vec::with_capacity(plan.participants.len());
     for p in &plan.participants {
         let existed = registered(&state, &p.address)?.is_some();
@@ -457,7 +453,7 @@ async fn validate_bundle(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_not_agent()?;
-    let (plan, intent) = match check(&state, &caller, &body).await {
+    let (plan, intent) = match check(&state, &caller, &body) {
         Ok(checked) => checked,
         Err(
             e @ (ApiError::InvalidRequest(_)

@@ -224,7 +224,7 @@ async fn upsert_subscription(
 ) -> Result<Json<Value>, ApiError> {
     let owner = caller.owner(named.as_deref())?;
     let request = parse_subscription(&body)?;
-    checked_url(&state, "callback_url", &request.callback_url).await?;
+    checked_url(&state, "callback_url", &request.callback_url)?;
     read_barrier(&state).await?;
     let reader = state.cluster.reader();
     let same_url = |s: &Subscription| s.callback_url == request.callback_url;
