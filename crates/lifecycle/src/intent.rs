@@ -126,6 +126,9 @@ pub enum EventType {
     ReminderSent,
     /// The reminders ran out and the intent went to `escalate_to`; the status stays.
     Escalated,
+    /// The owner approved the current step of an intent already IN_PROGRESS; the status
+    /// stays, but the approval (and its new `policy_generation`) must be on the record.
+    StepApproved,
 }
 
 impl EventType {
@@ -148,6 +151,7 @@ impl EventType {
             EventType::LeaseExpired => "intent.lease_expired",
             EventType::ReminderSent => "intent.reminder_sent",
             EventType::Escalated => "intent.escalated",
+            EventType::StepApproved => "intent.step_approved",
         }
     }
 
@@ -177,6 +181,7 @@ impl EventType {
                 | EventType::LeaseExpired
                 | EventType::ReminderSent
                 | EventType::Escalated
+                | EventType::StepApproved
         )
     }
 
