@@ -1,5 +1,6 @@
 //! Resolve, resume (progress / wait / complete / fail / the control form), controls and
-//! policy patches with their compare-and-set on `policy_generation`.
+//! policy patches with their compare-and-set on `policy_generation`. The control form from
+//! every status is in `fidelity.rs`.
 
 use std::time::Duration;
 
@@ -258,23 +259,25 @@ async fn illegal_transition_is_409_naming_both_statuses() {
         let server = Server::start().await;
         let api = server.admin();
         let id = api.create_ok(&intent_body(PAYMENTS)).await;
-        // approve_current_step continues a WAITING intent; this one is SUBMITTED.
+        resume(
+            &api,
+            &id,
+            json!({"action": "wait", "waiting_reason": "WAITING_FOR_TOOL"}),
+        )
+        .await;
+        // WAITING -> WAITING is not in the table.
         let resp = api
             .post(
                 &format!("/v1/intents/{id}/resume"),
-                &json!({"approve_current_step": true}),
+                &json!({"action": "wait", "waiting_reason": "WAITING_FOR_AGENT"}),
             )
             .await;
         let message = resp.assert_error(409, "invalid_transition");
         assert!(
-            message.contains("SUBMITTED"),
-            "message lacks the from status: {message:?}"
+            message.contains("from WAITING to WAITING"),
+            "message lacks the statuses: {message:?}"
         );
-        assert!(
-            message.contains("IN_PROGRESS"),
-            "message lacks the to status: {message:?}"
-        );
-        assert_eq!(api.events(&id).await.len(), 2);
+        assert_eq!(api.events(&id).await.len(), 3);
     })
     .await
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod delivery;
 mod durability;
 mod errors;
+mod fidelity;
 mod grpc;
 mod intents;
 mod lifecycle;

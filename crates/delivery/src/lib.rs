@@ -22,5 +22,5 @@ mod streams;
 pub use engine::{Engine, EngineConfig, EngineError};
 pub use error::DeliveryError;
 pub use metrics::Metrics;
-pub use ssrf::{check_url, check_url_async, AllowList, SsrfError};
+pub use ssrf::{check_url, AllowList, SsrfError};
 pub use streams::{agent_deliveries, intent_events, Delivery, StatusFilter, StreamOptions, Watch};

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::backoff::parse_retry_after;
 use crate::signing;
-use crate::ssrf::{check_before_connect, AllowList, GuardedResolver, SsrfError};
+use crate::ssrf::{check_url, AllowList, GuardedResolver, SsrfError};
 
 /// Only the answer's `status` / `result` / `error` matter; anything longer is cut off.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -43,8 +43,9 @@ pub struct PushFailure {
     /// Counts against the endpoint's circuit breaker: the receiver looks down or overloaded
     /// (connect failure, timeout, 5xx, 408, 429), rather than answering "no" to this message.
     pub unhealthy: bool,
-    /// Retrying cannot help (the URL is refused by the SSRF guard, or the secret is unusable):
-    /// give up at once.
+    /// Retrying cannot help (the URL or the address it resolved to is refused by the SSRF
+    /// guard, or the secret is unusable): give up at once. A name that did not resolve is
+    /// not permanent: DNS may answer on the next attempt.
     pub permanent: bool,
 }
 
@@ -104,7 +105,7 @@ impl Pusher {
 
     /// POSTs `message` signed at `timestamp` (unix seconds) and classifies the answer.
     pub async fn push(&self, message: Message<'_>, timestamp: i64) -> PushOutcome {
-        if let Err(e) = check_before_connect(message.url, &self.allow) {
+        if let Err(e) = check_url(message.url, &self.allow) {
             return PushOutcome::Failed(PushFailure::permanent(e.to_string()));
         }
         let headers = match signing::headers(message.secret, message.id, timestamp, &message.body) {
@@ -186,13 +187,22 @@ pub fn settled(body: &[u8]) -> Option<Settled> {
     }
 }
 
-/// A push that got no HTTP answer: refused, timed out, or stopped by the guard at resolve.
+/// A push that got no HTTP answer: refused, timed out, stopped by the guard at resolve, or
+/// its name did not resolve (an unreachable receiver, like a refused connection).
 fn transport_failure(e: &reqwest::Error) -> PushFailure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut detail = String::new();
     while let Some(err) = source {
         if let Some(ssrf) = err.downcast_ref::<SsrfError>() {
-            return PushFailure::permanent(ssrf.to_string());
+            if ssrf.is_permanent() {
+                return PushFailure::permanent(ssrf.to_string());
+            }
+            return PushFailure {
+                error: ssrf.to_string(),
+                retry_after: None,
+                unhealthy: true,
+                permanent: false,
+            };
         }
         let text = err.to_string();
         if !detail.contains(&text) {
@@ -261,6 +271,31 @@ mod tests {
             assert!(f.permanent && !f.unhealthy, "{url}: {f:?}");
             assert!(f.error.contains("loopback"), "{url}: {}", f.error);
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_a_transient_failure() {
+        let pusher = Pusher::new(AllowList::default(), Duration::from_secs(2), None).unwrap();
+        let outcome = pusher
+            .push(
+                Message {
+                    url: "https://integrator.invalid/hook",
+                    secret: "s",
+                    id: "i",
+                    body: b"{}".to_vec(),
+                },
+                0,
+            )
+            .await;
+        let PushOutcome::Failed(f) = outcome else {
+            panic!("expected a failure");
+        };
+        assert!(!f.permanent && f.unhealthy, "{f:?}");
+        assert!(
+            f.error.starts_with("cannot resolve integrator.invalid"),
+            "{}",
+            f.error
+        );
     }
 
     #[tokio::test]

@@ -6,17 +6,20 @@
 //! URL must be http(s), and every address its host resolves to must be a public unicast
 //! address, unless the operator's allow-list names the host or a range containing it.
 //!
-//! The check runs twice: at registration ([`check_url`], so the caller gets a 422) and at
-//! connect time ([`GuardedResolver`]), against the very addresses the connection will use,
-//! because a name can resolve differently later (DNS rebinding).
+//! Names are judged only when a push is about to connect, by [`GuardedResolver`], against
+//! the very addresses the connection will use. What a name resolves to when it is registered
+//! says nothing about what it will resolve to at the push (DNS rebinding), and a receiver
+//! whose name does not resolve from the cluster yet (or right now) is a receiver to retry,
+//! not a bad request. So registration ([`check_url`], a 422) checks only what cannot change:
+//! the URL's shape and a literal IP address; the same check runs again before every push.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use reqwest::Url;
 
-/// Why a URL may not be pushed to.
+/// Why a URL may not be pushed to (now, or ever: see [`SsrfError::is_permanent`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SsrfError {
     #[error("not a valid URL: {0}")]
@@ -25,6 +28,7 @@ pub enum SsrfError {
     Scheme(String),
     #[error("the URL has no host")]
     NoHost,
+    /// The name did not resolve at push time: DNS may answer later, so it is retried.
     #[error("cannot resolve {host}: {error}")]
     Resolve { host: String, error: String },
     #[error("{host} resolves to {addr}, a {range} address, which is not allowed")]
@@ -35,6 +39,15 @@ pub enum SsrfError {
     },
     #[error("invalid allow-list entry `{0}`: expected a CIDR (10.0.0.0/8), an IP or a host name")]
     AllowEntry(String),
+}
+
+impl SsrfError {
+    /// Whether pushing to the URL can never succeed: everything but a failed resolution,
+    /// which may succeed on the next attempt. A refused address stays refused even if the
+    /// name may resolve elsewhere later: a name that pointed inside once is not trusted.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, SsrfError::Resolve { .. })
+    }
 }
 
 /// One allow-list entry: a range of addresses or a host name.
@@ -237,13 +250,9 @@ pub fn check_addr(host: &str, addr: IpAddr, allow: &AllowList) -> Result<(), Ssr
     }
 }
 
-/// What a URL's host is, once its syntax has been checked.
-enum Target {
-    Ip(IpAddr),
-    Name(String),
-}
-
-fn target(url: &str) -> Result<(Url, Target), SsrfError> {
+/// The URL's host as a literal IP address, or `None` for a host name, once the URL is known
+/// to be http(s) with a host.
+fn literal_host(url: &str) -> Result<Option<IpAddr>, SsrfError> {
     let parsed = Url::parse(url).map_err(|e| SsrfError::Invalid(e.to_string()))?;
     match parsed.scheme() {
         "http" | "https" => {}
@@ -255,56 +264,18 @@ fn target(url: &str) -> Result<(Url, Target), SsrfError> {
         .ok_or(SsrfError::NoHost)?;
     // The URL parser has already normalised IP literals (`[::1]`, `0x7f.1` -> `127.0.0.1`).
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let target = match bare.parse::<IpAddr>() {
-        Ok(addr) => Target::Ip(addr),
-        Err(_) => Target::Name(host.to_string()),
-    };
-    Ok((parsed, target))
+    Ok(bare.parse::<IpAddr>().ok())
 }
 
-/// Checks a callback or agent URL at registration: http(s), a host, and every address the
-/// host resolves to allowed. Resolves with the system resolver, so it blocks: async callers
-/// should use [`check_url_async`].
+/// Checks a callback or agent URL without resolving anything: http(s), a host, and, when
+/// the host is a literal IP address, that address. Runs at registration (a refusal is the
+/// caller's 422) and again right before every push, because the allow-list is configuration
+/// and may differ after a restart. A host name passes here; [`GuardedResolver`] judges its
+/// addresses at the push.
 pub fn check_url(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
-    let (parsed, target) = target(url)?;
-    match target {
-        Target::Ip(addr) => check_addr(&addr.to_string(), addr, allow),
-        Target::Name(host) => {
-            if allow.allows_host(&host) {
-                return Ok(());
-            }
-            let port = parsed.port_or_known_default().unwrap_or(80);
-            let addrs: Vec<SocketAddr> = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| SsrfError::Resolve {
-                    host: host.clone(),
-                    error: e.to_string(),
-                })?
-                .collect();
-            check_resolved(&host, &addrs, allow)
-        }
-    }
-}
-
-/// [`check_url`] without blocking the async runtime.
-pub async fn check_url_async(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
-    let (parsed, target) = target(url)?;
-    match target {
-        Target::Ip(addr) => check_addr(&addr.to_string(), addr, allow),
-        Target::Name(host) => {
-            if allow.allows_host(&host) {
-                return Ok(());
-            }
-            let port = parsed.port_or_known_default().unwrap_or(80);
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| SsrfError::Resolve {
-                    host: host.clone(),
-                    error: e.to_string(),
-                })?
-                .collect();
-            check_resolved(&host, &addrs, allow)
-        }
+    match literal_host(url)? {
+        Some(addr) => check_addr(&addr.to_string(), addr, allow),
+        None => Ok(()),
     }
 }
 
@@ -321,17 +292,11 @@ fn check_resolved(host: &str, addrs: &[SocketAddr], allow: &AllowList) -> Result
         .try_for_each(|a| check_addr(host, a.ip(), allow))
 }
 
-/// Checks a URL right before a push: the syntax, and an IP literal's address. Host names are
-/// checked by [`GuardedResolver`] when the client resolves them for the connection itself.
-pub fn check_before_connect(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
-    match target(url)? {
-        (_, Target::Ip(addr)) => check_addr(&addr.to_string(), addr, allow),
-        (_, Target::Name(_)) => Ok(()),
-    }
-}
-
 /// reqwest's resolver for pushes: resolves with the system resolver and refuses the name if
-/// any address is forbidden, so the connection can only go to addresses that were checked.
+/// any address is forbidden. The connection dials only the addresses returned here, so what
+/// is checked is what is dialled, at every push: a name that changes its answer between
+/// pushes (DNS rebinding) is judged by the answer it gives for this connection. A name that
+/// does not resolve is [`SsrfError::Resolve`], which the engine retries with backoff.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     allow: Arc<AllowList>,
@@ -348,8 +313,13 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow = self.allow.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| SsrfError::Resolve {
+                    host: host.clone(),
+                    error: e.to_string(),
+                })?
+                .collect();
             check_resolved(&host, &addrs, &allow)?;
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
@@ -446,15 +416,17 @@ mod tests {
     }
 
     #[test]
-    fn names_are_resolved_and_checked() {
-        // localhost resolves through /etc/hosts, no network needed.
-        assert_eq!(
-            blocked("http://localhost:9/"),
-            "loopback",
-            "a name is judged by its addresses"
-        );
-        let allow = AllowList::parse("LocalHost.").unwrap();
-        assert_eq!(check_url("http://localhost:9/", &allow), Ok(()));
+    fn names_are_not_resolved_at_registration() {
+        // Neither a name that points inside nor one that resolves nowhere is judged here:
+        // both are the resolver's to judge, at every push.
+        let allow = AllowList::default();
+        for url in [
+            "http://localhost:9/",
+            "https://integrator.example/hook",
+            "https://integrator.invalid:8443/hook?x=1",
+        ] {
+            assert_eq!(check_url(url, &allow), Ok(()), "{url}");
+        }
     }
 
     #[test]
@@ -483,27 +455,52 @@ mod tests {
         assert!(mapped.allows_ip("192.168.3.4".parse().unwrap()));
     }
 
-    #[test]
-    fn the_connect_time_check_refuses_literals_and_leaves_names_to_the_resolver() {
-        let allow = AllowList::default();
-        assert!(check_before_connect("http://127.0.0.1/", &allow).is_err());
-        assert_eq!(check_before_connect("http://example.com/", &allow), Ok(()));
+    /// What the resolver refused, as the push client sees it.
+    async fn resolve_error(resolver: &GuardedResolver, name: &str) -> Option<SsrfError> {
+        use reqwest::dns::Resolve as _;
+        match resolver.resolve(name.parse().unwrap()).await {
+            Ok(_) => None,
+            Err(e) => Some(
+                e.downcast_ref::<SsrfError>()
+                    .unwrap_or_else(|| panic!("{name}: not an SSRF error: {e}"))
+                    .clone(),
+            ),
+        }
     }
 
     #[tokio::test]
-    async fn the_resolver_refuses_forbidden_addresses() {
-        use reqwest::dns::Resolve as _;
+    async fn the_resolver_refuses_forbidden_addresses_for_good() {
+        // localhost resolves through /etc/hosts, no network needed.
         let resolver = GuardedResolver::new(Arc::new(AllowList::default()));
-        let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        assert!(resolver.resolve(name).await.is_err());
-        let open = GuardedResolver::new(Arc::new(AllowList::parse("127.0.0.1,::1").unwrap()));
-        let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        assert!(open.resolve(name).await.is_ok());
-        assert_eq!(
-            check_url_async("http://localhost/", &AllowList::default())
-                .await
-                .map_err(|e| matches!(e, SsrfError::Blocked { .. })),
-            Err(true)
+        let refused = resolve_error(&resolver, "localhost").await.unwrap();
+        assert!(
+            matches!(
+                refused,
+                SsrfError::Blocked {
+                    range: "loopback",
+                    ..
+                }
+            ),
+            "{refused:?}"
         );
+        assert!(refused.is_permanent());
+        let open = GuardedResolver::new(Arc::new(AllowList::parse("127.0.0.1,::1").unwrap()));
+        assert_eq!(resolve_error(&open, "localhost").await, None);
+        let by_name = GuardedResolver::new(Arc::new(AllowList::parse("LocalHost.").unwrap()));
+        assert_eq!(resolve_error(&by_name, "localhost").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_worth_another_try() {
+        // `.invalid` never resolves (RFC 6761).
+        let resolver = GuardedResolver::new(Arc::new(AllowList::default()));
+        let failed = resolve_error(&resolver, "integrator.invalid")
+            .await
+            .unwrap();
+        assert!(
+            matches!(&failed, SsrfError::Resolve { host, .. } if host == "integrator.invalid"),
+            "{failed:?}"
+        );
+        assert!(!failed.is_permanent());
     }
 }

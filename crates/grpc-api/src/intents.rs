@@ -254,7 +254,8 @@ impl IntentApi {
         if let Some(a) = &req.actor {
             validate::actor(a)?;
         }
-        self.authorize_change(&caller, id).await?;
+        let intent = load_intent(&self.cluster, id, false).await?;
+        caller.require_resumer_of(&intent, &action)?;
         let at = now();
         let scope = change_scope(&caller, "resume", id);
         let body = json!({ "action": action_json(&action)?, "actor": req.actor });

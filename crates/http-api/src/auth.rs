@@ -7,7 +7,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use intentd_lifecycle::{presented_secret, ApiKey, Intent};
+use intentd_lifecycle::{presented_secret, ApiKey, Intent, ResumeAction};
 use rand::RngCore;
 
 use crate::error::ApiError;
@@ -68,6 +68,14 @@ impl Caller {
 
     pub(crate) fn require_receiver_of(&self, intent: &Intent) -> Result<(), ApiError> {
         Ok(self.key.require_receiver_of(intent)?)
+    }
+
+    pub(crate) fn require_resumer_of(
+        &self,
+        intent: &Intent,
+        action: &ResumeAction,
+    ) -> Result<(), ApiError> {
+        Ok(self.key.require_resumer_of(intent, action)?)
     }
 
     pub(crate) fn require_observer_of(&self, intent: &Intent) -> Result<(), ApiError> {

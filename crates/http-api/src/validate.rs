@@ -61,20 +61,26 @@ impl<'a> Body<'a> {
 
     /// Refuses fields the schema does not list (`additionalProperties: false`).
     pub(crate) fn deny_unknown(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        let unknown = self.unknown(allowed);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::SchemaInvalid(format!(
+            "unknown field(s): {}",
+            unknown.join(", ")
+        )))
+    }
+
+    /// The fields `allowed` does not list, sorted: for bodies that ignore them but say so.
+    pub(crate) fn unknown(&self, allowed: &[&str]) -> Vec<&'a str> {
         let mut unknown: Vec<&str> = self
             .map
             .keys()
             .map(String::as_str)
             .filter(|k| !allowed.contains(k))
             .collect();
-        if unknown.is_empty() {
-            return Ok(());
-        }
         unknown.sort_unstable();
-        Err(ApiError::SchemaInvalid(format!(
-            "unknown field(s): {}",
-            unknown.join(", ")
-        )))
+        unknown
     }
 
     pub(crate) fn str(&self, name: &str) -> Result<Option<&'a str>, ApiError> {

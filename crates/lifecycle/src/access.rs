@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{Intent, Timestamp};
+use crate::{Intent, ResumeAction, Timestamp};
 
 /// What an API key may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +119,21 @@ impl ApiKey {
         }
     }
 
+    /// Resuming an intent. The receiver's forms (complete, fail, progress, wait) are the
+    /// receiver's alone; the control form (`approve_current_step`) is also the sender's: on
+    /// the hosted platform the owner of an intent approves the step it gates itself.
+    pub fn require_resumer_of(
+        &self,
+        intent: &Intent,
+        action: &ResumeAction,
+    ) -> Result<(), AccessError> {
+        let is_sender = || self.may_act_for(&intent.from_agent);
+        match action {
+            ResumeAction::ApproveCurrentStep { .. } if is_sender() => Ok(()),
+            _ => self.require_receiver_of(intent),
+        }
+    }
+
     /// Reading an intent: its receiver, or the agent that sent it (which wants to watch it).
     pub fn require_observer_of(&self, intent: &Intent) -> Result<(), AccessError> {
         if self.may_act_for(&intent.to_agent) || intent.from_agent == self.principal() {
@@ -230,5 +245,74 @@ mod tests {
         assert_eq!(client.acting_as(None), "agent://intentd/keys/ci");
         assert!(client.require_not_agent().is_ok());
         assert!(key(Role::Admin).require_admin().is_ok());
+    }
+
+    #[test]
+    fn the_sender_may_approve_but_not_act_as_the_receiver() {
+        let sender = key(Role::Agent {
+            address: "agent://acme/prod/sender".into(),
+        });
+        let mut intent = crate::Intent {
+            id: uuid::Uuid::nil(),
+            intent_type: "payment.charge.v1".into(),
+            correlation_id: uuid::Uuid::nil(),
+            from_agent: "acme/prod/sender".into(),
+            to_agent: "agent://acme/prod/payments".into(),
+            reply_to: None,
+            payload: serde_json::json!({}),
+            status: crate::Status::Submitted,
+            waiting_reason: None,
+            result: None,
+            error: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            updated_at: chrono::DateTime::UNIX_EPOCH,
+            delivery_attempt: 0,
+            max_delivery_attempts: 3,
+            deadline_at: None,
+            remind_after_seconds: None,
+            remind_interval_seconds: None,
+            max_reminders: None,
+            remind_count: 0,
+            escalate_to: None,
+            human_task: None,
+            pending_with: None,
+            policy_generation: 0,
+            controls: Default::default(),
+            grants: Default::default(),
+            envelope: Default::default(),
+            last_seq: 2,
+            agent_cursor: 1,
+            dead_lettered: false,
+            lease: None,
+            not_before: None,
+            deliver_at: None,
+            replayed_from: None,
+            next_reminder_at: None,
+            escalated_to: None,
+            inbox_owner: None,
+        };
+        let approve = ResumeAction::ApproveCurrentStep {
+            expected_policy_generation: None,
+            reason: None,
+        };
+        let complete = ResumeAction::Complete {
+            result: serde_json::json!({}),
+        };
+        assert!(sender.require_resumer_of(&intent, &approve).is_ok());
+        assert!(matches!(
+            sender.require_resumer_of(&intent, &complete),
+            Err(AccessError::Forbidden(_))
+        ));
+        let receiver = key(Role::Agent {
+            address: "acme/prod/payments".into(),
+        });
+        assert!(receiver.require_resumer_of(&intent, &approve).is_ok());
+        assert!(receiver.require_resumer_of(&intent, &complete).is_ok());
+        // A third agent may do neither.
+        intent.from_agent = "agent://acme/prod/other".into();
+        assert!(sender.require_resumer_of(&intent, &approve).is_err());
+        assert!(key(Role::Client)
+            .require_resumer_of(&intent, &complete)
+            .is_ok());
     }
 }

@@ -1008,21 +1008,46 @@ fn resume(change: &mut Change, action: &ResumeAction, actor: &str) -> Result<(),
         ResumeAction::ApproveCurrentStep {
             expected_policy_generation,
             reason,
-        } => {
-            change.open(*expected_policy_generation)?;
-            if change.intent.status != Status::Waiting {
-                return Err(Rejection::IllegalTransition {
-                    from: change.intent.status,
-                    to: Status::InProgress,
-                });
-            }
-            change.intent.policy_generation += 1;
-            let details = obj(json!({
-                "reason": reason,
-                "policy_generation": change.intent.policy_generation,
-            }));
-            change.enter_as(Status::InProgress, EventType::Resumed, actor, details)
-        }
+        } => approve_current_step(
+            change,
+            *expected_policy_generation,
+            reason.as_deref(),
+            actor,
+        ),
+    }
+}
+
+/// The owner's go-ahead for the step the intent is on. Programs written for the hosted
+/// platform create an intent, approve its step at once and resolve it themselves, so the
+/// approval must work from whatever non-terminal status the intent has reached by then
+/// (SUBMITTED, DELIVERED, ACKNOWLEDGED or WAITING all move to IN_PROGRESS, a transition the
+/// table allows). An intent already IN_PROGRESS keeps its status, but the approval still
+/// counts: it bumps `policy_generation` and leaves an event, so a client's compare-and-set
+/// token always moves with an accepted control-form resume.
+///
+/// A terminal intent is refused (409) and so is a stale `expected` generation; like every
+/// rejection, neither changes anything. CREATED never lasts past the command that creates
+/// the intent, so the table's refusal of CREATED -> IN_PROGRESS cannot be met here.
+fn approve_current_step(
+    change: &mut Change,
+    expected: Option<u64>,
+    reason: Option<&str>,
+    actor: &str,
+) -> Result<(), Rejection> {
+    change.open(expected)?;
+    let from = change.intent.status;
+    change.intent.policy_generation += 1;
+    let details = obj(json!({
+        "approve_current_step": true,
+        "approved_in": from,
+        "reason": reason,
+        "policy_generation": change.intent.policy_generation,
+    }));
+    if from == Status::InProgress {
+        change.record(EventType::StepApproved, actor, details);
+        Ok(())
+    } else {
+        change.enter_as(Status::InProgress, EventType::Resumed, actor, details)
     }
 }
 

@@ -190,7 +190,9 @@ pub enum ResumeAction {
         reason: WaitingReason,
         details: Map<String, Value>,
     },
-    /// The control form: continues a WAITING intent, compare-and-set on the generation.
+    /// The control form, sent by the intent's owner: approves the current step, which puts
+    /// any non-terminal intent IN_PROGRESS (one already there stays). Compare-and-set on the
+    /// generation when `expected_policy_generation` is given.
     ApproveCurrentStep {
         expected_policy_generation: Option<u64>,
         reason: Option<String>,

@@ -134,6 +134,9 @@ pub enum EventType {
     ReminderSent,
     /// The reminders ran out and the intent went to `escalate_to`; the status stays.
     Escalated,
+    /// The owner approved the current step of an intent already IN_PROGRESS; the status
+    /// stays, but the approval (and its new `policy_generation`) must be on the record.
+    StepApproved,
 }
 
 impl EventType {
@@ -156,6 +159,7 @@ impl EventType {
             EventType::LeaseExpired => "intent.lease_expired",
             EventType::ReminderSent => "intent.reminder_sent",
             EventType::Escalated => "intent.escalated",
+            EventType::StepApproved => "intent.step_approved",
         }
     }
 
@@ -185,6 +189,7 @@ impl EventType {
                 | EventType::LeaseExpired
                 | EventType::ReminderSent
                 | EventType::Escalated
+                | EventType::StepApproved
         )
     }
 

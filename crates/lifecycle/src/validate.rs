@@ -301,23 +301,25 @@ pub const HUMAN_TASK_TYPES: &[&str] = &[
     "escalate",
 ];
 
+/// The fields of `HumanTaskSpec`.
+pub const HUMAN_TASK_FIELDS: &[&str] = &[
+    "title",
+    "description",
+    "task_type",
+    "allowed_outcomes",
+    "required_comment",
+    "assignees",
+    "evidence_required",
+    "form_schema",
+];
+
 /// `HumanTaskSpec` of the create schema. The task is a JSON object in the domain (it travels
 /// as JSON on both edges), so its fields are checked here, kind and rule alike.
 pub fn human_task(task: &Map<String, Value>) -> Result<(), ValidationError> {
-    const FIELDS: &[&str] = &[
-        "title",
-        "description",
-        "task_type",
-        "allowed_outcomes",
-        "required_comment",
-        "assignees",
-        "evidence_required",
-        "form_schema",
-    ];
     let mut unknown: Vec<&str> = task
         .keys()
         .map(String::as_str)
-        .filter(|k| !FIELDS.contains(k))
+        .filter(|k| !HUMAN_TASK_FIELDS.contains(k))
         .collect();
     if !unknown.is_empty() {
         unknown.sort_unstable();

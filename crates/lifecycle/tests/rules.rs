@@ -653,6 +653,96 @@ proptest! {
         };
         prop_assert_eq!(run(), run());
     }
+
+    /// The owner's `approve_current_step`, wherever a random history left the intent: from
+    /// every non-terminal status it ends IN_PROGRESS with the generation one higher and one
+    /// event (`intent.resumed` when the status changed, `intent.step_approved` when it was
+    /// already IN_PROGRESS), holding no lease and nothing due but its deadline; a terminal
+    /// intent or a stale generation is refused and nothing changes. Then the owner's resolve
+    /// completes it, as programs written for the hosted platform do.
+    #[test]
+    fn approve_current_step_from_any_reachable_status(
+        steps in prop::collection::vec(step(), 0..30),
+        setup in setup(),
+        deadline in prop::option::of(0i64..100),
+        generation_skew in prop_oneof![
+            2 => Just(None), 2 => Just(Some(0u64)), 1 => (1u64..3).prop_map(Some)
+        ],
+    ) {
+        let (mut state, id) = scenario_start(setup, deadline);
+        for (i, s) in steps.iter().enumerate() {
+            let cmd = command_for(&state, id, s, i as i64 + 1);
+            let _ = state.run(&cmd);
+        }
+        let before = state.clone();
+        let was = before.intents[&id].clone();
+        let approve = command_for(&state, id, &Step::Approve { generation_skew }, 40);
+        let outcome = state.run(&approve);
+        if was.status.is_terminal() {
+            prop_assert!(matches!(outcome, Err(Rejection::Terminal { .. })), "{outcome:?}");
+            prop_assert_eq!(&state, &before);
+            return Ok(());
+        }
+        if generation_skew.is_some_and(|skew| skew > 0) {
+            prop_assert!(
+                matches!(outcome, Err(Rejection::PolicyGenerationMismatch { .. })),
+                "{outcome:?}"
+            );
+            prop_assert_eq!(&state, &before);
+            return Ok(());
+        }
+        prop_assert!(was.status != Status::Created);
+        let Ok(Reply::Intent { intent, events, replayed }) = outcome else {
+            return Err(TestCaseError::fail(format!("approval refused: {outcome:?}")));
+        };
+        prop_assert!(!replayed);
+        prop_assert_eq!(intent.status, Status::InProgress);
+        prop_assert_eq!(intent.policy_generation, was.policy_generation + 1);
+        prop_assert_eq!(intent.waiting_reason, None);
+        prop_assert!(intent.lease.is_none());
+        prop_assert_eq!(
+            intent.pending_with.as_ref().map(|p| p.kind),
+            Some(PendingWithKind::Agent)
+        );
+        prop_assert_eq!(events.len(), 1);
+        let expected_type = if was.status == Status::InProgress {
+            EventType::StepApproved
+        } else {
+            EventType::Resumed
+        };
+        prop_assert_eq!(events[0].event_type, expected_type);
+        prop_assert_eq!(events[0].seq, was.last_seq + 1);
+        prop_assert_eq!(events[0].status, Status::InProgress);
+        prop_assert_eq!(&events[0].details["approved_in"], &json!(was.status));
+        let due: BTreeSet<(DueKind, DateTime<Utc>)> =
+            intent.deadline_at.map(|t| (DueKind::Deadline, t)).into_iter().collect();
+        prop_assert_eq!(state.due_of(id), due);
+
+        let resolve = command_for(&state, id, &Step::ResolveCompleted, 41);
+        let Ok(Reply::Intent { intent, .. }) = state.run(&resolve) else {
+            return Err(TestCaseError::fail("the owner's resolve after the approval was refused"));
+        };
+        prop_assert_eq!(intent.status, Status::Completed);
+        prop_assert!(state.due_of(id).is_empty());
+    }
+}
+
+/// A fresh intent (created at `t0`) for a receiver taking intents as `setup` says.
+fn scenario_start(setup: Setup, deadline: Option<i64>) -> (MemState, Uuid) {
+    let id = Uuid::from_u128(1);
+    let mut state = MemState::default();
+    match setup {
+        Setup::Http => register(&mut state, http()),
+        Setup::Inbox => register(&mut state, Binding::Inbox),
+        Setup::Stream | Setup::Delayed => {}
+    }
+    let mut new = new_intent(id, 3, deadline);
+    if let Setup::Delayed = setup {
+        new.deliver_at = Some(t0() + Duration::seconds(10));
+    }
+    new.remind_after_seconds = Some(5);
+    create_with(&mut state, new);
+    (state, id)
 }
 
 #[test]
@@ -801,6 +891,153 @@ fn completing_from_delivered_records_the_implied_in_progress_step() {
             to: Some(Status::Completed)
         })
     );
+}
+
+/// The hosted platform's pattern, one status at a time: the owner creates an intent,
+/// approves its current step at once, and resolves it. Each status the intent can be in when
+/// the approval arrives goes to IN_PROGRESS and drops what that status had the engine wait
+/// for (a push, a lease, a reminder); IN_PROGRESS stays and records the approval; a terminal
+/// intent refuses it.
+#[test]
+fn approve_current_step_from_each_status() {
+    let approve = |id: Uuid, expected: Option<u64>, at: i64| IntentCommand::Resume {
+        intent_id: id,
+        action: ResumeAction::ApproveCurrentStep {
+            expected_policy_generation: expected,
+            reason: Some("go".into()),
+        },
+        actor: "agent://acme/prod/sender".into(),
+        at: secs(at),
+    };
+    let approved = |state: &mut MemState, id: Uuid, expected: Option<u64>| -> (Intent, Event) {
+        match state.intent_cmd(approve(id, expected, 50)) {
+            Ok(Reply::Intent {
+                intent, mut events, ..
+            }) => {
+                assert_eq!(events.len(), 1, "{events:?}");
+                (*intent, events.remove(0))
+            }
+            other => panic!("approval refused: {other:?}"),
+        }
+    };
+
+    // SUBMITTED, with an HTTP push due: the push is no longer due.
+    let mut state = MemState::default();
+    register(&mut state, http());
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(70), 3, None));
+    assert_eq!(state.due_of(id), BTreeSet::from([(DueKind::Deliver, t0())]));
+    let (intent, event) = approved(&mut state, id, Some(0));
+    assert_eq!(
+        (intent.status, intent.policy_generation),
+        (Status::InProgress, 1)
+    );
+    assert_eq!(
+        (event.event_type, event.status),
+        (EventType::Resumed, Status::InProgress)
+    );
+    assert_eq!(event.details["approved_in"], json!("SUBMITTED"));
+    assert_eq!(event.details["reason"], json!("go"));
+    assert_eq!(event.details["policy_generation"], json!(1));
+    assert_eq!(event.actor, "agent://acme/prod/sender");
+    assert!(state.due_of(id).is_empty());
+    // The owner resolves it: COMPLETED, with no implied step (it is IN_PROGRESS already).
+    state
+        .intent_cmd(IntentCommand::Resolve {
+            intent_id: id,
+            resolution: Resolution::Completed {
+                result: json!({"done": true}),
+            },
+            actor: "agent://acme/prod/sender".into(),
+            at: secs(51),
+        })
+        .unwrap();
+    let types: Vec<&str> = state
+        .events_of(id)
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "intent.created",
+            "intent.submitted",
+            "intent.resumed",
+            "intent.completed"
+        ]
+    );
+    // Terminal: refused, nothing changes.
+    let before = state.clone();
+    assert_eq!(
+        state.intent_cmd(approve(id, None, 52)),
+        Err(Rejection::Terminal {
+            from: Status::Completed,
+            to: None
+        })
+    );
+    assert_eq!(state, before);
+
+    // DELIVERED: the lease and its expiry go.
+    let mut state = MemState::default();
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(71), 3, None));
+    deliver_at(&mut state, id, 1).unwrap();
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::LeaseExpiry, secs(31))])
+    );
+    let (intent, event) = approved(&mut state, id, None);
+    assert_eq!(intent.status, Status::InProgress);
+    assert!(intent.lease.is_none());
+    assert_eq!(event.details["approved_in"], json!("DELIVERED"));
+    assert!(state.due_of(id).is_empty());
+
+    // ACKNOWLEDGED.
+    let mut state = MemState::default();
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(72), 3, None));
+    deliver_at(&mut state, id, 1).unwrap();
+    state
+        .intent_cmd(IntentCommand::Acknowledge {
+            intent_id: id,
+            attempt: 1,
+            actor: "agent://acme/prod/payments".into(),
+            at: secs(2),
+        })
+        .unwrap();
+    let (intent, event) = approved(&mut state, id, None);
+    assert_eq!(intent.status, Status::InProgress);
+    assert_eq!(event.details["approved_in"], json!("ACKNOWLEDGED"));
+
+    // WAITING for a person: the reminders stop, the intent is with its agent again.
+    let mut state = MemState::default();
+    let mut new = new_intent(Uuid::from_u128(73), 3, Some(600));
+    new.human_task = Some(json!({"title": "Sign"}));
+    new.remind_after_seconds = Some(60);
+    let id = create_with(&mut state, new);
+    assert_eq!(state.intents[&id].status, Status::Waiting);
+    let (intent, event) = approved(&mut state, id, Some(0));
+    assert_eq!(intent.status, Status::InProgress);
+    assert_eq!(intent.waiting_reason, None);
+    assert_eq!(intent.pending_with.unwrap().kind, PendingWithKind::Agent);
+    assert_eq!(event.details["approved_in"], json!("WAITING"));
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::Deadline, secs(600))])
+    );
+
+    // IN_PROGRESS: the status stays, the approval is on the record and moves the generation.
+    state
+        .intent_cmd(approve(id, Some(0), 53))
+        .expect_err("generation 0 is stale now");
+    let (intent, event) = approved(&mut state, id, Some(1));
+    assert_eq!(
+        (intent.status, intent.policy_generation),
+        (Status::InProgress, 2)
+    );
+    assert_eq!(
+        (event.event_type, event.status),
+        (EventType::StepApproved, Status::InProgress)
+    );
+    assert!(event.event_type.keeps_status());
+    assert_eq!(event.details["approved_in"], json!("IN_PROGRESS"));
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn keeps_status(event_type: &str) -> bool {
             | "intent.lease_expired"
             | "intent.reminder_sent"
             | "intent.escalated"
+            | "intent.step_approved"
     )
 }
 

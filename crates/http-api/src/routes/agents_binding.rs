@@ -7,9 +7,10 @@
 //!  "ack_timeout_seconds"?, "max_delivery_attempts"?, "display_name"?}
 //! ```
 //! The registration is replicated state (`Command::RegisterAgent`), so every node's engine
-//! makes the same choice. An HTTP binding's URL is checked against SSRF targets here, at
-//! registration (422), and again by the engine at connect time. The secret is kept (the
-//! engine signs with it) but never shown again: answers carry `secret_hint` only.
+//! makes the same choice. An HTTP binding's URL is checked against SSRF targets here as far
+//! as it can be without DNS (its shape, a literal address: 422), and the addresses its name
+//! resolves to by the engine at every push. The secret is kept (the engine signs with it)
+//! but never shown again: answers carry `secret_hint` only.
 
 use axum::Json;
 use intentd_lifecycle::validate::listen_address;
@@ -233,7 +234,7 @@ pub(crate) async fn put_binding(
     caller.require_listener_on(&address)?;
     let request = parse_binding(body)?;
     if let Some(url) = request.url() {
-        checked_url(state, "url", url).await?;
+        checked_url(state, "url", url)?;
     }
     let config = request.into_config(address.clone(), now());
     write(state, Command::RegisterAgent { config }).await?;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{claim, load_intent, now, write_intent};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{IdempotencyKey, JsonBody, PathParam};
+use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
 
@@ -320,17 +320,25 @@ fn applied_reply(written: &Written) -> Json<Value> {
     }))
 }
 
-/// `POST /v1/intents/{id}/resume`.
+/// `POST /v1/intents/{id}/resume`. The control form is the owner's: the SDK names the
+/// owner in `owner_agent` (or `x-owner-agent`), which becomes the recorded actor unless the
+/// body names one; an agent key may name only itself, as on every owner-scoped route.
 async fn resume_intent(
     State(state): State<AppState>,
     caller: Caller,
+    NamedOwner(named): NamedOwner,
     PathParam(id): PathParam<String>,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
-    let (action, actor) = parse_resume(&body)?;
-    authorize_change(&state, &caller, id).await?;
+    let (action, mut actor) = parse_resume(&body)?;
+    let intent = load_intent(&state, id, false).await?;
+    caller.require_resumer_of(&intent, &action)?;
+    if let (ResumeAction::ApproveCurrentStep { .. }, Some(named)) = (&action, named.as_deref()) {
+        let owner = caller.owner(Some(named))?;
+        actor = actor.or_else(|| Some(format!("agent://{owner}")));
+    }
     let at = now();
     let claim = claim(
         &state,

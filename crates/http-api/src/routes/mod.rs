@@ -85,13 +85,14 @@ pub(crate) async fn read_barrier(state: &AppState) -> Result<(), ApiError> {
     Ok(state.cluster.read_barrier().await?)
 }
 
-/// Refuses a callback URL (an HTTP agent's, a webhook subscription's) that is not http(s) or
-/// whose host is (or resolves to) a loopback, private, link-local or otherwise internal
-/// address not on the operator's allow-list: without this check any key holder could make
-/// the cluster send requests into its own network. A refusal is a 422 naming `field`.
-pub(crate) async fn checked_url(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
-    intentd_delivery::check_url_async(url, &state.config.delivery_allow_hosts)
-        .await
+/// Refuses a callback URL (an HTTP agent's, a webhook subscription's) that is not http(s),
+/// or whose host is a literal loopback, private, link-local or otherwise internal address
+/// not on the operator's allow-list. A host name is not resolved here: whether it resolves
+/// from the cluster now says nothing about the pushes to come, so the engine's resolver
+/// judges the addresses it will dial at every push (`intentd_delivery::ssrf`). A refusal is
+/// a 422 naming `field`.
+pub(crate) fn checked_url(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
+    intentd_delivery::check_url(url, &state.config.delivery_allow_hosts)
         .map_err(|e| ApiError::SchemaInvalid(format!("{field} is refused: {e}")))
 }
 

@@ -18,6 +18,12 @@
 //!   refused (422). `escalate_to` may name a role too.
 //! - `idempotency_key` (or the `Idempotency-Key` header) makes a repeat answer the first
 //!   intent with `idempotent: true`.
+//! - Bundles are copied as published (product pages, the seeds' repositories), and those
+//!   carry fields the schema does not list: `title` is read like `description`, a
+//!   `scenario_id` may contain hyphens (`replacing-webhooks.demo.v1`), and any other key
+//!   intentd does not know, at any level, is ignored and named in the answer's `warnings`
+//!   (`unknown field ignored: agents[0].colour`), so a typo stays visible without making the
+//!   bundle fail. Wrong types and broken rules of known fields are refused as usual.
 //!
 //! Deviations from `api.scenarios.bundle.response.v1.json`: the answer also has `"ok": true`
 //! (every success body does), `status` is the intent's real status (SUBMITTED for an agent
@@ -80,20 +86,57 @@ fn array<'a>(b: &Body<'a>, name: &str, max: usize) -> Result<&'a [Value], ApiErr
     }
 }
 
-/// `^[a-z0-9_]+(?:\.[a-z0-9_]+)*$`
-fn is_dotted_name(s: &str) -> bool {
+/// `^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$`: the schema's pattern plus the hyphen, which published
+/// bundles use (`replacing-webhooks.demo.v1`).
+fn is_scenario_id(s: &str) -> bool {
     s.split('.').all(|w| {
         !w.is_empty()
             && w.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     })
 }
 
-fn parse_agent(value: &Value) -> Result<Participant, ApiError> {
+/// Names each key of `b` that `allowed` does not list in `warnings`; `at` is where `b` is
+/// in the bundle (empty at the top).
+fn note_unknown(b: &Body<'_>, allowed: &[&str], at: &str, warnings: &mut Vec<String>) {
+    for key in b.unknown(allowed) {
+        let path = if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        };
+        warnings.push(format!("unknown field ignored: {path}"));
+    }
+}
+
+/// A `human_task` without the keys `HumanTaskSpec` does not list, each named in `warnings`:
+/// the create rules the task goes through next refuse unknown keys, a bundle only notes them.
+fn known_human_task(
+    task: &Map<String, Value>,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Map<String, Value>, ApiError> {
+    let value = Value::Object(task.clone());
+    note_unknown(
+        &Body::strict(&value)?,
+        validate::HUMAN_TASK_FIELDS,
+        at,
+        warnings,
+    );
+    let mut known = task.clone();
+    known.retain(|k, _| validate::HUMAN_TASK_FIELDS.contains(&k.as_str()));
+    Ok(known)
+}
+
+fn parse_agent(
+    value: &Value,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Participant, ApiError> {
     let b = Body::strict(value)?;
     let mut allowed = vec!["role", "address", "create_if_missing"];
     allowed.extend_from_slice(BINDING_FIELDS);
-    b.deny_unknown(&allowed)?;
+    note_unknown(&b, &allowed, at, warnings);
     let role = b.required_str("role")?;
     check_len("agents[].role", role, 1, 100)?;
     let address = b.required_str("address")?;
@@ -108,9 +151,13 @@ fn parse_agent(value: &Value) -> Result<Participant, ApiError> {
     })
 }
 
-fn parse_human(value: &Value) -> Result<Participant, ApiError> {
+fn parse_human(
+    value: &Value,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Participant, ApiError> {
     let b = Body::strict(value)?;
-    b.deny_unknown(&["role", "contact", "display_name"])?;
+    note_unknown(&b, &["role", "contact", "display_name"], at, warnings);
     let role = b.required_str("role")?;
     check_len("humans[].role", role, 1, 100)?;
     let contact = b.required_str("contact")?;
@@ -172,7 +219,7 @@ fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<FirstStep,
     };
     let workflow = Value::Object(workflow.clone());
     let w = Body::strict(&workflow)?;
-    w.deny_unknown(&["macro_id", "steps"])?;
+    note_unknown(&w, &["macro_id", "steps"], "workflow", warnings);
     if w.str("macro_id")?.is_some() {
         return Err(ApiError::SchemaInvalid(
             "workflow.macro_id: intentd has no workflow macros".into(),
@@ -187,7 +234,12 @@ fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<FirstStep,
     let mut first = FirstStep::default();
     for (i, step) in steps.iter().enumerate() {
         let s = Body::strict(step)?;
-        s.deny_unknown(STEP_FIELDS)?;
+        let at = format!("workflow.steps[{i}]");
+        note_unknown(&s, STEP_FIELDS, &at, warnings);
+        let human_task = s
+            .object("human_task")?
+            .map(|t| known_human_task(t, &format!("{at}.human_task"), warnings))
+            .transpose()?;
         let step_id = s.required_str("step_id")?;
         check_len("workflow.steps[].step_id", step_id, 1, 100)?;
         let runtime = s.str("runtime_type")?;
@@ -206,11 +258,7 @@ fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<FirstStep,
             s.bool("requires_approval")?.unwrap_or(false) || runtime == Some("human_approval");
         first = FirstStep {
             assigned_to: s.str("assigned_to")?.map(str::to_string),
-            human_task: if approval {
-                s.object("human_task")?.cloned()
-            } else {
-                None
-            },
+            human_task: if approval { human_task } else { None },
             remind_after_seconds: s.uint("remind_after_seconds", 1)?,
             remind_interval_seconds: s.uint("remind_interval_seconds", 1)?,
             max_reminders: s.uint("max_reminders", 1)?,
@@ -234,6 +282,18 @@ fn resolve(participants: &[Participant], name: &str) -> Result<String, ApiError>
     }
 }
 
+/// The top-level fields of a bundle: the schema's, and `title`, which published bundles carry.
+const BUNDLE_FIELDS: &[&str] = &[
+    "scenario_id",
+    "title",
+    "description",
+    "idempotency_key",
+    "agents",
+    "humans",
+    "workflow",
+    "intent",
+];
+
 const INTENT_FIELDS: &[&str] = &[
     "type",
     "payload",
@@ -251,21 +311,17 @@ const INTENT_FIELDS: &[&str] = &[
 /// becomes a `NewIntent` ([`new_intent`]).
 fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
     let b = Body::strict(body)?;
-    b.deny_unknown(&[
-        "scenario_id",
-        "description",
-        "idempotency_key",
-        "agents",
-        "humans",
-        "workflow",
-        "intent",
-    ])?;
+    let mut warnings = Vec::new();
+    note_unknown(&b, BUNDLE_FIELDS, "", &mut warnings);
     let scenario_id = b.required_str("scenario_id")?;
     check_len("scenario_id", scenario_id, 3, 255)?;
-    if !is_dotted_name(scenario_id) {
+    if !is_scenario_id(scenario_id) {
         return Err(ApiError::SchemaInvalid(format!(
-            "scenario_id {scenario_id:?} does not match ^[a-z0-9_]+(?:\\.[a-z0-9_]+)*$"
+            "scenario_id {scenario_id:?} does not match ^[a-z0-9_-]+(?:\\.[a-z0-9_-]+)*$"
         )));
+    }
+    if let Some(t) = b.str("title")? {
+        check_len("title", t, 0, 255)?;
     }
     if let Some(d) = b.str("description")? {
         check_len("description", d, 0, 1000)?;
@@ -275,19 +331,22 @@ fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
         .map(validate::idempotency_key)
         .transpose()?;
     let mut participants = Vec::new();
-    for a in array(&b, "agents", 50)? {
-        participants.push(parse_agent(a)?);
+    for (n, a) in array(&b, "agents", 50)?.iter().enumerate() {
+        participants.push(parse_agent(a, &format!("agents[{n}]"), &mut warnings)?);
     }
-    for h in array(&b, "humans", 20)? {
-        participants.push(parse_human(h)?);
+    for (n, h) in array(&b, "humans", 20)?.iter().enumerate() {
+        participants.push(parse_human(h, &format!("humans[{n}]"), &mut warnings)?);
     }
-    let mut warnings = Vec::new();
     let step = parse_workflow(&b, &mut warnings)?;
 
     let spec = b.required_object("intent")?;
     let spec = Value::Object(spec.clone());
     let i = Body::strict(&spec)?;
-    i.deny_unknown(INTENT_FIELDS)?;
+    note_unknown(&i, INTENT_FIELDS, "intent", &mut warnings);
+    let human_task = i
+        .object("human_task")?
+        .map(|t| known_human_task(t, "intent.human_task", &mut warnings))
+        .transpose()?;
     let intent_type = i.required_str("type")?;
     check_len("intent.type", intent_type, 3, 255)?;
     if let Some(e) = i.str("escalate_to")? {
@@ -329,7 +388,7 @@ fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
         max_reminders: i.uint("max_reminders", 1)?.or(step.max_reminders),
         escalate_to: escalate_to.map(|e| format!("agent://{e}")),
         max_delivery_attempts: i.uint("max_delivery_attempts", 1)?,
-        human_task: i.object("human_task")?.cloned().or(step.human_task),
+        human_task: human_task.or(step.human_task),
         deliver_at: None,
     };
     Ok(Plan {
@@ -374,16 +433,12 @@ fn new_intent(state: &AppState, caller: &Caller, plan: &Plan) -> Result<NewInten
 }
 
 /// Parses and checks a bundle completely (the URLs included), without writing anything.
-async fn check(
-    state: &AppState,
-    caller: &Caller,
-    body: &Value,
-) -> Result<(Plan, NewIntent), ApiError> {
+fn check(state: &AppState, caller: &Caller, body: &Value) -> Result<(Plan, NewIntent), ApiError> {
     let plan = parse_bundle(body)?;
     let intent = new_intent(state, caller, &plan)?;
     for p in &plan.participants {
         if let Some(url) = p.binding.as_ref().and_then(BindingRequest::url) {
-            checked_url(state, "agents[].url", url).await?;
+            checked_url(state, "agents[].url", url)?;
         }
     }
     Ok((plan, intent))
@@ -409,7 +464,7 @@ async fn apply(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_not_agent()?;
-    let (plan, intent) = check(&state, &caller, &body).await?;
+    let (plan, intent) = check(&state, &caller, &body)?;
     let mut agents = Vec::with_capacity(plan.participants.len());
     for p in &plan.participants {
         let existed = registered(&state, &p.address)?.is_some();
@@ -457,7 +512,7 @@ async fn validate_bundle(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_not_agent()?;
-    let (plan, intent) = match check(&state, &caller, &body).await {
+    let (plan, intent) = match check(&state, &caller, &body) {
         Ok(checked) => checked,
         Err(
             e @ (ApiError::InvalidRequest(_)
@@ -600,8 +655,23 @@ mod tests {
                 "schema_invalid",
             ),
             (
-                json!({"scenario_id": "ok_id", "intent": {"type": "a.b.v1", "extra": 1},
+                json!({"scenario_id": "ok.", "intent": {"type": "a.b.v1"},
                     "agents": [{"role": "r", "address": "a/b/c"}]}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "ok id", "intent": {"type": "a.b.v1"},
+                    "agents": [{"role": "r", "address": "a/b/c"}]}),
+                "schema_invalid",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "title": 7, "intent": {"type": "a.b.v1"},
+                    "agents": [{"role": "r", "address": "a/b/c"}]}),
+                "invalid_request",
+            ),
+            (
+                json!({"scenario_id": "ok_id", "title": "t".repeat(256),
+                    "intent": {"type": "a.b.v1"}, "agents": [{"role": "r", "address": "a/b/c"}]}),
                 "schema_invalid",
             ),
             (
@@ -616,5 +686,87 @@ mod tests {
         for (body, code) in cases {
             assert_eq!(parse_bundle(&body).unwrap_err().code(), code, "{body}");
         }
+    }
+
+    /// The replacing-webhooks seed's bundle, as published: `title`, a hyphenated id, a
+    /// streaming agent and a one-step workflow.
+    const SEED: &str = include_str!("../../../../tests/fixtures/replacing-webhooks.scenario.json");
+
+    #[test]
+    fn the_published_seed_bundle_applies_as_it_is() {
+        let plan = parse_bundle(&serde_json::from_str(SEED).unwrap()).unwrap();
+        assert_eq!(plan.scenario_id, "replacing-webhooks.demo.v1");
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        let agent = &plan.participants[0];
+        assert_eq!(
+            (agent.role.as_str(), agent.address.as_str()),
+            ("payment_service", "payment-service-demo")
+        );
+        let binding = agent.binding.as_ref().expect("registered");
+        assert_eq!(binding.binding, Binding::Stream);
+        assert_eq!(
+            binding.display_name.as_deref(),
+            Some("Payment Service (demo)")
+        );
+        assert_eq!(
+            plan.intent.to_agent.as_deref(),
+            Some("agent://payment-service-demo")
+        );
+        assert_eq!(
+            plan.intent.intent_type.as_deref(),
+            Some("intent.payment.process.v1")
+        );
+        assert_eq!(plan.intent.max_delivery_attempts, Some(3));
+        assert_eq!(
+            plan.intent.payload.as_ref().unwrap()["order_id"],
+            "ORD-1207"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_anywhere_are_ignored_and_named() {
+        let mut body = bundle();
+        body["scenario_id"] = json!("approval-nginx.roll-out.v1");
+        body["colour"] = json!("blue");
+        body["title"] = json!("Roll out nginx");
+        body["agents"][1]["note"] = json!({"any": "thing"});
+        body["humans"][0]["email"] = json!("lead@example.com");
+        body["workflow"]["version"] = json!(2);
+        body["workflow"]["steps"][0]["human_task"]["priority"] = json!("high");
+        body["workflow"]["steps"][1]["timeout"] = json!(30);
+        body["intent"]["priority"] = json!(1);
+        let plan = parse_bundle(&body).unwrap();
+        assert_eq!(plan.scenario_id, "approval-nginx.roll-out.v1");
+        let unknown: Vec<&str> = plan
+            .warnings
+            .iter()
+            .filter_map(|w| w.strip_prefix("unknown field ignored: "))
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                "colour",
+                "agents[1].note",
+                "humans[0].email",
+                "workflow.version",
+                "workflow.steps[0].human_task.priority",
+                "workflow.steps[1].timeout",
+                "intent.priority",
+            ]
+        );
+        // The workflow's own warning is still there, and nothing unknown reaches the intent.
+        assert_eq!(
+            plan.warnings.len(),
+            unknown.len() + 1,
+            "{:?}",
+            plan.warnings
+        );
+        let task = plan.intent.human_task.as_ref().unwrap();
+        assert!(!task.contains_key("priority"), "{task:?}");
+        assert_eq!(task["title"], "Roll out nginx?");
+        // The plan is the one the bundle without the unknown keys makes.
+        let clean = parse_bundle(&bundle()).unwrap();
+        assert_eq!(plan.participants, clean.participants);
+        assert_eq!(plan.intent, clean.intent);
     }
 }

@@ -77,6 +77,7 @@ const INTENT_EVENT_TYPES: &[&str] = &[
     "intent.lease_expired",
     "intent.reminder_sent",
     "intent.escalated",
+    "intent.step_approved",
 ];
 
 fn known_event_type(t: &str) -> bool {
@@ -224,7 +225,7 @@ async fn upsert_subscription(
 ) -> Result<Json<Value>, ApiError> {
     let owner = caller.owner(named.as_deref())?;
     let request = parse_subscription(&body)?;
-    checked_url(&state, "callback_url", &request.callback_url).await?;
+    checked_url(&state, "callback_url", &request.callback_url)?;
     read_barrier(&state).await?;
     let reader = state.cluster.reader();
     let same_url = |s: &Subscription| s.callback_url == request.callback_url;
@@ -634,7 +635,8 @@ mod tests {
             | EventType::PolicyUpdated
             | EventType::LeaseExpired
             | EventType::ReminderSent
-            | EventType::Escalated => e.as_str(),
+            | EventType::Escalated
+            | EventType::StepApproved => e.as_str(),
         };
         for e in [
             EventType::Created,
@@ -654,9 +656,10 @@ mod tests {
             EventType::LeaseExpired,
             EventType::ReminderSent,
             EventType::Escalated,
+            EventType::StepApproved,
         ] {
             assert!(INTENT_EVENT_TYPES.contains(&name(e)), "{}", e.as_str());
         }
-        assert_eq!(INTENT_EVENT_TYPES.len(), 17);
+        assert_eq!(INTENT_EVENT_TYPES.len(), 18);
     }
 }
