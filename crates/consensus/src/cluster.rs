@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
@@ -169,6 +169,7 @@ pub async fn start(
     let clock = Arc::new(ClockWatch::new(config.clock));
     // openraft's leader lease is the maximum election timeout; pre-votes honour the same one.
     let lease = Duration::from_millis(t.election_max_ms);
+    let node = Arc::new(OnceLock::new());
     let service = InternalService {
         node_id: config.node_id,
         raft: raft.clone(),
@@ -177,6 +178,7 @@ pub async fn start(
         leader_lease: lease,
         write_timeout: config.request_timeout,
         membership_timeout: MEMBERSHIP_TIMEOUT,
+        node: Arc::clone(&node),
     };
     // Answers go out as several HTTP/2 frames; with Nagle on, the later ones wait for the
     // peer's delayed ACK (40 ms), and every forwarded write and Raft round trip pays for it.
@@ -226,6 +228,7 @@ pub async fn start(
             proposer,
         }),
     };
+    let _ = node.set(Arc::downgrade(&cluster.inner));
     tokio::spawn(proposer::run(Arc::downgrade(&cluster.inner), queue));
     tokio::spawn(watch_clocks(Arc::downgrade(&cluster.inner)));
     tokio::spawn(crate::election::run(
@@ -319,6 +322,10 @@ impl Cluster {
 
     pub fn reader(&self) -> &StateReader {
         &self.inner.reader
+    }
+
+    pub(crate) fn proposer(&self) -> &Proposer {
+        &self.inner.proposer
     }
 
     /// Replicates `command` and returns the state machine's reply. `Ok` means a majority has

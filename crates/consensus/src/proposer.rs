@@ -74,10 +74,6 @@ impl Proposer {
     /// Proposes `command` (encoded) through `leader` and waits for its outcome, at most
     /// `timeout`. Giving up after the command may have been sent is `Ambiguous`, as for any
     /// write whose fate is unknown.
-    ///
-    /// A caller that finds a proposal slot free sends its command alone, from its own task:
-    /// an idle node then pays no hand-off to the loop for the batching it does not need.
-    /// The semaphore is fair, so such a caller never takes a slot the loop is waiting for.
     pub(crate) async fn submit(
         &self,
         cluster: &Cluster,
@@ -85,23 +81,60 @@ impl Proposer {
         command: String,
         timeout: Duration,
     ) -> Answer {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            leader,
-            command,
-            deadline: Instant::now() + timeout,
-            reply,
-        };
+        self.submit_all(cluster, leader, vec![command], timeout)
+            .await
+            .pop()
+            .unwrap_or(Err(ForwardError::Ambiguous))
+    }
+
+    /// Proposes `commands` through `leader` and answers each, in order. They may travel in
+    /// different proposals (each answer names its own entry's index).
+    ///
+    /// Callers that find a proposal slot free send at once, from their own task, as one
+    /// proposal: an idle node then pays no hand-off to the loop for the batching it does not
+    /// need. The semaphore is fair, so such a caller never takes a slot the loop is waiting
+    /// for. The leader's forward handler comes through here too, so a follower's batch joins
+    /// the leader's own writes instead of costing an entry of its own.
+    pub(crate) async fn submit_all(
+        &self,
+        cluster: &Cluster,
+        leader: u64,
+        commands: Vec<String>,
+        timeout: Duration,
+    ) -> Vec<Answer> {
+        let deadline = Instant::now() + timeout;
+        let (pendings, answers): (Vec<Pending>, Vec<oneshot::Receiver<Answer>>) = commands
+            .into_iter()
+            .map(|command| {
+                let (reply, answer) = oneshot::channel();
+                let pending = Pending {
+                    leader,
+                    command,
+                    deadline,
+                    reply,
+                };
+                (pending, answer)
+            })
+            .unzip();
         if let Ok(permit) = Arc::clone(&self.window).try_acquire_owned() {
-            send(cluster, vec![pending]).await;
+            send(cluster, pendings).await;
             drop(permit);
-        } else if self.tx.send(pending).is_err() {
-            return Err(ForwardError::Unavailable);
+        } else {
+            for pending in pendings {
+                if let Err(mpsc::error::SendError(pending)) = self.tx.send(pending) {
+                    // The loop is gone (the node is shutting down): nothing was sent.
+                    let _ = pending.reply.send(Err(ForwardError::Unavailable));
+                }
+            }
         }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => Err(ForwardError::Ambiguous),
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) | Err(_) => Err(ForwardError::Ambiguous),
+            });
         }
+        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! The server side of the internal plane: hands Raft RPCs to the local openraft instance and
 //! executes writes and read-index requests forwarded by followers.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use openraft::{BasicNode, ChangeMembers};
 
 use crate::clock::{stamp_acceptable, wall_micros, ClockWatch};
-use crate::cluster::{clock_status, leader_read_index};
+use crate::cluster::{clock_status, leader_read_index, Cluster, Inner};
 use crate::election::{log_id_from_request, Standing};
 use crate::error::{ForwardError, MembershipChange};
 use crate::proposer::Forwarded;
@@ -39,6 +39,9 @@ pub(crate) struct InternalService {
     pub(crate) write_timeout: Duration,
     /// Adding a learner waits for it to catch up, which can take far longer than a write.
     pub(crate) membership_timeout: Duration,
+    /// The node this service belongs to, for its proposer; set once the node is built (the
+    /// service starts serving before that, and answers forwards with `Unavailable` until then).
+    pub(crate) node: Arc<OnceLock<Weak<Inner>>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
@@ -221,18 +224,27 @@ impl RaftInternal for InternalService {
         }))
     }
 
-    /// Proposes a follower's batch as one entry. Every command is read here before it is
-    /// logged (a payload apply could not read would stop every node on it) and checked against
-    /// this node's clock; one refused alone leaves the others to go on.
+    /// Proposes a follower's batch through this node's proposer, so that it shares entries
+    /// with the leader's own writes and with other followers' batches (an entry per forward
+    /// tripled the entries of a load spread over three nodes). Every command is read here
+    /// before it is logged (a payload apply could not read would stop every node on it) and
+    /// checked against this node's clock; one refused alone leaves the others to go on.
     async fn forward(
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
+        let refuse = |e: ForwardError| -> Result<Response<ForwardResponse>, Status> {
+            Ok(Response::new(ForwardResponse {
+                result: encode(&Err::<Forwarded, _>(e))?,
+            }))
+        };
+        let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
+            return refuse(ForwardError::Unavailable);
+        };
+        let cluster = Cluster { inner };
         let bytes = request.into_inner().commands;
         if let Err(e) = self.clock_check() {
-            return Ok(Response::new(ForwardResponse {
-                result: encode(&Err::<Forwarded, _>(e))?,
-            }));
+            return refuse(e);
         }
         let now = wall_micros();
         let parts: Vec<&RawValue> =
@@ -244,37 +256,37 @@ impl RaftInternal for InternalService {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             match self.stamp_check(&command, now) {
                 Ok(()) => {
-                    accepted.push(part.get());
+                    accepted.push(part.get().to_owned());
                     outcomes.push(None);
                 }
                 Err(e) => outcomes.push(Some(Err(e))),
             }
         }
-        let result = if accepted.is_empty() {
-            Ok(Forwarded {
-                index: 0,
-                outcomes: outcomes.into_iter().flatten().collect(),
-            })
+        let answers = if accepted.is_empty() {
+            Vec::new()
         } else {
-            let proposal = Proposal::join(accepted).map_err(|e| Status::internal(e.to_string()))?;
-            match write_as_leader(&self.raft, proposal, self.write_timeout).await {
-                Ok((applied, index)) => {
-                    let mut applied = applied.into_iter();
-                    let outcomes = outcomes
-                        .into_iter()
-                        .map(|o| o.or_else(|| applied.next().map(Ok)))
-                        .collect::<Option<Vec<_>>>();
-                    match outcomes {
-                        Some(outcomes) if applied.next().is_none() => {
-                            Ok(Forwarded { index, outcomes })
-                        }
-                        _ => Err(ForwardError::Internal(
-                            "the state machine answered a different number of commands".into(),
-                        )),
-                    }
-                }
-                Err(e) => Err(e),
-            }
+            cluster
+                .proposer()
+                .submit_all(&cluster, self.node_id, accepted, self.write_timeout)
+                .await
+        };
+        // The follower waits to apply up to the index it is given before it answers, so it
+        // gets the last entry any of its commands went into.
+        let index = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok().map(|(_, index)| *index))
+            .max()
+            .unwrap_or(0);
+        let mut answers = answers.into_iter().map(|a| a.map(|(outcome, _)| outcome));
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.or_else(|| answers.next()))
+            .collect::<Option<Vec<_>>>();
+        let result = match outcomes {
+            Some(outcomes) if answers.next().is_none() => Ok(Forwarded { index, outcomes }),
+            _ => Err(ForwardError::Internal(
+                "the proposer answered a different number of commands".into(),
+            )),
         };
         Ok(Response::new(ForwardResponse {
             result: encode(&result)?,
