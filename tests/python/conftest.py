@@ -7,12 +7,14 @@ waited for with a deadline. The binary is $INTENTD_BIN, else <repo>/target/debug
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -40,17 +42,44 @@ def intentd_bin() -> Path:
     return Path(os.environ.get("INTENTD_BIN", REPO / "target" / "debug" / "intentd"))
 
 
+# Ports for test servers, below the kernel's ephemeral range (32768-60999 by default): a port
+# picked by binding to 0 and released could be taken by any process's outgoing connection
+# before the server binds it. A lock file per port keeps concurrent test processes apart;
+# the locks are held until this process exits (a restarted server keeps its address).
+_TEST_PORTS = range(15_000, 20_000)
+_reserved: list = []
+
+
 def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    lock_dir = Path(tempfile.gettempdir()) / "intentd-sdk-ports"
+    lock_dir.mkdir(exist_ok=True)
+    span = len(_TEST_PORTS)
+    start = (os.getpid() * 7919 + len(_reserved)) % span
+    ports: list[int] = []
+    for i in range(span):
+        if len(ports) == n:
+            break
+        port = _TEST_PORTS[(start + i) % span]
+        lock = open(lock_dir / f"{port}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            lock.close()
+            continue
+        finally:
+            probe.close()
+        _reserved.append(lock)
+        ports.append(port)
+    if len(ports) != n:
+        raise RuntimeError(f"not enough free test ports in {_TEST_PORTS}")
+    return ports
 
 
 @dataclass

@@ -231,14 +231,51 @@ fn free_addrs() -> [SocketAddr; 3] {
     [addrs[0], addrs[1], addrs[2]]
 }
 
-/// `n` distinct free loopback addresses. Ports come from the kernel (bind to port 0); all
-/// listeners are held at once so they differ, then released for the servers to take.
+/// Ports handed to test servers. They lie below the kernel's ephemeral range (32768-60999 by
+/// default), from which every outgoing connection of every process takes its local port: a
+/// port picked there (bind to 0, release, start the server on it) could be taken by some
+/// connect() in between, and a fresh-clone run once failed with "Address already in use".
+/// Nothing takes a port from this range on its own, and a lock file per port keeps the test
+/// processes that run at once (nextest runs each test in its own) apart.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The lock files of the ports this process reserved, held until it exits so that a server
+/// restarted on its old address still owns it.
+static RESERVED: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+
+/// `n` distinct loopback addresses reserved for this test process (see [`TEST_PORTS`]).
 pub fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
+    use fs2::FileExt as _;
+    let dir = std::env::temp_dir().join("intentd-e2e-ports");
+    std::fs::create_dir_all(&dir).expect("create the port lock directory");
+    let span = TEST_PORTS.len();
+    // Processes start their search at different places, so they rarely meet on a lock.
+    let start = (std::process::id() as usize).wrapping_mul(7919) % span;
+    let mut reserved = RESERVED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut addrs = Vec::with_capacity(n);
+    for i in 0..span {
+        if addrs.len() == n {
+            break;
+        }
+        let port = TEST_PORTS.start + ((start + i) % span) as u16;
+        let Ok(lock) = File::create(dir.join(format!("{port}.lock"))) else {
+            continue;
+        };
+        if lock.try_lock_exclusive().is_err() {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Something outside the tests may listen there; the probe is closed at once.
+        if TcpListener::bind(addr).is_err() {
+            continue;
+        }
+        reserved.push(lock);
+        addrs.push(addr);
+    }
+    assert_eq!(
+        addrs.len(),
+        n,
+        "not enough free test ports in {TEST_PORTS:?}"
+    );
+    addrs
 }

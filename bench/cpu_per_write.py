@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""CPU per create, by node and by thread group, for a load through the leader or spread.
+
+Starts a three-node intentd on loopback (as bench/compare.py does), drives it with wrk
+(bench/create.lua) for a warm-up and then a measured run, and divides each node's CPU time
+(utime + stime of every thread, from /proc/PID/task/*/stat) by the creates completed, grouped
+as the WAL writer thread, sled's threads (IO pool and log flusher) and the tokio workers (HTTP,
+openraft, apply). Also prints how many commands one Raft entry carried on average. CPU per
+write is steadier than throughput on a shared machine, so it is what to compare between two
+binaries (run them alternately).
+
+Usage: python3 bench/cpu_per_write.py [--binary PATH] [--mode leader|spread] [--connections 32]
+                                      [--seconds 8]
+"""
+
+import argparse
+import collections
+import os
+import shutil
+import tempfile
+
+import compare
+
+
+def thread_groups(pid):
+    """CPU seconds of one process, summed per thread group."""
+    out = collections.Counter()
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if comm.startswith("sled") or comm == "log flusher":
+            group = "sled"
+        elif "tokio" in comm:
+            group = "tokio"
+        else:
+            group = comm
+        out[group] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--binary", default=os.path.join(compare.ROOT, "target/release/intentd"))
+    ap.add_argument("--mode", choices=["leader", "spread"], default="leader")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--value-bytes", type=int, default=200)
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="intentd-cpu-")
+    procs = compare.Procs()
+    try:
+        cluster = compare.Intentd(procs, tmp, args.binary)
+        leader = cluster.leader()
+        for i in cluster.ids:
+            compare.wait_until(f"node {i} to see a leader", lambda i=i: cluster.healthy(i))
+        if args.mode == "leader":
+            targets = [cluster.addr(leader)]
+        else:
+            targets = [cluster.addr(i) for i in cluster.ids]
+        run = lambda seconds: compare.wrk(targets, args.connections, seconds, "intentd",
+                                          compare.KEY, args.value_bytes)
+        run(3)  # warm-up: connections, caches, the first snapshot's timing
+        health = lambda: compare.http_json(f"http://{cluster.addr(leader)}/health")
+        index_before = health()["last_log_index"]
+        before = {i: thread_groups(cluster.node[i].pid) for i in cluster.ids}
+        result = run(args.seconds)
+        after = {i: thread_groups(cluster.node[i].pid) for i in cluster.ids}
+        entries = max(1, health()["last_log_index"] - index_before)
+        n = max(1, result["requests"])
+        print(f"{args.mode} c={args.connections} req/s={result['rps']:.0f} "
+              f"p50_ms={result['p50']:.2f} p99_ms={result['p99']:.2f} "
+              f"commands_per_entry={result['requests'] / entries:.1f}")
+        total = 0.0
+        for i in cluster.ids:
+            per = {g: (after[i][g] - before[i].get(g, 0.0)) / n * 1e6 for g in after[i]}
+            node_total = sum(per.values())
+            total += node_total
+            role = "leader  " if i == leader else "follower"
+            groups = " ".join(f"{g}={v:.0f}" for g, v in sorted(per.items()) if v >= 1)
+            print(f"  node {i} {role} cpu_us_per_create: {groups} total={node_total:.0f}")
+        print(f"  cluster cpu_us_per_create={total:.0f}")
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
