@@ -250,24 +250,25 @@ mod tests {
         assert_eq!(settled(b""), None);
     }
 
+    /// Pushes an empty message to `url` and returns the failure it must end in.
+    async fn failure(allow: AllowList, url: &str) -> PushFailure {
+        let pusher = Pusher::new(allow, Duration::from_secs(2), None).unwrap();
+        let message = Message {
+            url,
+            secret: "s",
+            id: "i",
+            body: b"{}".to_vec(),
+        };
+        match pusher.push(message, 0).await {
+            PushOutcome::Failed(f) => f,
+            other => panic!("{url}: expected a failure, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_refused_url_is_a_permanent_failure() {
-        let pusher = Pusher::new(AllowList::default(), Duration::from_secs(2), None).unwrap();
         for url in ["http://127.0.0.1:9/", "http://localhost:9/"] {
-            let outcome = pusher
-                .push(
-                    Message {
-                        url,
-                        secret: "s",
-                        id: "i",
-                        body: b"{}".to_vec(),
-                    },
-                    0,
-                )
-                .await;
-            let PushOutcome::Failed(f) = outcome else {
-                panic!("{url}: expected a failure");
-            };
+            let f = failure(AllowList::default(), url).await;
             assert!(f.permanent && !f.unhealthy, "{url}: {f:?}");
             assert!(f.error.contains("loopback"), "{url}: {}", f.error);
         }
@@ -275,21 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_that_does_not_resolve_is_a_transient_failure() {
-        let pusher = Pusher::new(AllowList::default(), Duration::from_secs(2), None).unwrap();
-        let outcome = pusher
-            .push(
-                Message {
-                    url: "https://integrator.invalid/hook",
-                    secret: "s",
-                    id: "i",
-                    body: b"{}".to_vec(),
-                },
-                0,
-            )
-            .await;
-        let PushOutcome::Failed(f) = outcome else {
-            panic!("expected a failure");
-        };
+        let f = failure(AllowList::default(), "https://integrator.invalid/hook").await;
         assert!(!f.permanent && f.unhealthy, "{f:?}");
         assert!(
             f.error.starts_with("cannot resolve integrator.invalid"),
@@ -306,27 +293,8 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let pusher = Pusher::new(
-            AllowList::parse("127.0.0.1").unwrap(),
-            Duration::from_secs(2),
-            None,
-        )
-        .unwrap();
         let url = format!("http://127.0.0.1:{port}/");
-        let outcome = pusher
-            .push(
-                Message {
-                    url: &url,
-                    secret: "s",
-                    id: "i",
-                    body: b"{}".to_vec(),
-                },
-                0,
-            )
-            .await;
-        let PushOutcome::Failed(f) = outcome else {
-            panic!("expected a failure");
-        };
+        let f = failure(AllowList::parse("127.0.0.1").unwrap(), &url).await;
         assert!(f.unhealthy && !f.permanent, "{f:?}");
     }
 }

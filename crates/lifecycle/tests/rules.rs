@@ -183,6 +183,13 @@ impl MemState {
             .map(|(_, e)| e.clone())
             .collect()
     }
+
+    fn event_types(&self, id: Uuid) -> Vec<String> {
+        self.events_of(id)
+            .iter()
+            .map(|e| e.event_type.as_str().to_owned())
+            .collect()
+    }
 }
 
 fn t0() -> DateTime<Utc> {
@@ -820,11 +827,7 @@ fn delivery_attempts_run_out_into_a_dead_lettered_failure() {
     assert_eq!(intent.delivery_attempt, 2);
     assert_eq!(intent.error.as_ref().unwrap()["code"], "delivery_failed");
     assert!(state.dead[&id].replayed_as.is_none());
-    let types: Vec<&str> = state
-        .events_of(id)
-        .iter()
-        .map(|e| e.event_type.as_str())
-        .collect();
+    let types = state.event_types(id);
     assert_eq!(
         types,
         [
@@ -868,11 +871,7 @@ fn completing_from_delivered_records_the_implied_in_progress_step() {
     state
         .run(&command_for(&state, id, &Step::Complete, 2))
         .unwrap();
-    let types: Vec<&str> = state
-        .events_of(id)
-        .iter()
-        .map(|e| e.event_type.as_str())
-        .collect();
+    let types = state.event_types(id);
     assert_eq!(
         types,
         [
@@ -951,11 +950,7 @@ fn approve_current_step_from_each_status() {
             at: secs(51),
         })
         .unwrap();
-    let types: Vec<&str> = state
-        .events_of(id)
-        .iter()
-        .map(|e| e.event_type.as_str())
-        .collect();
+    let types = state.event_types(id);
     assert_eq!(
         types,
         [
