@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -112,6 +112,10 @@ pub(crate) struct Inner {
     peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
     /// Every write of this node goes through it, to be coalesced with concurrent ones.
     proposer: Proposer,
+    /// The highest log index this node has answered a client's write with. A write answered
+    /// before this node applied it (`write_committed`) raises it, and `settled` makes the reads
+    /// that follow on this node wait for it: read-your-writes without the write waiting.
+    acknowledged: AtomicU64,
 }
 
 /// Snapshot chunk size: small enough to keep memory bounded on both ends and each RPC short.
@@ -226,6 +230,7 @@ pub async fn start(
             clock,
             peers: Mutex::new(HashMap::new()),
             proposer,
+            acknowledged: AtomicU64::new(0),
         }),
     };
     let _ = node.set(Arc::downgrade(&cluster.inner));
@@ -332,29 +337,55 @@ impl Cluster {
     /// the entry on disk and this node applied it (or, if this node lags behind by more than
     /// the request timeout, that the leader did), so a read on this node right after sees it.
     pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
+        let (outcome, index) = self.replicate(command).await?;
+        self.await_applied(index).await;
+        answer(outcome)
+    }
+
+    /// Replicates `command` and returns the leader's reply as soon as it has it: a majority
+    /// has the entry on disk and the leader applied it, but this node may not have yet. For
+    /// writes whose reply is the whole answer (an intent command answers with the intent and
+    /// its new events): a follower then answers without waiting for the next commit notice
+    /// from the leader and its own apply, and a follower that lags does not hold its clients'
+    /// writes back. Read-your-writes on this node is kept by `settled`, which reads wait on.
+    pub async fn write_committed(&self, command: Command) -> Result<Reply, ConsensusError> {
+        let (outcome, index) = self.replicate(command).await?;
+        self.inner.acknowledged.fetch_max(index, Ordering::AcqRel);
+        answer(outcome)
+    }
+
+    /// Waits until this node applied every write it has answered (see `write_committed`), so
+    /// a read here never misses a write acknowledged here before the read began. Free when
+    /// nothing is outstanding (every write through the leader, and followers at rest). Bounded
+    /// by the request timeout like `write`'s own wait: a node that cannot catch up serves what
+    /// it has rather than a 503 for a read.
+    pub async fn settled(&self) {
+        let index = self.inner.acknowledged.load(Ordering::Acquire);
+        if *self.inner.reader.subscribe().borrow() < index {
+            self.await_applied(index).await;
+        }
+    }
+
+    /// Sends `command` to the leader (this node or another) and returns its outcome and the
+    /// entry's index, without waiting for this node to apply it.
+    async fn replicate(&self, command: Command) -> Result<(Outcome, u64), ConsensusError> {
         self.check_clock()?;
         // Encoded here, on the caller's task, once: the proposal carries this text verbatim
         // to the WAL, the followers and every state machine.
         let encoded = Proposal::encode(&command).map_err(ConsensusError::internal)?;
-        let (outcome, index) = self
-            .on_leader(self.inner.request_timeout, |leader, remaining| {
-                let encoded = encoded.clone();
-                async move {
-                    if leader == self.inner.node_id {
-                        self.check_quorum().map_err(|_| ForwardError::NoQuorum)?;
-                    }
-                    self.inner
-                        .proposer
-                        .submit(self, leader, encoded, remaining)
-                        .await
+        self.on_leader(self.inner.request_timeout, |leader, remaining| {
+            let encoded = encoded.clone();
+            async move {
+                if leader == self.inner.node_id {
+                    self.check_quorum().map_err(|_| ForwardError::NoQuorum)?;
                 }
-            })
-            .await?;
-        self.await_applied(index).await;
-        match outcome {
-            Outcome::Applied(reply) => Ok(reply),
-            Outcome::Rejected(rejection) => Err(ConsensusError::Rejected(rejection)),
-        }
+                self.inner
+                    .proposer
+                    .submit(self, leader, encoded, remaining)
+                    .await
+            }
+        })
+        .await
     }
 
     /// Waits until this node applied the entry at `index`, so that a caller reading here right
@@ -700,6 +731,14 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ForwardError> {
 /// left, so the caller may look for the new leader and try again; any other failure may have
 /// happened after the leader received it, so its fate is unknown (a caller with an
 /// idempotency key can retry safely).
+/// The state machine's verdict on a command, as the caller of a write sees it.
+fn answer(outcome: Outcome) -> Result<Reply, ConsensusError> {
+    match outcome {
+        Outcome::Applied(reply) => Ok(reply),
+        Outcome::Rejected(rejection) => Err(ConsensusError::Rejected(rejection)),
+    }
+}
+
 fn forward_failure(status: &tonic::Status) -> ForwardError {
     if never_sent(status) {
         ForwardError::Unavailable

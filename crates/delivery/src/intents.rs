@@ -45,9 +45,11 @@ pub async fn load_intent(
     let reader = cluster.reader();
     if linearizable {
         cluster.read_barrier().await?;
-    } else if let Some(intent) = reader.intent(&id)? {
-        return Ok(intent);
     } else {
+        cluster.settled().await;
+        if let Some(intent) = reader.intent(&id)? {
+            return Ok(intent);
+        }
         cluster.read_barrier().await?;
     }
     reader
@@ -64,15 +66,17 @@ pub struct Written {
     pub replayed: bool,
 }
 
-/// Proposes one intent command through Raft and waits until it is committed and applied
-/// here, so a read on this node right after sees it.
+/// Proposes one intent command through Raft and answers once it is committed and the leader
+/// applied it. The reply carries the intent and its new events, which is the whole answer, so
+/// this node does not wait for its own apply; reads that follow here wait for it instead
+/// (`Cluster::settled`, which `load_intent` and the edges' reads go through).
 pub async fn write_intent(
     cluster: &Cluster,
     command: IntentCommand,
     idempotency: Option<IdempotencyClaim>,
 ) -> Result<Written, DeliveryError> {
     let reply = cluster
-        .write(Command::Intent {
+        .write_committed(Command::Intent {
             command,
             idempotency,
         })
@@ -95,11 +99,12 @@ pub async fn write_intent(
 
 /// The event that ended the intent: the last one the command appended, or, on an idempotent
 /// replay (which appends nothing), the intent's last event, which is terminal for good.
-pub fn terminal_event(cluster: &Cluster, written: &Written) -> Result<Event, DeliveryError> {
+pub async fn terminal_event(cluster: &Cluster, written: &Written) -> Result<Event, DeliveryError> {
     if let Some(event) = written.events.last() {
         return Ok(event.clone());
     }
     let intent = &written.intent;
+    cluster.settled().await;
     cluster
         .reader()
         .events(&intent.id, intent.last_seq.saturating_sub(1), 1)?

@@ -233,7 +233,7 @@ impl IntentApi {
             at,
         };
         let written = write_intent(&self.cluster, command, claim).await?;
-        let event = terminal_event(&self.cluster, &written)?;
+        let event = terminal_event(&self.cluster, &written).await?;
         let intent = &written.intent;
         tracing::info!(intent_id = %id, status = %intent.status, replayed = written.replayed, "intent resolved over grpc");
         Ok(proto::ResolveIntentResponse {

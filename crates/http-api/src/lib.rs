@@ -98,6 +98,10 @@ pub fn app(cluster: Cluster, config: ApiConfig, metrics: Metrics) -> Router {
     routes::router(&state.config)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            routes::settle_reads,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             routes::metrics::count_requests,
         ))
         .layer(axum::middleware::from_fn(context::middleware))

@@ -267,6 +267,8 @@ async fn replay_delivery(
         at,
     };
     let written = write_intent(&state, command, claim).await?;
+    // The replay was answered by the leader; the dead letter's new state is read here.
+    state.cluster.settled().await;
     let reader = state.cluster.reader();
     let dead = reader.dead_letter(&id)?;
     let new_id = dead

@@ -287,7 +287,7 @@ async fn resolve_intent(
         at,
     };
     let written = write_intent(&state, command, claim).await?;
-    let event = terminal_event(&state.cluster, &written)?;
+    let event = terminal_event(&state.cluster, &written).await?;
     let intent = &written.intent;
     tracing::info!(intent_id = %id, status = %intent.status, replayed = written.replayed, "intent resolved");
     Ok(Json(json!({

@@ -79,6 +79,27 @@ pub(crate) async fn write(state: &AppState, command: Command) -> Result<Reply, A
     Ok(state.cluster.write(command).await?)
 }
 
+/// Before a request reads this node's state, waits until the node applied every write it
+/// has already answered (`Cluster::settled`): intent commands answer once the leader has
+/// applied them, not this node, and a client's next request must still see its write.
+/// Creating an intent reads nothing but the caller's key, so it goes straight on: through a
+/// follower, a client's creates do not queue behind the follower's apply.
+pub(crate) async fn settle_reads(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let creates = request.method() == axum::http::Method::POST
+        && request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|path| path.as_str() == "/v1/intents");
+    if !creates {
+        state.cluster.settled().await;
+    }
+    next.run(request).await
+}
+
 /// Waits until this replica has applied everything committed before the call, so a read
 /// that follows is never older than a write already acknowledged anywhere.
 pub(crate) async fn read_barrier(state: &AppState) -> Result<(), ApiError> {
