@@ -1191,14 +1191,21 @@ fn a_released_lease_is_offered_again_at_once_and_only_by_its_holder() {
     assert_eq!(last.event_type, EventType::LeaseExpired);
     assert_eq!(last.details["released"], true);
     assert_eq!(last.details["delivery_attempt"], 1);
-    assert!(state.intent_cmd(release(1, &holder, 3)).is_err(), "released once");
+    assert!(
+        state.intent_cmd(release(1, &holder, 3)).is_err(),
+        "released once"
+    );
     // The release counts the attempt: the last one released dead-letters the intent.
     deliver_at(&mut state, id, 4).unwrap();
     state.intent_cmd(release(2, &holder, 5)).unwrap();
     let intent = &state.intents[&id];
     assert_eq!(intent.status, Status::Failed);
     assert!(intent.dead_lettered);
-    assert!(state.dead[&id].reason.contains("released"), "{:?}", state.dead[&id]);
+    assert!(
+        state.dead[&id].reason.contains("released"),
+        "{:?}",
+        state.dead[&id]
+    );
 }
 
 #[test]
