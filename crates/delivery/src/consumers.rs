@@ -93,6 +93,11 @@ impl StreamConsumers {
         self.lock().get(address).map_or(0, |a| a.streams.len())
     }
 
+    /// How many consuming streams are open on this node, over all addresses.
+    pub fn open_total(&self) -> usize {
+        self.lock().values().map(|a| a.streams.len()).sum()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Address>> {
         self.inner
             .addresses
@@ -200,6 +205,7 @@ mod tests {
         let a = consumers.join("x", 0);
         let b = consumers.join("x", 0);
         let other = consumers.join("y", 0);
+        assert_eq!(consumers.open_total(), 3);
         assert!(other.my_turn(1), "alone on its address");
         assert!(a.my_turn(1) && !b.my_turn(1), "equal: the older one first");
         a.took_one();
