@@ -195,7 +195,7 @@ pub fn agent_deliveries(
                 .await;
                 match offered {
                     Ok(Offer::Send(intent)) => {
-                        yield Ok(Watch::Next(Delivery { cursor: entry_cursor, intent }));
+                        yield Ok(Watch::Next(Delivery { cursor: entry_cursor, intent: *intent }));
                         deadline = idle_deadline();
                     }
                     Ok(Offer::Skip) => {}
@@ -368,7 +368,7 @@ impl Drop for Leases {
 /// What a stream does with one queue entry.
 #[derive(Debug)]
 enum Offer {
-    Send(Intent),
+    Send(Box<Intent>),
     Skip,
     /// Another consumer of this node goes first; look again when something changes.
     NotMyTurn,
@@ -390,7 +390,7 @@ async fn offer(
     };
     let wanted = |intent: Intent| {
         if filter.wants(intent.status) {
-            Offer::Send(intent)
+            Offer::Send(Box::new(intent))
         } else {
             Offer::Skip
         }
@@ -437,7 +437,7 @@ async fn offer(
             if holds(&after, &leases.consumer, attempt) {
                 leases.held.insert(id, attempt);
                 seat.took_one();
-                Ok(Offer::Send(*after))
+                Ok(Offer::Send(after))
             } else {
                 // Out of attempts: the delivery failed the intent instead of leasing it.
                 Ok(wanted(*after))
