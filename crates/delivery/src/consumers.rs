@@ -146,6 +146,14 @@ impl Seat {
         });
     }
 
+    /// Whether no other stream of the address is open on this node.
+    pub(crate) fn alone(&self) -> bool {
+        let addresses = self.consumers.lock();
+        addresses
+            .get(&self.address)
+            .is_none_or(|a| a.streams.len() <= 1)
+    }
+
     /// Whether this stream goes first for the queue entry at `entry`: no other stream that
     /// will still reach it ranks before this one.
     pub(crate) fn my_turn(&self, entry: u64) -> bool {
@@ -206,7 +214,8 @@ mod tests {
         let b = consumers.join("x", 0);
         let other = consumers.join("y", 0);
         assert_eq!(consumers.open_total(), 3);
-        assert!(other.my_turn(1), "alone on its address");
+        assert!(other.my_turn(1) && other.alone(), "alone on its address");
+        assert!(!a.alone());
         assert!(a.my_turn(1) && !b.my_turn(1), "equal: the older one first");
         a.took_one();
         assert!(!a.my_turn(2) && b.my_turn(2), "a holds a lease, b none");

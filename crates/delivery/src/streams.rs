@@ -164,6 +164,10 @@ pub fn agent_deliveries(
             }
             if let Some(seat) = seat.as_mut() {
                 seat.mark_seen();
+            }
+            // The load only ranks this stream against others: a stream alone on its address
+            // (the usual case) does not re-read what it holds at every wake-up.
+            if let Some(seat) = seat.as_ref().filter(|s| !s.alone()) {
                 match leases.refresh(&reader) {
                     Ok(held) => seat.holds(held),
                     Err(e) => {
@@ -332,6 +336,11 @@ impl Drop for Leases {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Only what is still held: settled ones would only be refused.
+        let reader = self.cluster.reader().clone();
+        if self.refresh(&reader).is_err() || self.held.is_empty() {
+            return;
+        }
         let cluster = self.cluster.clone();
         let consumer = std::mem::take(&mut self.consumer);
         let held = std::mem::take(&mut self.held);
