@@ -193,3 +193,39 @@ def test_a_worker_whose_stream_closes_mid_lease_hands_the_intent_over(server: Se
     assert [e["details"]["delivery_attempt"] for e in delivered] == [1, 2], delivered
     assert len(lost) == 1 and lost[0]["details"]["released"] is True, lost
     assert lost[0]["details"]["delivery_attempt"] == 1, lost
+
+
+def test_a_stream_the_server_ends_keeps_its_lease_for_the_busy_worker(server: Server, client: AxmeClient) -> None:
+    """`stream.timeout` ends an idle stream while the worker is still busy with what it
+    received (the SDK reconnects only when the worker asks for the next delivery): that is
+    not a worker going away, so the intent is not handed to anybody else."""
+    address = unique_address("slow")
+    key = server.create_key("slow-worker", "agent", address)
+    long_leases(server, address)
+    received: list[dict[str, Any]] = []
+    may_finish = threading.Event()
+
+    def slow_worker() -> None:
+        with server.client(key) as agent:
+            for d in agent.listen(address, wait_seconds=1, timeout_seconds=DEADLINE_S):
+                received.append(d)
+                assert may_finish.wait(DEADLINE_S), "never told to finish"
+                agent.resume_intent(d["intent_id"], {"action": "complete", "worker": "slow"})
+                return
+
+    worker = start(slow_worker)
+    wait_until("the worker's stream", lambda: open_streams(server) == 1)
+    intent_id = client.send_intent(payment_intent(to_agent=address))
+    wait_until("the delivery", lambda: received)
+    # The server ends the quiet stream after wait_seconds while the worker is still busy.
+    wait_until("the server to end the idle stream", lambda: open_streams(server) == 0)
+    intent = client.get_intent(intent_id)["intent"]
+    assert (intent["status"], intent["delivery_attempt"]) == ("DELIVERED", 1), intent
+    may_finish.set()
+    join_clean(worker)
+
+    final = client.wait_for(intent_id, wait_seconds=2, timeout_seconds=DEADLINE_S)
+    assert final["status"] == "COMPLETED", final
+    delivered, lost = delivery_events(client, intent_id)
+    assert len(delivered) == 1 and lost == [], (delivered, lost)
+    assert client.get_intent(intent_id)["intent"]["delivery_attempt"] == 1
