@@ -102,7 +102,8 @@ async fn bind(api: &Api, address: &str, binding: Value) -> Value {
 }
 
 /// Reads the agent stream of `address` after `since` until `intent_id` is offered; returns
-/// the delivery object.
+/// the delivery object. The stream is read on until the server ends it: a client that
+/// closes its stream mid-lease gives the lease back at once, and these consumers keep theirs.
 async fn next_delivery_of(
     api: &Api,
     address: &str,
@@ -114,7 +115,7 @@ async fn next_delivery_of(
     let mut since = since;
     loop {
         let path = format!(
-            "/v1/agents/{}/intents/stream?since={since}&wait_seconds=20",
+            "/v1/agents/{}/intents/stream?since={since}&wait_seconds=1",
             address_path(address)
         );
         let mut stream = SseStream::open_ok(api, &path, &[]).await;
@@ -135,6 +136,7 @@ async fn next_delivery_of(
                 since = since.max(seq);
             }
             if d["intent_id"] == json!(intent_id) {
+                stream.rest(Duration::from_secs(30)).await;
                 return d;
             }
         }

@@ -1,11 +1,13 @@
 //! SSE: the intent event stream (framing, resume by `since` and `Last-Event-ID`, close after
-//! a terminal event, `stream.timeout`) and the agent delivery stream.
+//! a terminal event, `stream.timeout`) and the agent delivery stream, including competing
+//! streams on one address (one node and two nodes of a cluster).
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::support::{address_path, intent_body, within, Frame, Server, SseStream, PAYMENTS};
+use crate::support::cluster::{Cluster, ClusterOptions, FORM_DEADLINE};
+use crate::support::{address_path, intent_body, within, Api, Frame, Server, SseStream, PAYMENTS};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const FRAME: Duration = Duration::from_secs(10);
@@ -237,6 +239,180 @@ async fn agent_stream_delivers_and_resumes_from_its_cursor() {
             frames.iter().all(|f| f.event() == "stream.timeout"),
             "a completed intent was offered again: {frames:?}"
         );
+    })
+    .await
+}
+
+/// The next intent frame of either stream, with which one sent it (0 or 1).
+async fn next_of_two(a: &mut SseStream, b: &mut SseStream) -> (usize, Value) {
+    let (which, frame) = tokio::select! {
+        frame = a.next(FRAME) => (0, frame),
+        frame = b.next(FRAME) => (1, frame),
+    };
+    let frame = frame.unwrap_or_else(|| panic!("stream {which} closed"));
+    assert_eq!(
+        frame.event(),
+        "intent.delivered",
+        "stream {which}: {frame:?}"
+    );
+    (which, frame.json())
+}
+
+/// The next frame of `stream`, which must be a delivery.
+async fn next_delivery(stream: &mut SseStream) -> Value {
+    let frame = stream.next(FRAME).await.expect("a delivery, not a close");
+    assert_eq!(frame.event(), "intent.delivered", "{frame:?}");
+    frame.json()
+}
+
+/// Stream bindings whose leases outlast the test: an intent changes hands quickly only if
+/// the stream holding it gave it back.
+async fn long_leases(api: &Api) {
+    api.put(
+        &format!("/v1/agents/{}/binding", address_path(PAYMENTS)),
+        &json!({"delivery_mode": "stream", "ack_timeout_seconds": 600}),
+    )
+    .await
+    .assert_ok(200);
+}
+
+fn consumer_path() -> String {
+    format!(
+        "/v1/agents/{}/intents/stream?since=0&wait_seconds=60",
+        address_path(PAYMENTS)
+    )
+}
+
+/// The `intent.delivered` and `intent.lease_expired` events of an intent.
+async fn delivery_events(api: &Api, id: &str) -> (Vec<Value>, Vec<Value>) {
+    let events = api.events(id).await;
+    let of = |t: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["event_type"] == json!(t))
+            .cloned()
+            .collect()
+    };
+    (of("intent.delivered"), of("intent.lease_expired"))
+}
+
+#[tokio::test]
+async fn two_agent_streams_take_turns_and_a_closed_one_hands_its_leases_over() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        long_leases(&api).await;
+        let mut a = SseStream::open_ok(&api, &consumer_path(), &[]).await;
+        let mut b = SseStream::open_ok(&api, &consumer_path(), &[]).await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(api.create_ok(&intent_body(PAYMENTS)).await);
+        }
+        let mut got: [Vec<String>; 2] = Default::default();
+        for _ in 0..ids.len() {
+            let (which, d) = next_of_two(&mut a, &mut b).await;
+            assert_eq!(d["delivery_attempt"], json!(1), "{d}");
+            got[which].push(d["intent_id"].as_str().expect("intent_id").to_string());
+        }
+        // Each intent went to one stream, and (nobody settling anything) the turns alternate.
+        let mut all: Vec<_> = got.concat();
+        all.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(all, expected, "{got:?}");
+        assert_eq!((got[0].len(), got[1].len()), (2, 2), "{got:?}");
+
+        // Stream a's client goes away mid-lease: b gets a's intents at once, as attempt 2.
+        drop(a);
+        let started = Instant::now();
+        let mut handed: Vec<String> = Vec::new();
+        for _ in 0..2 {
+            let d = next_delivery(&mut b).await;
+            assert_eq!(d["delivery_attempt"], json!(2), "{d}");
+            handed.push(d["intent_id"].as_str().expect("intent_id").to_string());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "handed over after {:?}, not at once",
+            started.elapsed()
+        );
+        handed.sort();
+        got[0].sort();
+        assert_eq!(handed, got[0]);
+        for id in &ids {
+            let (delivered, lost) = delivery_events(&api, id).await;
+            if got[0].contains(id) {
+                assert_eq!(delivered.len(), 2, "{delivered:?}");
+                assert_eq!(lost.len(), 1, "{lost:?}");
+                assert_eq!(lost[0]["details"]["released"], json!(true), "{lost:?}");
+            } else {
+                assert_eq!(delivered.len(), 1, "{delivered:?}");
+                assert!(lost.is_empty(), "{lost:?}");
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn agent_streams_on_two_nodes_never_both_send_an_attempt() {
+    within(Duration::from_secs(180), async {
+        let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+        let leader = cluster.wait_leader(FORM_DEADLINE).await;
+        let followers: Vec<u64> = cluster
+            .running()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect();
+        let api = cluster.api(leader);
+        long_leases(&api).await;
+
+        // Stream a, on one follower, takes the first intent while it is alone.
+        let mut a = SseStream::open_ok(&cluster.api(followers[0]), &consumer_path(), &[]).await;
+        let first = api.create_ok(&intent_body(PAYMENTS)).await;
+        let d = next_delivery(&mut a).await;
+        assert_eq!(
+            (d["intent_id"].as_str(), &d["delivery_attempt"]),
+            (Some(first.as_str()), &json!(1))
+        );
+
+        // Stream b opens on the other follower; both nodes race for every new intent, and the
+        // replicated compare-and-set lets exactly one stream send each.
+        let mut b = SseStream::open_ok(&cluster.api(followers[1]), &consumer_path(), &[]).await;
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(api.create_ok(&intent_body(PAYMENTS)).await);
+        }
+        let mut got: [Vec<String>; 2] = [vec![first.clone()], Vec::new()];
+        for _ in 0..ids.len() {
+            let (which, d) = next_of_two(&mut a, &mut b).await;
+            assert_eq!(d["delivery_attempt"], json!(1), "{d}");
+            got[which].push(d["intent_id"].as_str().expect("intent_id").to_string());
+        }
+        let mut all: Vec<_> = got.concat();
+        all.sort();
+        let mut expected = ids.clone();
+        expected.push(first.clone());
+        expected.sort();
+        assert_eq!(all, expected, "every intent sent once: {got:?}");
+
+        // a's client goes away: b, on another node, gets everything a held as attempt 2.
+        drop(a);
+        let mut handed = Vec::new();
+        for _ in 0..got[0].len() {
+            let d = next_delivery(&mut b).await;
+            assert_eq!(d["delivery_attempt"], json!(2), "{d}");
+            handed.push(d["intent_id"].as_str().expect("intent_id").to_string());
+        }
+        handed.sort();
+        got[0].sort();
+        assert_eq!(handed, got[0]);
+        for id in &expected {
+            let (delivered, lost) = delivery_events(&api, id).await;
+            let released = usize::from(got[0].contains(id));
+            assert_eq!(delivered.len(), 1 + released, "{id}: {delivered:?}");
+            assert_eq!(lost.len(), released, "{id}: {lost:?}");
+        }
     })
     .await
 }

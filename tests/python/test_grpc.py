@@ -115,7 +115,6 @@ def test_send_watch_listen_ack_resume_and_status(
         timeout=DEADLINE_S,
     )
     delivery = next(listen)
-    listen.cancel()
     assert delivery.cursor >= 1
     assert delivery.intent.intent_id == intent_id
     assert delivery.intent.status == messages.STATUS_DELIVERED
@@ -127,6 +126,8 @@ def test_send_watch_listen_ack_resume_and_status(
         timeout=DEADLINE_S,
     )
     assert acked.intent.status == messages.STATUS_ACKNOWLEDGED
+    # Settled first: a listener that goes away gives back the leases it still holds.
+    listen.cancel()
 
     resumed = intents.ResumeIntent(
         messages.ResumeIntentRequest(

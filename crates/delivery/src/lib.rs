@@ -4,12 +4,13 @@
 //! cluster lives here once: authenticating a key, reading an intent with read-your-writes,
 //! proposing a command and unwrapping its reply ([`intents`]), and the two watching streams
 //! ([`agent_deliveries`], [`intent_events`]), which the edges frame as SSE or gRPC server
-//! streams. The leader-side delivery [`engine`] acts on the due-time index: lease expiries,
+//! streams, whose consumers of one address take turns ([`StreamConsumers`]). The leader-side delivery [`engine`] acts on the due-time index: lease expiries,
 //! signed HTTP pushes with backoff, circuit breakers and an SSRF guard, delayed releases,
 //! deadlines, reminders and webhook pushes; [`Metrics`] counts what it does.
 
 pub mod backoff;
 pub mod breaker;
+mod consumers;
 pub mod engine;
 mod error;
 pub mod intents;
@@ -19,6 +20,7 @@ pub mod signing;
 pub mod ssrf;
 mod streams;
 
+pub use consumers::StreamConsumers;
 pub use engine::{Engine, EngineConfig, EngineError};
 pub use error::DeliveryError;
 pub use metrics::Metrics;

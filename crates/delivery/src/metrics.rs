@@ -14,6 +14,8 @@ use std::time::Duration;
 use intentd_consensus::Cluster;
 use intentd_lifecycle::DueKind;
 
+use crate::StreamConsumers;
+
 /// Bucket bounds (seconds) of the latency histograms: a commit is a round trip plus an
 /// fdatasync, from below a millisecond on one node to seconds under an election.
 const BUCKETS: [f64; 14] = [
@@ -79,6 +81,8 @@ struct Inner {
     push_latency: Histogram,
     /// 1 while this node's engine runs (it leads), else 0.
     engine_active: AtomicU64,
+    /// The node's open agent streams, counted at render time.
+    streams: OnceLock<StreamConsumers>,
 }
 
 /// What the node counts, shared by the engine (writer) and `GET /metrics` (reader).
@@ -104,6 +108,12 @@ impl Metrics {
     /// call has an effect: a node has one cluster.
     pub fn bind(&self, cluster: &Cluster) {
         let _ = self.inner.cluster.set(cluster.clone());
+    }
+
+    /// Lets `render` count the node's open consuming agent streams. Only the first call has
+    /// an effect.
+    pub fn bind_streams(&self, consumers: &StreamConsumers) {
+        let _ = self.inner.streams.set(consumers.clone());
     }
 
     /// One delivery outcome: `binding` as `Binding::mode` names it (`http`, `stream`...),
@@ -258,6 +268,14 @@ impl Metrics {
             "1 while this node leads and its delivery engine runs.",
             i.engine_active.load(Ordering::Relaxed),
         );
+        if let Some(streams) = i.streams.get() {
+            gauge(
+                &mut out,
+                "intentd_agent_streams_open",
+                "Agent streams open on this node that consume deliveries (competing workers).",
+                streams.open_total() as u64,
+            );
+        }
 
         if let Some(cluster) = i.cluster.get() {
             render_cluster(&mut out, cluster);

@@ -7,15 +7,17 @@
 //! nothing. They register before their first read and mark the wake-ups seen before each
 //! read, so an entry applied between a read and the wait still wakes them.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::Stream;
 use intentd_consensus::{Cluster, ConsensusError};
 use intentd_lifecycle::{agent, Command, Event, Intent, IntentCommand, Reply, Status};
-use intentd_storage::Waiter;
+use intentd_storage::{StateReader, Waiter};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::consumers::{Seat, StreamConsumers};
 use crate::intents::now;
 use crate::DeliveryError;
 
@@ -113,15 +115,30 @@ async fn wait_until(waiter: &mut Waiter, deadline: Option<Instant>) -> Result<bo
 
 /// The deliveries of the agent at `address` after queue cursor `since`.
 ///
-/// Each queued intent whose status `filter` wants is sent once, in queue order. A SUBMITTED
-/// intent is delivered first when the listener wants DELIVERED ones, so the delivery itself
-/// is a committed lifecycle step: `IntentCommand::Deliver` is a compare-and-set on the
-/// attempt, and when another consumer won the race the current state is sent instead.
+/// Each queued intent whose status `filter` wants is sent once, in queue order. A listener
+/// that wants DELIVERED intents is a consumer, one of the address's competing workers: a
+/// fresh intent (or one whose lease ended) is delivered first, and sent only if this
+/// stream's `IntentCommand::Deliver` won it. `Deliver` is a compare-and-set on the attempt,
+/// replicated, so of two streams (on one node or two) racing for one attempt exactly one
+/// wins; the loser sends nothing and sees the intent again only if the winner's lease ends
+/// and it is re-enqueued with the next attempt. An intent some consumer already took is
+/// therefore not sent to the others; one nobody ever took (an owner moved it on before any
+/// delivery) is sent to every listener that wants its status, as is everything sent to a
+/// listener that does not want DELIVERED ones (it only watches).
+///
+/// Consumers of one node take turns ([`StreamConsumers`]): the least loaded goes first.
+///
+/// When the client goes away (the stream is dropped before it ended by itself), the leases
+/// it still holds are released at once with `IntentCommand::ReleaseLease`, so another
+/// consumer gets them now rather than when they run out. A stream that ends by itself (idle
+/// limit, failure, shutdown) keeps them: its client reconnects and may still be working on
+/// them.
 ///
 /// A failed delivery (no quorum) yields the error and ends the stream without moving past
 /// the entry, so a listener reconnecting from the last cursor it saw retries it.
 pub fn agent_deliveries(
     cluster: Cluster,
+    consumers: StreamConsumers,
     address: String,
     since: u64,
     filter: StatusFilter,
@@ -131,56 +148,264 @@ pub fn agent_deliveries(
     async_stream::stream! {
         let reader = cluster.reader().clone();
         let mut queue = reader.watch_queue(&address);
+        let consuming = filter.wants(Status::Delivered);
+        // A consumer also wakes when an intent of the address changes (one of its leases was
+        // settled) and when another consumer of the address moves (its turn may have come).
+        let mut addressed = consuming.then(|| reader.watch_addressed_to(&address));
+        let mut seat = consuming.then(|| consumers.join(&address, since));
+        let mut leases = Leases::new(cluster.clone(), consumer.clone());
         let mut cursor = since;
         let idle_deadline = || options.idle.map(|idle| Instant::now() + idle);
         let mut deadline = idle_deadline();
         loop {
             queue.mark_seen();
+            if let Some(addressed) = addressed.as_mut() {
+                addressed.mark_seen();
+            }
+            if let Some(seat) = seat.as_mut() {
+                seat.mark_seen();
+            }
+            // The load only ranks this stream against others: a stream alone on its address
+            // (the usual case) does not re-read what it holds at every wake-up.
+            if let Some(seat) = seat.as_ref().filter(|s| !s.alone()) {
+                match leases.refresh(&reader) {
+                    Ok(held) => seat.holds(held),
+                    Err(e) => {
+                        leases.keep();
+                        yield Err(e);
+                        return;
+                    }
+                }
+            }
             let entries = match reader.agent_queue(&address, cursor, options.batch) {
                 Ok(entries) => entries,
                 Err(e) => {
+                    leases.keep();
                     yield Err(e.into());
                     return;
                 }
             };
-            if entries.is_empty() {
-                match wait_until(&mut queue, deadline).await {
-                    Ok(true) => continue,
-                    Ok(false) => yield Ok(Watch::Quiet { cursor }),
-                    Err(e) => yield Err(e),
-                }
-                return;
-            }
+            let mut wait = entries.is_empty();
             for (entry_cursor, id) in entries {
-                match offer(&cluster, id, &consumer, &filter, options.default_ack_timeout_secs).await {
-                    Ok(Some(intent)) => {
-                        yield Ok(Watch::Next(Delivery { cursor: entry_cursor, intent }));
+                let offered = offer(
+                    &cluster,
+                    id,
+                    entry_cursor,
+                    &filter,
+                    seat.as_ref(),
+                    &mut leases,
+                    options.default_ack_timeout_secs,
+                )
+                .await;
+                match offered {
+                    Ok(Offer::Send(intent)) => {
+                        yield Ok(Watch::Next(Delivery { cursor: entry_cursor, intent: *intent }));
                         deadline = idle_deadline();
                     }
-                    Ok(None) => {}
+                    Ok(Offer::Skip) => {}
+                    Ok(Offer::NotMyTurn) => {
+                        wait = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, intent_id = %id, agent = %address, "delivery failed; ending the stream");
+                        leases.keep();
                         yield Err(e);
                         return;
                     }
                 }
                 cursor = entry_cursor;
+                if let Some(seat) = &seat {
+                    seat.moved_to(cursor);
+                }
             }
+            if !wait {
+                continue;
+            }
+            match wait_for_news(&mut queue, addressed.as_mut(), seat.as_mut(), deadline).await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    leases.keep();
+                    yield Ok(Watch::Quiet { cursor });
+                }
+                Err(e) => {
+                    leases.keep();
+                    yield Err(e);
+                }
+            }
+            return;
         }
     }
 }
 
-/// Offers one queued intent to `consumer`: what to send, if the filter wants it.
+/// Waits for any of a stream's wake-ups, up to `deadline`: `Ok(false)` when it passed.
+async fn wait_for_news(
+    queue: &mut Waiter,
+    addressed: Option<&mut Waiter>,
+    seat: Option<&mut Seat>,
+    deadline: Option<Instant>,
+) -> Result<bool, DeliveryError> {
+    let news = async {
+        tokio::select! {
+            changed = queue.changed() => changed,
+            changed = async {
+                match addressed {
+                    Some(addressed) => addressed.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => changed,
+            () = async {
+                match seat {
+                    Some(seat) => seat.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => Ok(()),
+        }
+    };
+    let changed = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, news).await {
+            Ok(changed) => changed,
+            Err(_elapsed) => return Ok(false),
+        },
+        None => news.await,
+    };
+    changed
+        .map(|()| true)
+        .map_err(|_| DeliveryError::ShuttingDown)
+}
+
+/// The leases one consuming stream won and may still hold, by intent: the attempt of each.
+///
+/// Dropped with the stream: unless the stream ended by itself ([`Leases::keep`]), the ones
+/// still held are released so that another consumer gets them at once.
+struct Leases {
+    cluster: Cluster,
+    consumer: String,
+    held: HashMap<Uuid, u32>,
+    keep: bool,
+}
+
+impl Leases {
+    fn new(cluster: Cluster, consumer: String) -> Self {
+        Leases {
+            cluster,
+            consumer,
+            held: HashMap::new(),
+            keep: false,
+        }
+    }
+
+    /// Forgets the leases that were settled (acknowledged, progressed, resolved), released
+    /// or expired since, and says how many are left.
+    fn refresh(&mut self, reader: &StateReader) -> Result<usize, DeliveryError> {
+        let mut gone = Vec::new();
+        for (id, attempt) in &self.held {
+            let still = reader
+                .intent(id)?
+                .is_some_and(|i| holds(&i, &self.consumer, *attempt));
+            if !still {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.held.remove(&id);
+        }
+        Ok(self.held.len())
+    }
+
+    /// The stream ended by itself: its client will reconnect and may still be working on
+    /// what it holds.
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+fn holds(intent: &Intent, consumer: &str, attempt: u32) -> bool {
+    intent.status == Status::Delivered
+        && intent
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.consumer == consumer && l.attempt == attempt)
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        if self.keep || self.held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Only what is still held: settled ones would only be refused.
+        let reader = self.cluster.reader().clone();
+        if self.refresh(&reader).is_err() || self.held.is_empty() {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let consumer = std::mem::take(&mut self.consumer);
+        let held = std::mem::take(&mut self.held);
+        runtime.spawn(async move {
+            for (intent_id, attempt) in held {
+                let release = IntentCommand::ReleaseLease {
+                    intent_id,
+                    attempt,
+                    consumer: consumer.clone(),
+                    at: now(),
+                };
+                let command = Command::Intent {
+                    command: release,
+                    idempotency: None,
+                };
+                match cluster.write(command).await {
+                    Ok(_) => {
+                        tracing::info!(%intent_id, attempt, %consumer, "stream closed; its lease is released")
+                    }
+                    // Settled or expired meanwhile: nothing to give back.
+                    Err(ConsensusError::Rejected(rejection)) => {
+                        tracing::debug!(%intent_id, attempt, %rejection, "nothing to release")
+                    }
+                    // The lease still runs out and is offered again then.
+                    Err(e) => {
+                        tracing::warn!(%intent_id, attempt, error = %e, "releasing a closed stream's lease failed")
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What a stream does with one queue entry.
+#[derive(Debug)]
+enum Offer {
+    Send(Box<Intent>),
+    Skip,
+    /// Another consumer of this node goes first; look again when something changes.
+    NotMyTurn,
+}
+
+/// Offers the queued intent `id` (at queue cursor `entry`): what to send, if anything.
 async fn offer(
     cluster: &Cluster,
     id: Uuid,
-    consumer: &str,
+    entry: u64,
     filter: &StatusFilter,
+    seat: Option<&Seat>,
+    leases: &mut Leases,
     default_ack_timeout_secs: u64,
-) -> Result<Option<Intent>, DeliveryError> {
+) -> Result<Offer, DeliveryError> {
     let reader = cluster.reader();
-    let Some(mut intent) = reader.intent(&id)? else {
-        return Ok(None);
+    let Some(intent) = reader.intent(&id)? else {
+        return Ok(Offer::Skip);
+    };
+    let wanted = |intent: Intent| {
+        if filter.wants(intent.status) {
+            Offer::Send(Box::new(intent))
+        } else {
+            Offer::Skip
+        }
+    };
+    let Some(seat) = seat else {
+        return Ok(wanted(intent));
     };
     // Deliverable: fresh, or delivered before and its lease ran out (a redelivery). A delayed
     // intent is not on the queue before its release, so it never shows up here early.
@@ -189,41 +414,55 @@ async fn offer(
         Status::Delivered => intent.lease.is_none(),
         _ => false,
     };
-    if deliverable && filter.wants(Status::Delivered) {
-        // The lease lasts the agent's ack timeout (the server default unless it registered one).
-        let config = reader.agent_config(&intent.to_agent)?;
-        let at = now();
-        let deliver = IntentCommand::Deliver {
-            intent_id: id,
-            expected_attempt: intent.delivery_attempt,
-            consumer: consumer.to_string(),
-            lease_until: agent::lease_until(at, config.as_ref(), default_ack_timeout_secs),
-            at,
-        };
-        let command = Command::Intent {
-            command: deliver,
-            idempotency: None,
-        };
-        match cluster.write(command).await {
-            Ok(Reply::Intent { intent: after, .. }) => intent = *after,
-            Ok(_) => {
-                return Err(DeliveryError::Internal(
-                    "Deliver answered without an intent".into(),
-                ))
-            }
-            Err(ConsensusError::Rejected(rejection)) => {
-                tracing::debug!(intent_id = %id, %rejection, "delivery lost a race; sending the current state");
-                // The winner's write may not be applied here yet.
-                cluster.read_barrier().await?;
-                match reader.intent(&id)? {
-                    Some(current) => intent = current,
-                    None => return Ok(None),
-                }
-            }
-            Err(other) => return Err(other.into()),
-        }
+    if !deliverable {
+        // Delivered before: that attempt is its lease holder's alone. Never delivered
+        // (moved on by its owner, or waiting): nobody's, so every consumer sees it.
+        return Ok(if intent.delivery_attempt == 0 {
+            wanted(intent)
+        } else {
+            Offer::Skip
+        });
     }
-    Ok(filter.wants(intent.status).then_some(intent))
+    if !seat.my_turn(entry) {
+        return Ok(Offer::NotMyTurn);
+    }
+    // The lease lasts the agent's ack timeout (the server default unless it registered one).
+    let config = reader.agent_config(&intent.to_agent)?;
+    let at = now();
+    let deliver = IntentCommand::Deliver {
+        intent_id: id,
+        expected_attempt: intent.delivery_attempt,
+        consumer: leases.consumer.clone(),
+        lease_until: agent::lease_until(at, config.as_ref(), default_ack_timeout_secs),
+        at,
+    };
+    let command = Command::Intent {
+        command: deliver,
+        idempotency: None,
+    };
+    match cluster.write(command).await {
+        Ok(Reply::Intent { intent: after, .. }) => {
+            let attempt = after.delivery_attempt;
+            if holds(&after, &leases.consumer, attempt) {
+                leases.held.insert(id, attempt);
+                seat.took_one();
+                Ok(Offer::Send(after))
+            } else {
+                // Out of attempts: the delivery failed the intent instead of leasing it.
+                Ok(wanted(*after))
+            }
+        }
+        Ok(_) => Err(DeliveryError::Internal(
+            "Deliver answered without an intent".into(),
+        )),
+        Err(ConsensusError::Rejected(rejection)) => {
+            // Another consumer (a stream here or on another node, or a poller) holds this
+            // attempt: it is theirs, and this stream sends nothing.
+            tracing::debug!(intent_id = %id, %rejection, "delivery lost a race; not sending it");
+            Ok(Offer::Skip)
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// The events of intent `id` after `since`, in `seq` order, live as they are applied.

@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use intentd_consensus::{Cluster, NodeConfig, RaftTimings};
 use intentd_delivery::intents::{now, write_intent};
 use intentd_delivery::{
-    agent_deliveries, intent_events, Delivery, StatusFilter, StreamOptions, Watch,
+    agent_deliveries, intent_events, Delivery, StatusFilter, StreamConsumers, StreamOptions, Watch,
 };
 use intentd_lifecycle::{EventType, IntentCommand, NewIntent, Resolution, Status};
 use serde_json::json;
@@ -76,52 +76,102 @@ async fn next<T>(stream: &mut (impl futures::Stream<Item = T> + Unpin)) -> Optio
         .expect("the stream answered in time")
 }
 
+/// The next delivery of either stream, with the stream it came from (0 or 1).
+async fn next_of_two<S>(streams: &mut [S; 2]) -> (usize, Delivery)
+where
+    S: futures::Stream<Item = Result<Watch<Delivery>, intentd_delivery::DeliveryError>> + Unpin,
+{
+    let [a, b] = streams;
+    let (which, item) = tokio::time::timeout(ITEM, async {
+        tokio::select! {
+            item = a.next() => (0, item),
+            item = b.next() => (1, item),
+        }
+    })
+    .await
+    .expect("a delivery in time");
+    match item {
+        Some(Ok(Watch::Next(delivery))) => (which, delivery),
+        other => panic!("stream {which}: expected a delivery, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn two_listeners_racing_deliver_once_and_both_see_the_winner() {
+async fn two_consumers_share_the_queue_and_a_closed_one_gives_its_leases_back() {
     let (_dir, cluster) = node().await;
-    let ids = [
-        create(&cluster).await,
-        create(&cluster).await,
-        create(&cluster).await,
-    ];
+    let consumers = StreamConsumers::default();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(create(&cluster).await);
+    }
     let listen = |consumer: &str| {
         Box::pin(agent_deliveries(
             cluster.clone(),
+            consumers.clone(),
             "acme/prod/payments".into(),
             0,
             StatusFilter::actionable(),
             consumer.into(),
-            options(Some(Duration::from_millis(300))),
+            options(Some(ITEM)),
         ))
     };
-    let (mut a, mut b) = (listen("a"), listen("b"));
-    for (i, id) in ids.iter().enumerate() {
-        let (da, db) = tokio::join!(next(&mut a), next(&mut b));
-        for d in [da, db] {
-            let Some(Ok(Watch::Next(Delivery { cursor, intent }))) = d else {
-                panic!("expected a delivery, got {d:?}");
-            };
-            assert_eq!(cursor, i as u64 + 1);
-            assert_eq!(intent.id, *id);
-            assert_eq!(intent.status, Status::Delivered);
-            // The compare-and-set let only one consumer deliver: one attempt, not two.
-            assert_eq!(intent.delivery_attempt, 1);
+    let mut streams = [listen("a"), listen("b")];
+    let mut got: [Vec<Uuid>; 2] = Default::default();
+    for _ in 0..ids.len() {
+        let (which, delivery) = next_of_two(&mut streams).await;
+        assert_eq!(delivery.intent.status, Status::Delivered);
+        assert_eq!(delivery.intent.delivery_attempt, 1);
+        let lease = delivery.intent.lease.as_ref().expect("sent with its lease");
+        assert_eq!(lease.consumer, ["a", "b"][which]);
+        got[which].push(delivery.intent.id);
+    }
+    assert_eq!(consumers.open_streams("acme/prod/payments"), 2);
+    // Nobody settles anything, so the turns are exact: the stream that joined first takes
+    // the first entry, then whoever holds fewer leases goes next.
+    let first = usize::from(got[1].first() == Some(&ids[0]));
+    let second = 1 - first;
+    assert_eq!(got[first], [ids[0], ids[2]], "{got:?}");
+    assert_eq!(got[second], [ids[1], ids[3]], "{got:?}");
+
+    // The first stream's client goes away holding two leases: the other stream gets both at
+    // once, as the next attempt.
+    let [a, b] = streams;
+    let (gone, mut b) = if first == 0 { (a, b) } else { (b, a) };
+    drop(gone);
+    let (gone_name, stays_name) = (["a", "b"][first], ["a", "b"][second]);
+    let mut redelivered = Vec::new();
+    for _ in 0..2 {
+        let Some(Ok(Watch::Next(delivery))) = next(&mut b).await else {
+            panic!("expected a redelivery");
+        };
+        assert_eq!(delivery.intent.delivery_attempt, 2, "{delivery:?}");
+        assert_eq!(delivery.intent.lease.as_ref().unwrap().consumer, stays_name);
+        redelivered.push(delivery.intent.id);
+    }
+    redelivered.sort();
+    let mut expected = vec![ids[0], ids[2]];
+    expected.sort();
+    assert_eq!(redelivered, expected);
+    for id in &ids {
+        let events = cluster.reader().events(id, 0, 20).unwrap();
+        let delivered = events
+            .iter()
+            .filter(|e| e.event_type == EventType::Delivered)
+            .count();
+        let released: Vec<_> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::LeaseExpired)
+            .collect();
+        let was_gone = *id == ids[0] || *id == ids[2];
+        assert_eq!(delivered, if was_gone { 2 } else { 1 }, "{events:?}");
+        assert_eq!(released.len(), usize::from(was_gone), "{events:?}");
+        if was_gone {
+            assert_eq!(released[0].details["released"], json!(true));
+            assert_eq!(released[0].details["consumer"], json!(gone_name));
         }
     }
-    // Nothing more: each stream goes quiet at the last cursor and ends.
-    for s in [&mut a, &mut b] {
-        assert!(matches!(
-            next(s).await,
-            Some(Ok(Watch::Quiet { cursor: 3 }))
-        ));
-        assert!(next(s).await.is_none());
-    }
-    let events = cluster.reader().events(&ids[0], 0, 10).unwrap();
-    let delivered = events
-        .iter()
-        .filter(|e| e.event_type == EventType::Delivered)
-        .count();
-    assert_eq!(delivered, 1, "{events:?}");
+    drop(b);
+    assert_eq!(consumers.open_streams("acme/prod/payments"), 0);
 }
 
 #[tokio::test]
@@ -130,6 +180,7 @@ async fn a_filter_skips_unwanted_entries_but_moves_the_cursor() {
     let id = create(&cluster).await;
     let mut completed_only = Box::pin(agent_deliveries(
         cluster.clone(),
+        StreamConsumers::default(),
         AGENT.into(),
         0,
         StatusFilter::of(vec![Status::Completed]),

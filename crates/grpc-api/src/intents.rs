@@ -297,6 +297,7 @@ impl IntentApi {
         tracing::info!(agent = %address, since = req.since, %consumer, "agent stream opened over grpc");
         let deliveries = agent_deliveries(
             self.cluster.clone(),
+            self.config.stream_consumers.clone(),
             address,
             req.since,
             StatusFilter::of(statuses),

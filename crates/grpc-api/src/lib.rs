@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use intentd_consensus::Cluster;
+use intentd_delivery::StreamConsumers;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
@@ -56,6 +57,9 @@ pub struct GrpcConfig {
     pub max_events_per_page: usize,
     /// Lease length for agents that did not register one (`--ack-timeout-secs`).
     pub default_ack_timeout_secs: u64,
+    /// The node's open agent streams, so that competing consumers of one address take turns.
+    /// Shared with the HTTP edge by the server: it is the node's, not the edge's.
+    pub stream_consumers: StreamConsumers,
 }
 
 impl Default for GrpcConfig {
@@ -68,6 +72,7 @@ impl Default for GrpcConfig {
             stream_batch: 100,
             max_events_per_page: 1000,
             default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,
+            stream_consumers: StreamConsumers::default(),
         }
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use axum::Router;
 use intentd_consensus::Cluster;
-use intentd_delivery::{AllowList, Metrics};
+use intentd_delivery::{AllowList, Metrics, StreamConsumers};
 
 pub use error::ApiError;
 
@@ -54,6 +54,9 @@ pub struct ApiConfig {
     /// private or loopback (`--delivery-allow-hosts`); everything else of that kind is
     /// refused at registration so the cluster cannot be aimed at its own network.
     pub delivery_allow_hosts: AllowList,
+    /// The node's open agent streams, so that competing consumers of one address take turns.
+    /// Shared with the gRPC edge by the server: it is the node's, not the edge's.
+    pub stream_consumers: StreamConsumers,
 }
 
 impl Default for ApiConfig {
@@ -67,6 +70,7 @@ impl Default for ApiConfig {
             max_events_per_page: 1000,
             default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,
             delivery_allow_hosts: AllowList::default(),
+            stream_consumers: StreamConsumers::default(),
         }
     }
 }

@@ -562,7 +562,21 @@ fn apply_intent(state: &impl StateView, command: &IntentCommand) -> Result<Appli
                     lease.expires_at.to_rfc3339()
                 )));
             }
-            lease_lost(&mut change, state, None, Some(*retry_at));
+            lease_lost(&mut change, state, None, Some(*retry_at), false);
+        }
+        IntentCommand::ReleaseLease {
+            attempt,
+            consumer,
+            at,
+            ..
+        } => {
+            let lease = change.leased(*attempt)?;
+            if lease.consumer != *consumer {
+                return Err(Rejection::Invalid(format!(
+                    "delivery attempt {attempt} is leased to another consumer"
+                )));
+            }
+            lease_lost(&mut change, state, None, Some(*at), true);
         }
         IntentCommand::DeliveryFailed {
             attempt,
@@ -571,7 +585,7 @@ fn apply_intent(state: &impl StateView, command: &IntentCommand) -> Result<Appli
             ..
         } => {
             change.leased(*attempt)?;
-            lease_lost(&mut change, state, Some(error), *retry_at);
+            lease_lost(&mut change, state, Some(error), *retry_at, false);
         }
         IntentCommand::Release { at, .. } => {
             change.open(None)?;
@@ -869,12 +883,14 @@ fn deliver(
     change.enter(Status::Delivered, "system", details)
 }
 
-/// The delivery of the current lease failed or ran out: try again or give up.
+/// The delivery of the current lease failed, ran out or was `released` by its consumer: try
+/// again or give up.
 fn lease_lost(
     change: &mut Change,
     state: &impl StateView,
     error: Option<&str>,
     retry_at: Option<Timestamp>,
+    released: bool,
 ) {
     let lease = change
         .intent
@@ -888,6 +904,9 @@ fn lease_lost(
     if let Some(e) = error {
         details.insert("error".into(), json!(e));
     }
+    if released {
+        details.insert("released".into(), json!(true));
+    }
     let attempts = change.intent.delivery_attempt;
     let give_up = attempts >= change.intent.max_delivery_attempts || retry_at.is_none();
     if !give_up {
@@ -900,6 +919,9 @@ fn lease_lost(
                 format!("delivery attempt {attempts} failed and will not be retried: {e}")
             }
             Some(e) => format!("not delivered after {attempts} delivery attempts: {e}"),
+            None if released => {
+                format!("released unsettled after {attempts} delivery attempts")
+            }
             None => format!("not acknowledged after {attempts} delivery attempts"),
         };
         dead_letter(change, reason).expect("DELIVERED -> FAILED is always allowed");

@@ -233,6 +233,16 @@ pub enum IntentCommand {
         retry_at: Timestamp,
         at: Timestamp,
     },
+    /// The consumer holding the lease of `attempt` went away before settling it (an agent
+    /// stream closed by its client): the intent is offered again at once, attempt counted,
+    /// instead of waiting for the lease to run out. Compare-and-set on `attempt` and
+    /// `consumer`, so a release that arrives after the lease changed hands changes nothing.
+    ReleaseLease {
+        intent_id: Uuid,
+        attempt: u32,
+        consumer: String,
+        at: Timestamp,
+    },
     /// The HTTP push of `attempt` failed. `retry_at: None` gives up now (dead letter).
     DeliveryFailed {
         intent_id: Uuid,
@@ -305,6 +315,7 @@ impl IntentCommand {
             IntentCommand::Create { intent, .. } => intent.id,
             IntentCommand::Deliver { intent_id, .. }
             | IntentCommand::ExpireLease { intent_id, .. }
+            | IntentCommand::ReleaseLease { intent_id, .. }
             | IntentCommand::DeliveryFailed { intent_id, .. }
             | IntentCommand::Release { intent_id, .. }
             | IntentCommand::Replay { intent_id, .. }
@@ -323,6 +334,7 @@ impl IntentCommand {
             IntentCommand::Create { at, .. }
             | IntentCommand::Deliver { at, .. }
             | IntentCommand::ExpireLease { at, .. }
+            | IntentCommand::ReleaseLease { at, .. }
             | IntentCommand::DeliveryFailed { at, .. }
             | IntentCommand::Release { at, .. }
             | IntentCommand::Replay { at, .. }

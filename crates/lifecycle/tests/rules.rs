@@ -1159,6 +1159,56 @@ fn an_expired_lease_is_offered_again_and_stale_attempts_change_nothing() {
 }
 
 #[test]
+fn a_released_lease_is_offered_again_at_once_and_only_by_its_holder() {
+    let mut state = MemState::default();
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(22), 2, None));
+    deliver_at(&mut state, id, 1).unwrap();
+    let holder = state.intents[&id].lease.clone().unwrap().consumer;
+    let release = |attempt: u32, consumer: &str, at: i64| IntentCommand::ReleaseLease {
+        intent_id: id,
+        attempt,
+        consumer: consumer.into(),
+        at: secs(at),
+    };
+    let before = state.clone();
+    assert!(matches!(
+        state.intent_cmd(release(1, "someone-else", 2)),
+        Err(Rejection::Invalid(_))
+    ));
+    assert!(matches!(
+        state.intent_cmd(release(2, &holder, 2)),
+        Err(Rejection::StaleAttempt { .. })
+    ));
+    assert_eq!(state, before, "refused releases change nothing");
+    // Long before the lease would run out (at 31), the release re-enqueues the intent.
+    state.intent_cmd(release(1, &holder, 2)).unwrap();
+    let intent = &state.intents[&id];
+    assert_eq!(intent.status, Status::Delivered);
+    assert!(intent.lease.is_none());
+    assert_eq!(intent.agent_cursor, 2, "re-enqueued at a new cursor");
+    assert!(state.due_of(id).is_empty(), "no lease expiry left");
+    let last = state.events_of(id).pop().unwrap();
+    assert_eq!(last.event_type, EventType::LeaseExpired);
+    assert_eq!(last.details["released"], true);
+    assert_eq!(last.details["delivery_attempt"], 1);
+    assert!(
+        state.intent_cmd(release(1, &holder, 3)).is_err(),
+        "released once"
+    );
+    // The release counts the attempt: the last one released dead-letters the intent.
+    deliver_at(&mut state, id, 4).unwrap();
+    state.intent_cmd(release(2, &holder, 5)).unwrap();
+    let intent = &state.intents[&id];
+    assert_eq!(intent.status, Status::Failed);
+    assert!(intent.dead_lettered);
+    assert!(
+        state.dead[&id].reason.contains("released"),
+        "{:?}",
+        state.dead[&id]
+    );
+}
+
+#[test]
 fn http_pushes_are_due_retried_and_finally_dead_lettered() {
     let mut state = MemState::default();
     register(&mut state, http());

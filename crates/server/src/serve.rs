@@ -96,6 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ensure_admin_key(&cluster, &config).await?;
     }
 
+    // One per node: its HTTP and gRPC streams of an address take turns with each other.
+    let stream_consumers = intentd_delivery::StreamConsumers::default();
+    metrics.bind_streams(&stream_consumers);
     let api = intentd_http_api::app(
         cluster.clone(),
         ApiConfig {
@@ -103,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             default_max_delivery_attempts: config.max_delivery_attempts,
             delivery_allow_hosts: config.delivery_allow_hosts.clone(),
             default_ack_timeout_secs: config.ack_timeout_secs,
+            stream_consumers: stream_consumers.clone(),
             ..ApiConfig::default()
         },
         metrics,
@@ -119,6 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_intent_bytes: config.max_intent_bytes,
             default_max_delivery_attempts: config.max_delivery_attempts,
             default_ack_timeout_secs: config.ack_timeout_secs,
+            stream_consumers,
             ..intentd_grpc_api::GrpcConfig::default()
         },
         stopped(stop_rx.clone()),

@@ -228,6 +228,7 @@ async fn stream(
     span.in_scope(|| tracing::info!(agent = %address, since, "agent stream opened"));
     let deliveries = agent_deliveries(
         state.cluster.clone(),
+        state.config.stream_consumers.clone(),
         address,
         since,
         filter,
