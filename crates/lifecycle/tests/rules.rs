@@ -637,7 +637,7 @@ proptest! {
         }
         if let Some(thread) = state.threads.get(&id) {
             prop_assert_eq!(thread.status == ThreadStatus::Resolved, intent.status.is_terminal());
-            let owner = intent.inbox_owner.as_deref().map(normalize_address);
+            let owner = intent.inbox_owner.as_deref().map(state_key);
             prop_assert_eq!(Some(thread.owner.as_str()), owner);
         }
     }

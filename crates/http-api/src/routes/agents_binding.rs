@@ -176,22 +176,17 @@ pub(crate) fn parse_binding(body: &Value) -> Result<BindingRequest, ApiError> {
     parse_binding_fields(&b, None)
 }
 
-/// An agent address from a path or a body, normalized (no `agent://`, no stray slashes),
-/// with the length agent keys' addresses have.
+/// An agent address from a path or a body, under the one address rule, as the state keys it.
 pub(crate) fn agent_address(raw: &str) -> Result<String, ApiError> {
-    let address = listen_address(raw)?;
-    check_len("address", &address, 3, 375)?;
-    if address.contains(char::is_whitespace) {
-        return Err(ApiError::SchemaInvalid(
-            "an agent address has no whitespace".into(),
-        ));
-    }
-    Ok(address)
+    Ok(listen_address(raw)?.path().to_string())
 }
 
 /// How an agent receives, as the directory shows it (never the secret). An agent with no
 /// registration streams with the default lease, which is what it shows.
-pub(crate) fn binding_view(config: Option<&AgentConfig>) -> Value {
+/// The binding as the directory shows it. Where an HTTP agent is pushed to, and which secret
+/// signs its pushes, is for the agent itself and admins (`reveal`): another agent's key
+/// reading them could aim at or impersonate that endpoint.
+pub(crate) fn binding_view(config: Option<&AgentConfig>, reveal: bool) -> Value {
     let mut m = Map::new();
     let binding = config.map_or(&Binding::Stream, |c| &c.binding);
     m.insert("delivery_mode".into(), json!(binding.mode()));
@@ -201,12 +196,14 @@ pub(crate) fn binding_view(config: Option<&AgentConfig>) -> Value {
         ..
     } = binding
     {
-        m.insert("url".into(), json!(url));
         m.insert("max_concurrency".into(), json!(max_concurrency));
-        m.insert(
-            "secret_hint".into(),
-            json!(config.and_then(AgentConfig::secret_hint)),
-        );
+        if reveal {
+            m.insert("url".into(), json!(url));
+            m.insert(
+                "secret_hint".into(),
+                json!(config.and_then(AgentConfig::secret_hint)),
+            );
+        }
     }
     m.insert(
         "ack_timeout_seconds".into(),
@@ -239,7 +236,7 @@ pub(crate) async fn put_binding(
     let config = request.into_config(address.clone(), now());
     write(state, Command::RegisterAgent { config }).await?;
     tracing::info!(agent = %address, "agent binding registered");
-    super::agents::agent_answer(state, &address)
+    super::agents::agent_answer(state, caller, &address)
 }
 
 #[cfg(test)]
@@ -366,11 +363,13 @@ mod tests {
         }))
         .unwrap()
         .into_config("acme/prod/billing".into(), at);
-        let v = binding_view(Some(&config));
+        let hidden = binding_view(Some(&config), false);
+        assert!(hidden.get("url").is_none() && hidden.get("secret_hint").is_none());
+        let v = binding_view(Some(&config), true);
         assert_eq!(v["delivery_mode"], "http");
         assert_eq!(v["secret_hint"], "WXYZ");
         assert!(!v.to_string().contains("0123456789abcdef"), "{v}");
-        let v = binding_view(None);
+        let v = binding_view(None, true);
         assert_eq!(v["delivery_mode"], "stream");
         assert_eq!(v["registered"], false);
         assert_eq!(v["ack_timeout_seconds"], DEFAULT_ACK_TIMEOUT_SECS);

@@ -47,16 +47,9 @@ fn parse_new_key(body: &Value) -> Result<NewKey, ApiError> {
         ("admin", None) => Role::Admin,
         ("client", None) => Role::Client,
         ("agent", Some(address)) => {
-            let bare = address.strip_prefix("agent://").unwrap_or(address);
-            check_len("address", bare, 3, 375)?;
-            if bare.starts_with('/') || bare.ends_with('/') || bare.contains(char::is_whitespace) {
-                return Err(ApiError::SchemaInvalid(
-                    "address must look like agent://org/workspace/name".into(),
-                ));
-            }
-            // Stored with the scheme, the form `to_agent` usually has; comparisons ignore it.
+            // Stored with the scheme, the form `to_agent` has.
             Role::Agent {
-                address: format!("agent://{bare}"),
+                address: intentd_lifecycle::validate::listen_address(address)?.uri(),
             }
         }
         ("agent", None) => {
