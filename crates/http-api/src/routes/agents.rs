@@ -97,7 +97,7 @@ async fn agent_route(
 ) -> Result<Response, ApiError> {
     match rest.strip_suffix(STREAM_SUFFIX) {
         Some(address) => stream(state, caller, ctx, headers, address, query).await,
-        None => get_agent(&state, &rest).map(IntoResponse::into_response),
+        None => get_agent(&state, &caller, &rest).map(IntoResponse::into_response),
     }
 }
 
@@ -155,7 +155,7 @@ fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
 /// An entry of `api.agents.*.response.v1.json` (`additionalProperties: false`). There are no
 /// service accounts in intentd; the address stands in for the id and its last segment for
 /// the name, which is what the hosted platform derives the address from.
-fn agent_view(agent: &AgentInfo) -> Value {
+fn agent_view(agent: &AgentInfo, caller: &Caller) -> Value {
     let name = agent
         .address
         .rsplit('/')
@@ -170,29 +170,39 @@ fn agent_view(agent: &AgentInfo) -> Value {
         "display_name": config.and_then(|c| c.display_name.clone()),
         "status": "active",
         "created_at": views::timestamp(&agent.created_at),
-        "binding": binding_view(config),
+        "binding": binding_view(config, caller.may_act_as(&agent.address)),
     })
 }
 
 async fn list_agents(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let agents: Vec<Value> = known_agents(&state)?.iter().map(agent_view).collect();
+    let agents: Vec<Value> = known_agents(&state)?
+        .iter()
+        .map(|a| agent_view(a, &caller))
+        .collect();
     Ok(Json(json!({ "ok": true, "agents": agents })))
 }
 
-fn get_agent(state: &AppState, raw: &str) -> Result<Json<Value>, ApiError> {
-    agent_answer(state, bare_address(raw))
+fn get_agent(state: &AppState, caller: &Caller, raw: &str) -> Result<Json<Value>, ApiError> {
+    let address = intentd_lifecycle::validate::listen_address(raw)?;
+    agent_answer(state, caller, address.path())
 }
 
 /// `{"ok": true, "agent": ...}` for the agent at the normalized `address`.
-pub(crate) fn agent_answer(state: &AppState, address: &str) -> Result<Json<Value>, ApiError> {
+pub(crate) fn agent_answer(
+    state: &AppState,
+    caller: &Caller,
+    address: &str,
+) -> Result<Json<Value>, ApiError> {
     let agent = known_agents(state)?
         .into_iter()
         .find(|a| a.address == address)
         .ok_or_else(|| ApiError::NotFound(format!("agent agent://{address} not found")))?;
-    Ok(Json(json!({ "ok": true, "agent": agent_view(&agent) })))
+    Ok(Json(
+        json!({ "ok": true, "agent": agent_view(&agent, caller) }),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,7 +223,9 @@ async fn stream(
     raw_address: &str,
     query: AgentQuery,
 ) -> Result<Response, ApiError> {
-    let address = intentd_lifecycle::validate::listen_address(raw_address)?;
+    let address = intentd_lifecycle::validate::listen_address(raw_address)?
+        .path()
+        .to_string();
     caller.require_listener_on(&address)?;
     let filter = StatusFilter::parse(query.status.as_deref())
         .map_err(|s| ApiError::InvalidRequest(format!("unknown status {s:?} in status")))?;
@@ -260,7 +272,6 @@ mod tests {
             bare_address("agent://acme/prod/billing"),
             "acme/prod/billing"
         );
-        assert_eq!(bare_address("acme/prod/billing/"), "acme/prod/billing");
         assert_eq!(
             "acme/prod/billing/intents/stream".strip_suffix(STREAM_SUFFIX),
             Some("acme/prod/billing")
@@ -274,7 +285,10 @@ mod tests {
             created_at: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap(),
             config: None,
         };
-        let v = agent_view(&agent);
+        let v = agent_view(
+            &agent,
+            &crate::auth::tests::caller(intentd_lifecycle::Role::Admin),
+        );
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(
