@@ -15,6 +15,7 @@ mod command;
 mod due;
 pub mod inbox;
 mod intent;
+pub mod json;
 mod status;
 pub mod validate;
 pub mod webhook;

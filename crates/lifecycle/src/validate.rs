@@ -30,6 +30,13 @@ impl From<AddressError> for ValidationError {
     }
 }
 
+/// JSON we do not accept is malformed input (400), like text that is not JSON at all.
+impl From<crate::json::JsonError> for ValidationError {
+    fn from(error: crate::json::JsonError) -> Self {
+        ValidationError::Malformed(error.to_string())
+    }
+}
+
 fn rule(message: impl Into<String>) -> ValidationError {
     ValidationError::Rule(message.into())
 }
