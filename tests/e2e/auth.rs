@@ -594,3 +594,73 @@ async fn a_scenario_does_not_rebind_another_agent() {
     })
     .await
 }
+
+/// Dead-letters one intent to `address`: an HTTP binding whose host never resolves and a
+/// single attempt, so the first push fails for good.
+async fn dead_letter_to(admin: &Api, address: &str) -> String {
+    admin
+        .put(
+            &format!("/v1/agents/{}/binding", address_path(address)),
+            &json!({"delivery_mode": "http", "url": "https://unresolvable.invalid/hook",
+                    "secret": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0",
+                    "max_delivery_attempts": 1}),
+        )
+        .await
+        .assert_ok(200);
+    admin.create_ok(&intent_body(address)).await
+}
+
+/// `/v1/deliveries` pages hold only what the key may see, and the cursor is the last of
+/// them: before, a page's cursor was the last dead letter scanned, another agent's intent id.
+#[tokio::test]
+async fn delivery_cursors_never_name_other_agents_intents() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let admin = server.admin();
+        let (ledger_key, _) = admin.create_key("ledger", "agent", Some(LEDGER)).await;
+        let ledger = admin.with_key(&ledger_key);
+        // Ids grow with time: the other agent's dead letters come first in the scan.
+        let theirs = [
+            dead_letter_to(&admin, PAYMENTS).await,
+            dead_letter_to(&admin, PAYMENTS).await,
+        ];
+        let mine = [
+            dead_letter_to(&admin, LEDGER).await,
+            dead_letter_to(&admin, LEDGER).await,
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let all = admin.get("/v1/deliveries?limit=100").await;
+            if all.assert_ok(200)["deliveries"].as_array().unwrap().len() == 4 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "four dead letters: {}",
+                all.text
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        for _ in 0..10 {
+            let page = ledger
+                .get(&format!("/v1/deliveries?limit=1&after={after}"))
+                .await;
+            let body = page.assert_ok(200).clone();
+            for id in &theirs {
+                assert!(!page.text.contains(id.as_str()), "{}", page.text);
+            }
+            for d in body["deliveries"].as_array().unwrap() {
+                seen.push(d["intent_id"].as_str().unwrap().to_string());
+            }
+            match body["next_cursor"].as_str() {
+                Some(cursor) => after = cursor.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(seen, mine);
+    })
+    .await
+}
