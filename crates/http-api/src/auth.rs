@@ -196,7 +196,7 @@ pub(crate) mod tests {
     #[test]
     fn agent_keys_are_scoped_to_their_address() {
         let agent = caller(Role::Agent {
-            address: "agent://acme/prod/billing".into(),
+            address: intentd_lifecycle::AgentAddress::from_stored("agent://acme/prod/billing"),
         });
         let mut intent = crate::views::tests::sample_intent();
         assert!(agent.require_receiver_of(&intent).is_ok());

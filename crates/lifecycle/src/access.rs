@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{same_address, Intent, ResumeAction, Timestamp};
+use crate::{same_address, AgentAddress, Intent, ResumeAction, Timestamp};
 
 /// What an API key may do. The full table, route by route, is in the README ("Roles"); the
 /// rule behind it: a key acts as the *receiver* of an address only if it is that address's
@@ -15,8 +15,8 @@ pub enum Role {
     /// principal (its inbox, its webhook subscriptions).
     Client,
     /// Sends as `address`, observes and governs what it sent, and is the receiver of intents
-    /// addressed to `address`.
-    Agent { address: String },
+    /// addressed to `address`. Stored as the `agent://` string it always was.
+    Agent { address: AgentAddress },
 }
 
 /// An API key as the replicated state keeps it: the secret itself is never stored, only its
@@ -34,7 +34,7 @@ impl ApiKey {
     /// The agent identity this key speaks for, used as `from_agent` and as the event actor.
     pub fn principal(&self) -> String {
         match &self.role {
-            Role::Agent { address } => address.clone(),
+            Role::Agent { address } => address.uri(),
             Role::Admin | Role::Client => format!("agent://intentd/keys/{}", self.name),
         }
     }
@@ -245,6 +245,20 @@ mod tests {
         }
     }
 
+    /// Keys written before `AgentAddress` existed decode, and new ones encode the same way.
+    #[test]
+    fn agent_roles_keep_their_stored_form() {
+        let old = r#"{"kind":"agent","address":"agent://acme/prod/billing"}"#;
+        let role: Role = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            role,
+            Role::Agent {
+                address: AgentAddress::parse("address", "acme/prod/billing").unwrap()
+            }
+        );
+        assert_eq!(serde_json::to_string(&role).unwrap(), old);
+    }
+
     #[test]
     fn secrets_hash_to_hex_sha256() {
         assert_eq!(
@@ -283,7 +297,7 @@ mod tests {
     #[test]
     fn agent_keys_act_as_themselves_and_only_on_their_address() {
         let agent = key(Role::Agent {
-            address: "agent://acme/prod/billing".into(),
+            address: AgentAddress::from_stored("agent://acme/prod/billing"),
         });
         assert_eq!(
             agent.acting_as(Some("someone-else")),
@@ -345,7 +359,7 @@ mod tests {
     #[test]
     fn the_sender_may_approve_but_not_act_as_the_receiver() {
         let sender = key(Role::Agent {
-            address: "agent://acme/prod/sender".into(),
+            address: AgentAddress::from_stored("agent://acme/prod/sender"),
         });
         let mut intent = sample_intent();
         let approve = ResumeAction::ApproveCurrentStep {
@@ -361,7 +375,7 @@ mod tests {
             Err(AccessError::Forbidden(_))
         ));
         let receiver = key(Role::Agent {
-            address: "acme/prod/payments".into(),
+            address: AgentAddress::from_stored("acme/prod/payments"),
         });
         assert!(receiver.require_resumer_of(&intent, &approve).is_ok());
         assert!(receiver.require_resumer_of(&intent, &complete).is_ok());
@@ -401,7 +415,7 @@ mod tests {
                 named(
                     "pay",
                     Role::Agent {
-                        address: "agent://acme/prod/payments".into(),
+                        address: AgentAddress::from_stored("agent://acme/prod/payments"),
                     },
                 ),
             ),
@@ -410,7 +424,7 @@ mod tests {
                 named(
                     "x",
                     Role::Agent {
-                        address: "agent://acme/prod/other".into(),
+                        address: AgentAddress::from_stored("agent://acme/prod/other"),
                     },
                 ),
             ),

@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::address::state_key;
+use crate::address::{state_key, AgentAddress};
 use crate::agent::{is_http, is_inbox};
 use crate::webhook::derived_id;
 use crate::{
@@ -330,10 +330,13 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
 
 fn register_agent(state: &impl StateView, config: &AgentConfig) -> Result<Applied, Rejection> {
     let mut config = config.clone();
-    config.address = state_key(&config.address).trim_matches('/').to_string();
-    if config.address.is_empty() {
+    // Edges register only parsed addresses, which have no surrounding slashes; the trim stays
+    // so entries written before `AgentAddress` existed replay to the state they made then.
+    let path = config.address.path().trim_matches('/');
+    if path.is_empty() {
         return Err(Rejection::Invalid("the agent address is empty".into()));
     }
+    config.address = AgentAddress::from_stored(path);
     if config.ack_timeout_secs == 0 {
         return Err(Rejection::Invalid(
             "ack_timeout_seconds must be >= 1".into(),
@@ -356,7 +359,7 @@ fn register_agent(state: &impl StateView, config: &AgentConfig) -> Result<Applie
             ));
         }
     }
-    if let Some(existing) = state.agent_config(&config.address) {
+    if let Some(existing) = state.agent_config(config.address.path()) {
         config.created_at = existing.created_at;
     }
     Ok(Applied {

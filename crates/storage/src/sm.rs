@@ -628,7 +628,10 @@ impl<'a> BatchView<'a> {
                     self.put(keys::api_key(&key_hash), serde_json::to_vec(&key)?);
                 }
                 Write::AgentConfig(config) => {
-                    self.put(keys::agent(&config.address), serde_json::to_vec(&config)?);
+                    self.put(
+                        keys::agent(config.address.path()),
+                        serde_json::to_vec(&config)?,
+                    );
                 }
                 Write::RemoveAgent { address } => self.remove(keys::agent(&address)),
                 Write::Due { at, kind, id } => self.put(keys::due(&at, kind, &id), Vec::new()),

@@ -120,13 +120,13 @@ fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
     let mut agents: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
     let mut configs: BTreeMap<String, AgentConfig> = BTreeMap::new();
     for config in reader.agent_configs()? {
-        let address = bare_address(&config.address).to_string();
+        let address = config.address.path().to_string();
         agents.insert(address.clone(), Some(config.created_at));
         configs.insert(address, config);
     }
     for (_, key) in reader.api_keys()? {
         if let (Role::Agent { address }, false) = (&key.role, key.revoked) {
-            let entry = agents.entry(bare_address(address).to_string()).or_default();
+            let entry = agents.entry(address.path().to_string()).or_default();
             *entry = Some(entry.map_or(key.created_at, |t| t.min(key.created_at)));
         }
     }

@@ -14,6 +14,7 @@
 
 use axum::Json;
 use intentd_lifecycle::validate::listen_address;
+use intentd_lifecycle::AgentAddress;
 use intentd_lifecycle::{AgentConfig, Binding, Command, DEFAULT_ACK_TIMEOUT_SECS};
 use serde_json::{json, Map, Value};
 
@@ -56,7 +57,7 @@ impl BindingRequest {
     /// The replicated registration; `created_at` is kept by apply when the agent exists.
     pub(crate) fn into_config(
         self,
-        address: String,
+        address: AgentAddress,
         at: intentd_lifecycle::Timestamp,
     ) -> AgentConfig {
         AgentConfig {
@@ -227,8 +228,8 @@ pub(crate) async fn put_binding(
     raw_address: &str,
     body: &Value,
 ) -> Result<Json<Value>, ApiError> {
-    let address = agent_address(raw_address)?;
-    caller.require_listener_on(&address)?;
+    let address = listen_address(raw_address)?;
+    caller.require_listener_on(address.path())?;
     let request = parse_binding(body)?;
     if let Some(url) = request.url() {
         checked_url(state, "url", url)?;
@@ -236,7 +237,7 @@ pub(crate) async fn put_binding(
     let config = request.into_config(address.clone(), now());
     write(state, Command::RegisterAgent { config }).await?;
     tracing::info!(agent = %address, "agent binding registered");
-    super::agents::agent_answer(state, caller, &address)
+    super::agents::agent_answer(state, caller, address.path())
 }
 
 #[cfg(test)]
@@ -362,7 +363,10 @@ mod tests {
             "secret": "0123456789abcdefWXYZ"
         }))
         .unwrap()
-        .into_config("acme/prod/billing".into(), at);
+        .into_config(
+            AgentAddress::parse("address", "acme/prod/billing").unwrap(),
+            at,
+        );
         let hidden = binding_view(Some(&config), false);
         assert!(hidden.get("url").is_none() && hidden.get("secret_hint").is_none());
         let v = binding_view(Some(&config), true);

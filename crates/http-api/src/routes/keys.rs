@@ -49,7 +49,7 @@ fn parse_new_key(body: &Value) -> Result<NewKey, ApiError> {
         ("agent", Some(address)) => {
             // Stored with the scheme, the form `to_agent` has.
             Role::Agent {
-                address: intentd_lifecycle::validate::listen_address(address)?.uri(),
+                address: intentd_lifecycle::validate::listen_address(address)?,
             }
         }
         ("agent", None) => {
@@ -74,11 +74,11 @@ fn parse_new_key(body: &Value) -> Result<NewKey, ApiError> {
     })
 }
 
-fn role_fields(role: &Role) -> (&'static str, Option<&str>) {
+fn role_fields(role: &Role) -> (&'static str, Option<String>) {
     match role {
         Role::Admin => ("admin", None),
         Role::Client => ("client", None),
-        Role::Agent { address } => ("agent", Some(address)),
+        Role::Agent { address } => ("agent", Some(address.uri())),
     }
 }
 
@@ -201,7 +201,7 @@ mod tests {
             .unwrap()
             .role,
             Role::Agent {
-                address: "agent://acme/prod/billing".into()
+                address: intentd_lifecycle::AgentAddress::from_stored("agent://acme/prod/billing")
             }
         );
         for bad in [

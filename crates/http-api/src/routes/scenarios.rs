@@ -36,7 +36,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use intentd_delivery::intents::Written;
 use intentd_lifecycle::validate::{self, Decided, IntentRequest};
-use intentd_lifecycle::{AgentConfig, Command, IntentCommand, NewIntent};
+use intentd_lifecycle::{AgentAddress, AgentConfig, Command, IntentCommand, NewIntent};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -474,7 +474,7 @@ async fn apply(
         };
         let wanted = wanted
             .clone()
-            .into_config(p.address.clone(), existing.created_at);
+            .into_config(AgentAddress::from_stored(&p.address), existing.created_at);
         let same = AgentConfig {
             address: existing.address.clone(),
             updated_at: existing.updated_at,
@@ -491,7 +491,9 @@ async fn apply(
     for p in &plan.participants {
         let existed = registered(&state, &p.address)?.is_some();
         if let Some(binding) = &p.binding {
-            let config = binding.clone().into_config(p.address.clone(), now());
+            let config = binding
+                .clone()
+                .into_config(AgentAddress::from_stored(&p.address), now());
             write(&state, Command::RegisterAgent { config }).await?;
         }
         agents.push(participant_view(p, existed));
