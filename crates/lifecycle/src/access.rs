@@ -214,7 +214,7 @@ impl ApiKey {
     pub fn require_not_agent(&self) -> Result<(), AccessError> {
         if self.is_agent() {
             Err(AccessError::Forbidden(
-                "agent keys may not change controls or policy".into(),
+                "agent keys may not apply scenarios".into(),
             ))
         } else {
             Ok(())
