@@ -118,7 +118,7 @@ impl Caller {
     }
 
     /// Whether this key may read and act on what `owner` owns (threads, subscriptions):
-    /// operators' keys may act for anyone, agent keys only for their own address.
+    /// admin keys for anyone, client and agent keys only for their own principal.
     pub(crate) fn may_act_as(&self, owner: &str) -> bool {
         self.key.may_act_for(owner)
     }
