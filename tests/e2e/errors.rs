@@ -172,3 +172,124 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     })
     .await
 }
+
+/// An object naming a key twice has no single meaning: before, the last one won, and this
+/// body made an admin key. Refused wherever a body is read, at any depth.
+#[tokio::test]
+async fn duplicate_json_keys_are_400() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        let resp = api
+            .post_raw(
+                "/v1/admin/keys",
+                r#"{"name":"dup-role","role":"client","role":"admin"}"#,
+            )
+            .await;
+        let message = resp.assert_error(400, "invalid_request");
+        assert!(message.contains("duplicate key"), "{message}");
+        let keys = api.get("/v1/admin/keys").await;
+        keys.assert_ok(200);
+        assert!(!keys.text.contains("dup-role"), "{}", keys.text);
+
+        let id = api.create_ok(&intent_body(PAYMENTS)).await;
+        for (path, body) in [
+            (
+                "/v1/intents".to_string(),
+                r#"{"intent_type":"payment.charge.v1","correlation_id":"6f1c2a7e-1b8f-4a1c-9a8e-3f4f7e2d9c10","to_agent":"agent://acme/prod/payments","to_agent":"agent://acme/prod/other","payload":{}}"#,
+            ),
+            (
+                format!("/v1/intents/{id}/resume"),
+                r#"{"action":"progress","result":{"a":1,"a":2}}"#,
+            ),
+            (
+                format!("/v1/intents/{id}/resolve"),
+                r#"{"status":"COMPLETED","status":"FAILED"}"#,
+            ),
+        ] {
+            api.post_raw(&path, body)
+                .await
+                .assert_error(400, "invalid_request");
+        }
+        assert_eq!(api.intent(&id).await["status"], json!("SUBMITTED"));
+    })
+    .await
+}
+
+/// `to_agent` follows the one address rule keys and bindings follow: before, `agent://`, an
+/// address with NUL or a newline (a forged log line) and `http://evil/x` were all accepted.
+#[tokio::test]
+async fn malformed_addresses_are_refused_at_every_entry_point() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        for bad in [
+            "agent://",
+            "agent://acme/prod/a\u{0}b",
+            "agent://acme/prod/a\nINFO intentd: forged",
+            "http://evil/x",
+        ] {
+            let mut body = intent_body(PAYMENTS);
+            body["to_agent"] = json!(bad);
+            api.create(&body, None)
+                .await
+                .assert_error(422, "schema_invalid");
+            let mut body = intent_body(PAYMENTS);
+            body["reply_to"] = json!(bad);
+            api.create(&body, None)
+                .await
+                .assert_error(422, "schema_invalid");
+            api.post(
+                "/v1/admin/keys",
+                &json!({"name": "bad-address", "role": "agent", "address": bad}),
+            )
+            .await
+            .assert_error(422, "schema_invalid");
+        }
+        // A percent-encoded newline in a path is decoded, then refused like the others.
+        api.get("/v1/agents/acme%0Aforged/intents/stream?wait_seconds=1")
+            .await
+            .assert_error(422, "schema_invalid");
+        api.put(
+            "/v1/agents/acme%0Aforged/binding",
+            &json!({"delivery_mode": "stream"}),
+        )
+        .await
+        .assert_error(422, "schema_invalid");
+        // Every spelling of one address is one address.
+        let mut body = intent_body("acme/prod/payments/");
+        body["reply_to"] = json!("acme/prod/replies");
+        let id = api.create_ok(&body).await;
+        let intent = api.intent(&id).await;
+        assert_eq!(intent["to_agent"], json!(PAYMENTS));
+        assert_eq!(intent["reply_to"], json!("agent://acme/prod/replies"));
+    })
+    .await
+}
+
+/// Integers that fit neither i64 nor u64 are refused instead of silently rounded to a float;
+/// those that fit come back exactly.
+#[tokio::test]
+async fn integers_beyond_64_bits_are_400_and_the_others_exact() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let api = server.admin();
+        let body = r#"{"intent_type":"payment.charge.v1","correlation_id":"6f1c2a7e-1b8f-4a1c-9a8e-3f4f7e2d9c10","to_agent":"agent://acme/prod/payments","payload":{"n":123456789012345678901234567890}}"#;
+        let message = api
+            .post_raw("/v1/intents", body)
+            .await
+            .assert_error(400, "invalid_request")
+            .to_string();
+        assert!(message.contains("123456789012345678901234567890"), "{message}");
+
+        let mut body = intent_body(PAYMENTS);
+        body["payload"] = json!({"max": u64::MAX, "min": i64::MIN, "big": 9007199254740993u64});
+        let id = api.create_ok(&body).await;
+        let got = api.get(&format!("/v1/intents/{id}")).await;
+        got.assert_ok(200);
+        assert!(got.text.contains("18446744073709551615"), "{}", got.text);
+        assert!(got.text.contains("-9223372036854775808"), "{}", got.text);
+        assert!(got.text.contains("9007199254740993"), "{}", got.text);
+    })
+    .await
+}

@@ -29,9 +29,9 @@ use uuid::Uuid;
 
 use intentd_consensus::{Cluster, ConsensusError};
 use intentd_lifecycle::{
-    normalize_address, Binding, Command, DueEntry, DueKind, Intent, IntentCommand, Reply,
-    Resolution, Status, Subscription, Timestamp, WebhookDelivery, WebhookDeliveryStatus,
-    WebhookEvent, WebhookOutcome, DEFAULT_ACK_TIMEOUT_SECS,
+    state_key, Binding, Command, DueEntry, DueKind, Intent, IntentCommand, Reply, Resolution,
+    Status, Subscription, Timestamp, WebhookDelivery, WebhookDeliveryStatus, WebhookEvent,
+    WebhookOutcome, DEFAULT_ACK_TIMEOUT_SECS,
 };
 
 use crate::backoff::Backoff;
@@ -370,7 +370,7 @@ impl Engine {
             .shared
             .cluster
             .reader()
-            .agent_config(normalize_address(&intent.to_agent))
+            .agent_config(state_key(&intent.to_agent))
             .map_err(|e| Failure::Transient(e.to_string()))?;
         let ack = config
             .as_ref()

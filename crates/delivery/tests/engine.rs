@@ -166,7 +166,7 @@ async fn register(cluster: &Cluster, address: &str, binding: Binding) {
     cluster
         .write(Command::RegisterAgent {
             config: AgentConfig {
-                address: address.into(),
+                address: intentd_lifecycle::AgentAddress::parse("address", address).unwrap(),
                 binding,
                 ack_timeout_secs: 30,
                 max_delivery_attempts: None,

@@ -152,8 +152,8 @@ pub(crate) fn event(e: &Event) -> proto::Event {
 /// JSON text from a `*_json` field. Text that is not JSON is malformed, like a body that does
 /// not parse on HTTP.
 pub(crate) fn parse_json(name: &str, text: &str) -> Result<Value, ValidationError> {
-    serde_json::from_str(text)
-        .map_err(|e| ValidationError::Malformed(format!("{name} is not valid JSON: {e}")))
+    intentd_lifecycle::json::parse(text.as_bytes())
+        .map_err(|e| ValidationError::Malformed(format!("{name}: {e}")))
 }
 
 /// JSON text that must hold an object; empty text means `{}`. A value of another kind is
@@ -248,6 +248,14 @@ mod tests {
         assert_eq!(json_object("r", r#"{"a":1}"#).unwrap()["a"], 1);
         assert!(matches!(
             json_object("r", "[1]"),
+            Err(ValidationError::Malformed(_))
+        ));
+        assert!(matches!(
+            json_object("r", r#"{"a":1,"a":2}"#),
+            Err(ValidationError::Malformed(_))
+        ));
+        assert!(matches!(
+            json_object("r", r#"{"n":123456789012345678901234567890}"#),
             Err(ValidationError::Malformed(_))
         ));
         assert!(matches!(

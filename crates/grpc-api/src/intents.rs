@@ -76,9 +76,10 @@ impl IntentApi {
             .map(|key| IdempotencyClaim::new(scope, key, request, at, ttl)))
     }
 
-    /// Loads the intent a change targets and checks the caller may make it. The check is on
-    /// the local replica: `to_agent` never changes, so a lagging replica cannot answer wrong.
-    async fn authorize_change(&self, caller: &ApiKey, id: Uuid) -> Result<Intent, GrpcError> {
+    /// Loads the intent a receiver's change targets and checks the caller is its receiver. The
+    /// check is on the local replica: `to_agent` never changes, so a lagging replica cannot
+    /// answer wrong.
+    async fn authorize_receiver(&self, caller: &ApiKey, id: Uuid) -> Result<Intent, GrpcError> {
         let intent = load_intent(&self.cluster, id, false).await?;
         caller.require_receiver_of(&intent)?;
         Ok(intent)
@@ -109,7 +110,7 @@ impl IntentApi {
         )?;
         let decided = Decided {
             id: intentd_lifecycle::new_intent_id(),
-            from_agent: caller.acting_as(intent_request.from_agent.as_deref()),
+            from_agent: caller.sender_of_new(intent_request.from_agent.as_deref()),
             default_max_delivery_attempts: default_attempts,
         };
         let intent = validate::new_intent(intent_request, decided)?;
@@ -217,7 +218,8 @@ impl IntentApi {
             }
         }
         let resolution = validate::resolution(&status, result, error, req.reason)?;
-        self.authorize_change(&caller, id).await?;
+        let intent = load_intent(&self.cluster, id, false).await?;
+        caller.require_resolver_of(&intent)?;
         let at = now();
         let scope = change_scope(&caller, "resolve", id);
         let claim = self.claim(
@@ -277,7 +279,7 @@ impl IntentApi {
     ) -> Result<Streamed<proto::Delivery>, GrpcError> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let address = validate::listen_address(&req.address)?;
+        let address = validate::listen_address(&req.address)?.path().to_string();
         caller.require_listener_on(&address)?;
         let statuses = req
             .statuses
@@ -323,7 +325,7 @@ impl IntentApi {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
         let id = intent_id(&req.intent_id)?;
-        self.authorize_change(&caller, id).await?;
+        self.authorize_receiver(&caller, id).await?;
         let command = IntentCommand::Acknowledge {
             intent_id: id,
             attempt: req.delivery_attempt,

@@ -70,6 +70,14 @@ impl Caller {
         Ok(self.key.require_receiver_of(intent)?)
     }
 
+    pub(crate) fn require_resolver_of(&self, intent: &Intent) -> Result<(), ApiError> {
+        Ok(self.key.require_resolver_of(intent)?)
+    }
+
+    pub(crate) fn require_governor_of(&self, intent: &Intent) -> Result<(), ApiError> {
+        Ok(self.key.require_governor_of(intent)?)
+    }
+
     pub(crate) fn require_resumer_of(
         &self,
         intent: &Intent,
@@ -91,38 +99,35 @@ impl Caller {
     }
 
     /// The inbox or webhook owner a request acts for, normalized (no `agent://`): the
-    /// `owner_agent` it names, else the key's own principal. Agent keys always act for their
-    /// own address and naming another one is refused rather than silently ignored.
+    /// `owner_agent` it names, else the key's own principal. Only admin keys act for other
+    /// owners; naming another one is refused rather than silently ignored.
     pub(crate) fn owner(&self, named: Option<&str>) -> Result<String, ApiError> {
         let own = bare(&self.principal()).to_string();
         match named {
             None => Ok(own),
             Some(named) => {
                 let named = intentd_lifecycle::validate::listen_address(named)?;
-                if self.key.is_agent() && named != own {
+                if !self.key.may_act_for(named.path()) {
                     return Err(ApiError::Forbidden(format!(
                         "this key may only act for agent://{own}"
                     )));
                 }
-                Ok(named)
+                Ok(named.path().to_string())
             }
         }
     }
 
     /// Whether this key may read and act on what `owner` owns (threads, subscriptions):
-    /// operators' keys may act for anyone, agent keys only for their own address.
+    /// admin keys for anyone, client and agent keys only for their own principal.
     pub(crate) fn may_act_as(&self, owner: &str) -> bool {
         self.key.may_act_for(owner)
     }
 }
 
-/// An address without its `agent://` scheme or stray slashes: the normalized form the
-/// replicated state keys agents, threads and subscriptions by.
+/// A stored address's state key (no `agent://`): the form the replicated state keys agents,
+/// threads and subscriptions by.
 pub(crate) fn bare(address: &str) -> &str {
-    address
-        .strip_prefix("agent://")
-        .unwrap_or(address)
-        .trim_matches('/')
+    intentd_lifecycle::state_key(address)
 }
 
 /// A caller holding an admin key; anything else is 403 (or 401 if not authenticated at all).
@@ -140,7 +145,7 @@ impl FromRequestParts<AppState> for AdminCaller {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::http::Request;
     use intentd_lifecycle::Role;
@@ -176,7 +181,7 @@ mod tests {
         assert_eq!(secret(&parts(&[])), None);
     }
 
-    fn caller(role: Role) -> Caller {
+    pub(crate) fn caller(role: Role) -> Caller {
         Caller {
             key: ApiKey {
                 id: uuid::Uuid::nil(),
@@ -191,7 +196,7 @@ mod tests {
     #[test]
     fn agent_keys_are_scoped_to_their_address() {
         let agent = caller(Role::Agent {
-            address: "agent://acme/prod/billing".into(),
+            address: intentd_lifecycle::AgentAddress::from_stored("agent://acme/prod/billing"),
         });
         let mut intent = crate::views::tests::sample_intent();
         assert!(agent.require_receiver_of(&intent).is_ok());
@@ -222,14 +227,23 @@ mod tests {
         );
         assert!(agent.may_act_as("acme/prod/billing") && !agent.may_act_as("acme/prod/x"));
 
+        // A client key acts for its own principal only: before, it named any owner and acted
+        // as the receiver of any address.
         let client = caller(Role::Client);
         assert_eq!(client.owner(None).unwrap(), "intentd/keys/ci");
         assert_eq!(
-            client.owner(Some("agent://ops/alice")).unwrap(),
-            "ops/alice"
+            client.owner(Some("agent://intentd/keys/ci/")).unwrap(),
+            "intentd/keys/ci"
         );
-        assert!(client.may_act_as("acme/prod/x"));
-        assert!(client.require_receiver_of(&intent).is_ok());
+        assert_eq!(
+            client.owner(Some("agent://ops/alice")).unwrap_err().code(),
+            "forbidden"
+        );
+        assert!(!client.may_act_as("acme/prod/x"));
+        assert!(client.require_receiver_of(&intent).is_err());
+        let admin = caller(Role::Admin);
+        assert_eq!(admin.owner(Some("agent://ops/alice")).unwrap(), "ops/alice");
+        assert!(admin.require_receiver_of(&intent).is_ok());
         assert_eq!(client.actor(Some("ops-bot")), "ops-bot");
         assert_eq!(client.principal(), "agent://intentd/keys/ci");
     }

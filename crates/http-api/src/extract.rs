@@ -4,6 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use intentd_lifecycle::validate::ValidationError;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -22,9 +23,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "a JSON request body is required".into(),
             ));
         }
-        serde_json::from_slice(&bytes)
+        intentd_lifecycle::json::parse(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))
+            .map_err(|e| ValidationError::from(e).into())
     }
 }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
+use crate::{AgentAddress, Timestamp};
 
 /// The lease length an agent gets when it registered none (or did not register at all).
 pub const DEFAULT_ACK_TIMEOUT_SECS: u64 = 30;
@@ -47,8 +47,9 @@ impl Binding {
 /// A registered agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentConfig {
-    /// Normalized: without the `agent://` scheme.
-    pub address: String,
+    /// Stored as its `agent://` form; entries written before [`AgentAddress`] existed hold
+    /// the bare path, which decodes to the same value.
+    pub address: AgentAddress,
     pub binding: Binding,
     /// The lease length of a delivery: how long the agent has to acknowledge.
     pub ack_timeout_secs: u64,
@@ -97,4 +98,24 @@ pub fn lease_until(at: Timestamp, config: Option<&AgentConfig>, default_secs: u6
         .and_then(chrono::Duration::try_seconds)
         .and_then(|d| at.checked_add_signed(d))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Registrations in logs and snapshots of older releases keep the bare path; they decode
+    /// to the address a new registration of the same agent carries.
+    #[test]
+    fn registrations_of_older_releases_decode() {
+        let old = r#"{"address":"acme/prod/billing","binding":{"mode":"stream"},"ack_timeout_secs":30,"max_delivery_attempts":null,"display_name":null,"created_at":"2030-01-01T00:00:00Z","updated_at":"2030-01-01T00:00:00Z"}"#;
+        let config: AgentConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            config.address,
+            AgentAddress::parse("address", "agent://acme/prod/billing").unwrap()
+        );
+        let again: AgentConfig =
+            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
 }

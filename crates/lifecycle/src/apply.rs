@@ -3,8 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::address::{state_key, AgentAddress};
 use crate::agent::{is_http, is_inbox};
-use crate::intent::normalize_address;
 use crate::webhook::derived_id;
 use crate::{
     AgentConfig, ApiKey, Command, DeadLetter, DueEntry, DueKind, Event, EventType,
@@ -189,7 +189,7 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
         }
         Command::RegisterAgent { config } => register_agent(state, config),
         Command::RemoveAgent { address, .. } => {
-            let address = normalize_address(address);
+            let address = state_key(address);
             if state.agent_config(address).is_none() {
                 return Err(Rejection::Invalid(format!(
                     "agent {address} is not registered"
@@ -274,7 +274,7 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
                 return Err(Rejection::AlreadyExists(event.event_id));
             }
             let mut event = event.clone();
-            event.owner = normalize_address(&event.owner).to_string();
+            event.owner = state_key(&event.owner).to_string();
             let subs = state.subscriptions_of(&event.owner);
             let mut writes = Vec::new();
             let deliveries = fan_out(&event, &subs, &mut writes);
@@ -330,12 +330,13 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
 
 fn register_agent(state: &impl StateView, config: &AgentConfig) -> Result<Applied, Rejection> {
     let mut config = config.clone();
-    config.address = normalize_address(&config.address)
-        .trim_matches('/')
-        .to_string();
-    if config.address.is_empty() {
+    // Edges register only parsed addresses, which have no surrounding slashes; the trim stays
+    // so entries written before `AgentAddress` existed replay to the state they made then.
+    let path = config.address.path().trim_matches('/');
+    if path.is_empty() {
         return Err(Rejection::Invalid("the agent address is empty".into()));
     }
+    config.address = AgentAddress::from_stored(path);
     if config.ack_timeout_secs == 0 {
         return Err(Rejection::Invalid(
             "ack_timeout_seconds must be >= 1".into(),
@@ -358,7 +359,7 @@ fn register_agent(state: &impl StateView, config: &AgentConfig) -> Result<Applie
             ));
         }
     }
-    if let Some(existing) = state.agent_config(&config.address) {
+    if let Some(existing) = state.agent_config(config.address.path()) {
         config.created_at = existing.created_at;
     }
     Ok(Applied {
@@ -381,7 +382,7 @@ fn delegate(
             "thread {thread_id} is resolved"
         )));
     }
-    let new_owner = normalize_address(to).to_string();
+    let new_owner = state_key(to).to_string();
     if new_owner.is_empty() || new_owner == thread.owner {
         return Err(Rejection::Invalid(format!(
             "thread {thread_id} is already with {new_owner:?}"
@@ -413,7 +414,7 @@ fn upsert_subscription(
     subscription: &Subscription,
 ) -> Result<Applied, Rejection> {
     let mut sub = subscription.clone();
-    sub.owner = normalize_address(&sub.owner).to_string();
+    sub.owner = state_key(&sub.owner).to_string();
     if sub.callback_url.is_empty() || sub.event_types.is_empty() {
         return Err(Rejection::Invalid(
             "a subscription needs a callback_url and at least one event type".into(),
@@ -692,7 +693,7 @@ fn create(
     at: Timestamp,
     replayed_from: Option<Uuid>,
 ) -> Applied {
-    let agent = normalize_address(&new.to_agent).to_string();
+    let agent = state_key(&new.to_agent).to_string();
     let config = state.agent_config(&agent);
     let intent = Intent {
         id: new.id,
@@ -996,7 +997,7 @@ fn remind(change: &mut Change, at: Timestamp) -> Result<(), Rejection> {
         "system",
         obj(json!({ "from": owner, "to": target })),
     );
-    change.move_thread = Some(normalize_address(&target).to_string());
+    change.move_thread = Some(state_key(&target).to_string());
     Ok(())
 }
 
@@ -1286,7 +1287,7 @@ impl Change {
     /// Puts the intent on its agent's queue at a new cursor; an HTTP agent gets a push due
     /// at `at`.
     fn enqueue(&mut self, state: &impl StateView, at: Timestamp) {
-        let agent = normalize_address(&self.intent.to_agent).to_string();
+        let agent = state_key(&self.intent.to_agent).to_string();
         let cursor = state.agent_cursor(&agent) + 1;
         self.intent.agent_cursor = cursor;
         self.http = is_http(state.agent_config(&agent).as_ref());
@@ -1424,7 +1425,7 @@ impl Change {
         if became_terminal {
             if let Some(reply_to) = self.intent.reply_to.clone() {
                 // The completion goes to the `reply_to` agent's inbox, carrying the result.
-                let owner = normalize_address(&reply_to).to_string();
+                let owner = state_key(&reply_to).to_string();
                 let t = thread.get_or_insert_with(|| InboxThread {
                     thread_id: self.intent.id,
                     intent_id: self.intent.id,
@@ -1469,7 +1470,7 @@ impl Change {
 
         // Lifecycle events go to the sender's matching webhook subscriptions.
         if !self.events.is_empty() {
-            let owner = normalize_address(&self.intent.from_agent).to_string();
+            let owner = state_key(&self.intent.from_agent).to_string();
             let subs = state.subscriptions_of(&owner);
             if subs.iter().any(|s| s.active) {
                 for e in &self.events {

@@ -4,23 +4,12 @@ use uuid::Uuid;
 
 use crate::{Status, Timestamp, WaitingReason};
 
-/// Agent addresses are compared without the optional `agent://` scheme, so that
-/// `agent://acme/prod/billing` and `acme/prod/billing` name the same receiver.
 /// A fresh intent id: a time-ordered UUID (version 7) rather than a random one. Intents and
 /// their events are keyed by id in the state machine's B-tree, so ids that grow with time add
 /// each new intent at the right edge of one leaf instead of splitting and dirtying leaves all
 /// over the tree (random ids cost a create measurable node splits and flush volume).
 pub fn new_intent_id() -> Uuid {
     Uuid::now_v7()
-}
-
-pub fn same_address(a: &str, b: &str) -> bool {
-    normalize_address(a) == normalize_address(b)
-}
-
-/// The address without its optional `agent://` scheme: the form state is keyed by.
-pub fn normalize_address(a: &str) -> &str {
-    a.strip_prefix("agent://").unwrap_or(a)
 }
 
 /// Who currently holds the intent.

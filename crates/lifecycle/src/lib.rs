@@ -8,17 +8,20 @@
 //! rules be tested exhaustively without a runtime.
 
 mod access;
+pub mod address;
 pub mod agent;
 mod apply;
 mod command;
 mod due;
 pub mod inbox;
 mod intent;
+pub mod json;
 mod status;
 pub mod validate;
 pub mod webhook;
 
 pub use access::{hash_key, presented_secret, usable_key, AccessError, ApiKey, Role, KEY_REQUIRED};
+pub use address::{same_address, state_key, AddressError, AgentAddress};
 pub use agent::{AgentConfig, Binding, DEFAULT_ACK_TIMEOUT_SECS};
 pub use apply::{apply, Applied, Reply, StateView, Write};
 pub use command::{
@@ -27,10 +30,7 @@ pub use command::{
 };
 pub use due::{DeadLetter, DueEntry, DueKind};
 pub use inbox::{InboxChange, InboxChangeKind, InboxMessage, InboxThread, ThreadStatus};
-pub use intent::{
-    new_intent_id, normalize_address, same_address, Event, EventType, Intent, Lease, PendingWith,
-    PendingWithKind,
-};
+pub use intent::{new_intent_id, Event, EventType, Intent, Lease, PendingWith, PendingWithKind};
 pub use status::{Status, WaitingReason};
 pub use webhook::{
     Subscription, WebhookCounters, WebhookDelivery, WebhookDeliveryStatus, WebhookEvent,

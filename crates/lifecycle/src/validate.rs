@@ -10,7 +10,7 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{NewIntent, Resolution, Timestamp, WaitingReason};
+use crate::{AddressError, AgentAddress, NewIntent, Resolution, Timestamp, WaitingReason};
 
 /// Why a request does not satisfy the contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,20 @@ pub enum ValidationError {
     /// A well-typed value against a rule: a pattern, an enum, a length, a required field.
     #[error("{0}")]
     Rule(String),
+}
+
+/// A malformed address breaks a rule of the contract (422), like any other pattern.
+impl From<AddressError> for ValidationError {
+    fn from(error: AddressError) -> Self {
+        ValidationError::Rule(error.to_string())
+    }
+}
+
+/// JSON we do not accept is malformed input (400), like text that is not JSON at all.
+impl From<crate::json::JsonError> for ValidationError {
+    fn from(error: crate::json::JsonError) -> Self {
+        ValidationError::Malformed(error.to_string())
+    }
 }
 
 fn rule(message: impl Into<String>) -> ValidationError {
@@ -103,17 +117,9 @@ pub fn actor(a: &str) -> Result<(), ValidationError> {
     check_len("actor", a, ACTOR_LEN.0, ACTOR_LEN.1)
 }
 
-/// The address a listener names, without its `agent://` scheme or stray slashes: the form
-/// delivery queues are keyed by.
-pub fn listen_address(raw: &str) -> Result<String, ValidationError> {
-    let bare = raw
-        .strip_prefix("agent://")
-        .unwrap_or(raw)
-        .trim_matches('/');
-    if bare.is_empty() {
-        return Err(rule("the agent address is empty"));
-    }
-    Ok(bare.to_string())
+/// The address a request names (a path, an `owner_agent`), under the one address rule.
+pub fn listen_address(raw: &str) -> Result<AgentAddress, ValidationError> {
+    Ok(AgentAddress::parse("address", raw)?)
 }
 
 /// A free-text reason.
@@ -202,11 +208,11 @@ pub struct Decided {
     pub default_max_delivery_attempts: u32,
 }
 
-fn address(name: &str, a: Option<&str>) -> Result<(), ValidationError> {
-    match a {
-        Some(a) => check_len(name, a, ADDRESS_LEN.0, ADDRESS_LEN.1),
-        None => Ok(()),
-    }
+/// An optional address field in its canonical `agent://` form.
+fn address(name: &str, a: Option<&str>) -> Result<Option<String>, ValidationError> {
+    Ok(a.map(|a| AgentAddress::parse(name, a))
+        .transpose()?
+        .map(|a| a.uri()))
 }
 
 fn at_least(name: &str, v: Option<u64>, minimum: u64) -> Result<Option<u64>, ValidationError> {
@@ -238,9 +244,12 @@ pub fn new_intent(req: IntentRequest, decided: Decided) -> Result<NewIntent, Val
         .ok_or_else(|| rule("correlation_id is required"))?;
     let correlation_id = uuid_field("correlation_id", &correlation_id)?;
     let to_agent = req.to_agent.ok_or_else(|| rule("to_agent is required"))?;
-    address("to_agent", Some(&to_agent))?;
+    let to_agent = AgentAddress::parse("to_agent", &to_agent)?.uri();
+    // A named sender is checked even when the key's role overrides it, so a malformed one is
+    // never silently accepted.
     address("from_agent", req.from_agent.as_deref())?;
-    address("reply_to", req.reply_to.as_deref())?;
+    let from_agent = AgentAddress::parse("from_agent", &decided.from_agent)?.uri();
+    let reply_to = address("reply_to", req.reply_to.as_deref())?;
     let payload = req.payload.ok_or_else(|| rule("payload is required"))?;
     let payload = Value::Object(object("payload", payload)?);
     let deadline_at = req
@@ -264,9 +273,9 @@ pub fn new_intent(req: IntentRequest, decided: Decided) -> Result<NewIntent, Val
         id: decided.id,
         intent_type,
         correlation_id,
-        from_agent: decided.from_agent,
+        from_agent,
         to_agent,
-        reply_to: req.reply_to,
+        reply_to,
         payload,
         max_delivery_attempts,
         deadline_at,
@@ -529,10 +538,35 @@ mod tests {
     #[test]
     fn listen_addresses_lose_scheme_and_slashes() {
         assert_eq!(
-            listen_address("agent://acme/prod/billing/").unwrap(),
+            listen_address("agent://acme/prod/billing/").unwrap().path(),
             "acme/prod/billing"
         );
         assert!(listen_address("agent:///").is_err());
+    }
+
+    /// The addresses of a create follow the same rule as keys and bindings: before it, a
+    /// `to_agent` of `agent://`, one with NUL or a newline, and `http://evil/x` were accepted.
+    #[test]
+    fn create_addresses_follow_the_one_address_rule() {
+        for bad in [
+            "agent://",
+            "agent://acme/\0x",
+            "agent://acme/a\nINFO forged",
+            "http://evil/x",
+        ] {
+            let mut req = request();
+            req.to_agent = Some(bad.into());
+            assert!(
+                matches!(new_intent(req, decided()), Err(ValidationError::Rule(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        let mut req = request();
+        req.to_agent = Some("acme/prod/billing/".into());
+        req.reply_to = Some("agent://acme/prod/replies".into());
+        let new = new_intent(req, decided()).unwrap();
+        assert_eq!(new.to_agent, "agent://acme/prod/billing");
+        assert_eq!(new.reply_to.as_deref(), Some("agent://acme/prod/replies"));
     }
 
     #[test]

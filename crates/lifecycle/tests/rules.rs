@@ -116,7 +116,7 @@ impl MemState {
                     self.keys.insert(key_hash, key);
                 }
                 Write::AgentConfig(c) => {
-                    self.agents.insert(c.address.clone(), *c);
+                    self.agents.insert(c.address.path().to_string(), *c);
                 }
                 Write::RemoveAgent { address } => {
                     self.agents.remove(&address);
@@ -223,7 +223,7 @@ fn register(state: &mut MemState, binding: Binding) {
     state
         .run(&Command::RegisterAgent {
             config: AgentConfig {
-                address: format!("agent://{RECEIVER}"),
+                address: intentd_lifecycle::AgentAddress::parse("address", RECEIVER).unwrap(),
                 binding,
                 ack_timeout_secs: 30,
                 max_delivery_attempts: None,
@@ -637,7 +637,7 @@ proptest! {
         }
         if let Some(thread) = state.threads.get(&id) {
             prop_assert_eq!(thread.status == ThreadStatus::Resolved, intent.status.is_terminal());
-            let owner = intent.inbox_owner.as_deref().map(normalize_address);
+            let owner = intent.inbox_owner.as_deref().map(state_key);
             prop_assert_eq!(Some(thread.owner.as_str()), owner);
         }
     }

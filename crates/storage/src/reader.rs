@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use intentd_lifecycle::{
-    AgentConfig, ApiKey, DeadLetter, DueEntry, Event, InboxChange, InboxThread, Intent,
-    Subscription, Timestamp, WebhookDelivery, WebhookEvent,
+    state_key as normalize, AgentConfig, ApiKey, DeadLetter, DueEntry, Event, InboxChange,
+    InboxThread, Intent, Subscription, Timestamp, WebhookDelivery, WebhookEvent,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -48,10 +48,6 @@ fn decode<T: DeserializeOwned>(v: &[u8]) -> Result<T, StorageError> {
 
 fn bad_key(key: &[u8]) -> StorageError {
     StorageError::Inconsistent(format!("malformed state key {key:?}"))
-}
-
-fn normalize(agent: &str) -> &str {
-    agent.strip_prefix("agent://").unwrap_or(agent)
 }
 
 impl StateReader {

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use intentd_lifecycle::{
-    normalize_address, AgentConfig, ApiKey, DeadLetter, IdempotencyRecord, InboxThread, Intent,
-    StateView, Subscription, WebhookDelivery, WebhookEvent, Write,
+    state_key, AgentConfig, ApiKey, DeadLetter, IdempotencyRecord, InboxThread, Intent, StateView,
+    Subscription, WebhookDelivery, WebhookEvent, Write,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, Entry};
@@ -586,9 +586,7 @@ impl<'a> BatchView<'a> {
             match write {
                 Write::Intent(intent) => {
                     self.touch(WakeKey::Intent(intent.id));
-                    self.touch(WakeKey::Addressed(
-                        normalize_address(&intent.to_agent).to_string(),
-                    ));
+                    self.touch(WakeKey::Addressed(state_key(&intent.to_agent).to_string()));
                     let key = keys::intent(&intent.id);
                     if self.get(&key)?.is_none() {
                         let n = self
@@ -614,7 +612,7 @@ impl<'a> BatchView<'a> {
                     cursor,
                     intent_id,
                 } => {
-                    self.touch(WakeKey::Queue(normalize_address(&agent).to_string()));
+                    self.touch(WakeKey::Queue(state_key(&agent).to_string()));
                     self.put(keys::queue(&agent, cursor), intent_id.as_bytes().to_vec());
                     let last = self
                         .get(&keys::cursor(&agent))?
@@ -630,7 +628,10 @@ impl<'a> BatchView<'a> {
                     self.put(keys::api_key(&key_hash), serde_json::to_vec(&key)?);
                 }
                 Write::AgentConfig(config) => {
-                    self.put(keys::agent(&config.address), serde_json::to_vec(&config)?);
+                    self.put(
+                        keys::agent(config.address.path()),
+                        serde_json::to_vec(&config)?,
+                    );
                 }
                 Write::RemoveAgent { address } => self.remove(keys::agent(&address)),
                 Write::Due { at, kind, id } => self.put(keys::due(&at, kind, &id), Vec::new()),

@@ -204,7 +204,7 @@ fn delivery_records() -> Vec<Command> {
     vec![
         Command::RegisterAgent {
             config: AgentConfig {
-                address: HOOKED.into(),
+                address: intentd_lifecycle::AgentAddress::parse("address", HOOKED).unwrap(),
                 binding: Binding::Http {
                     url: "https://hooked.example/in".into(),
                     secret: "s3cret".into(),

@@ -97,7 +97,7 @@ async fn agent_route(
 ) -> Result<Response, ApiError> {
     match rest.strip_suffix(STREAM_SUFFIX) {
         Some(address) => stream(state, caller, ctx, headers, address, query).await,
-        None => get_agent(&state, &rest).map(IntoResponse::into_response),
+        None => get_agent(&state, &caller, &rest).map(IntoResponse::into_response),
     }
 }
 
@@ -120,13 +120,13 @@ fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
     let mut agents: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
     let mut configs: BTreeMap<String, AgentConfig> = BTreeMap::new();
     for config in reader.agent_configs()? {
-        let address = bare_address(&config.address).to_string();
+        let address = config.address.path().to_string();
         agents.insert(address.clone(), Some(config.created_at));
         configs.insert(address, config);
     }
     for (_, key) in reader.api_keys()? {
         if let (Role::Agent { address }, false) = (&key.role, key.revoked) {
-            let entry = agents.entry(bare_address(address).to_string()).or_default();
+            let entry = agents.entry(address.path().to_string()).or_default();
             *entry = Some(entry.map_or(key.created_at, |t| t.min(key.created_at)));
         }
     }
@@ -155,7 +155,7 @@ fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
 /// An entry of `api.agents.*.response.v1.json` (`additionalProperties: false`). There are no
 /// service accounts in intentd; the address stands in for the id and its last segment for
 /// the name, which is what the hosted platform derives the address from.
-fn agent_view(agent: &AgentInfo) -> Value {
+fn agent_view(agent: &AgentInfo, caller: &Caller) -> Value {
     let name = agent
         .address
         .rsplit('/')
@@ -170,29 +170,39 @@ fn agent_view(agent: &AgentInfo) -> Value {
         "display_name": config.and_then(|c| c.display_name.clone()),
         "status": "active",
         "created_at": views::timestamp(&agent.created_at),
-        "binding": binding_view(config),
+        "binding": binding_view(config, caller.may_act_as(&agent.address)),
     })
 }
 
 async fn list_agents(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let agents: Vec<Value> = known_agents(&state)?.iter().map(agent_view).collect();
+    let agents: Vec<Value> = known_agents(&state)?
+        .iter()
+        .map(|a| agent_view(a, &caller))
+        .collect();
     Ok(Json(json!({ "ok": true, "agents": agents })))
 }
 
-fn get_agent(state: &AppState, raw: &str) -> Result<Json<Value>, ApiError> {
-    agent_answer(state, bare_address(raw))
+fn get_agent(state: &AppState, caller: &Caller, raw: &str) -> Result<Json<Value>, ApiError> {
+    let address = intentd_lifecycle::validate::listen_address(raw)?;
+    agent_answer(state, caller, address.path())
 }
 
 /// `{"ok": true, "agent": ...}` for the agent at the normalized `address`.
-pub(crate) fn agent_answer(state: &AppState, address: &str) -> Result<Json<Value>, ApiError> {
+pub(crate) fn agent_answer(
+    state: &AppState,
+    caller: &Caller,
+    address: &str,
+) -> Result<Json<Value>, ApiError> {
     let agent = known_agents(state)?
         .into_iter()
         .find(|a| a.address == address)
         .ok_or_else(|| ApiError::NotFound(format!("agent agent://{address} not found")))?;
-    Ok(Json(json!({ "ok": true, "agent": agent_view(&agent) })))
+    Ok(Json(
+        json!({ "ok": true, "agent": agent_view(&agent, caller) }),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,7 +223,9 @@ async fn stream(
     raw_address: &str,
     query: AgentQuery,
 ) -> Result<Response, ApiError> {
-    let address = intentd_lifecycle::validate::listen_address(raw_address)?;
+    let address = intentd_lifecycle::validate::listen_address(raw_address)?
+        .path()
+        .to_string();
     caller.require_listener_on(&address)?;
     let filter = StatusFilter::parse(query.status.as_deref())
         .map_err(|s| ApiError::InvalidRequest(format!("unknown status {s:?} in status")))?;
@@ -261,7 +273,6 @@ mod tests {
             bare_address("agent://acme/prod/billing"),
             "acme/prod/billing"
         );
-        assert_eq!(bare_address("acme/prod/billing/"), "acme/prod/billing");
         assert_eq!(
             "acme/prod/billing/intents/stream".strip_suffix(STREAM_SUFFIX),
             Some("acme/prod/billing")
@@ -275,7 +286,10 @@ mod tests {
             created_at: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap(),
             config: None,
         };
-        let v = agent_view(&agent);
+        let v = agent_view(
+            &agent,
+            &crate::auth::tests::caller(intentd_lifecycle::Role::Admin),
+        );
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(

@@ -14,6 +14,7 @@
 
 use axum::Json;
 use intentd_lifecycle::validate::listen_address;
+use intentd_lifecycle::AgentAddress;
 use intentd_lifecycle::{AgentConfig, Binding, Command, DEFAULT_ACK_TIMEOUT_SECS};
 use serde_json::{json, Map, Value};
 
@@ -56,7 +57,7 @@ impl BindingRequest {
     /// The replicated registration; `created_at` is kept by apply when the agent exists.
     pub(crate) fn into_config(
         self,
-        address: String,
+        address: AgentAddress,
         at: intentd_lifecycle::Timestamp,
     ) -> AgentConfig {
         AgentConfig {
@@ -176,22 +177,17 @@ pub(crate) fn parse_binding(body: &Value) -> Result<BindingRequest, ApiError> {
     parse_binding_fields(&b, None)
 }
 
-/// An agent address from a path or a body, normalized (no `agent://`, no stray slashes),
-/// with the length agent keys' addresses have.
+/// An agent address from a path or a body, under the one address rule, as the state keys it.
 pub(crate) fn agent_address(raw: &str) -> Result<String, ApiError> {
-    let address = listen_address(raw)?;
-    check_len("address", &address, 3, 375)?;
-    if address.contains(char::is_whitespace) {
-        return Err(ApiError::SchemaInvalid(
-            "an agent address has no whitespace".into(),
-        ));
-    }
-    Ok(address)
+    Ok(listen_address(raw)?.path().to_string())
 }
 
 /// How an agent receives, as the directory shows it (never the secret). An agent with no
 /// registration streams with the default lease, which is what it shows.
-pub(crate) fn binding_view(config: Option<&AgentConfig>) -> Value {
+/// The binding as the directory shows it. Where an HTTP agent is pushed to, and which secret
+/// signs its pushes, is for the agent itself and admins (`reveal`): another agent's key
+/// reading them could aim at or impersonate that endpoint.
+pub(crate) fn binding_view(config: Option<&AgentConfig>, reveal: bool) -> Value {
     let mut m = Map::new();
     let binding = config.map_or(&Binding::Stream, |c| &c.binding);
     m.insert("delivery_mode".into(), json!(binding.mode()));
@@ -201,12 +197,14 @@ pub(crate) fn binding_view(config: Option<&AgentConfig>) -> Value {
         ..
     } = binding
     {
-        m.insert("url".into(), json!(url));
         m.insert("max_concurrency".into(), json!(max_concurrency));
-        m.insert(
-            "secret_hint".into(),
-            json!(config.and_then(AgentConfig::secret_hint)),
-        );
+        if reveal {
+            m.insert("url".into(), json!(url));
+            m.insert(
+                "secret_hint".into(),
+                json!(config.and_then(AgentConfig::secret_hint)),
+            );
+        }
     }
     m.insert(
         "ack_timeout_seconds".into(),
@@ -230,8 +228,8 @@ pub(crate) async fn put_binding(
     raw_address: &str,
     body: &Value,
 ) -> Result<Json<Value>, ApiError> {
-    let address = agent_address(raw_address)?;
-    caller.require_listener_on(&address)?;
+    let address = listen_address(raw_address)?;
+    caller.require_listener_on(address.path())?;
     let request = parse_binding(body)?;
     if let Some(url) = request.url() {
         checked_url(state, "url", url)?;
@@ -239,7 +237,7 @@ pub(crate) async fn put_binding(
     let config = request.into_config(address.clone(), now());
     write(state, Command::RegisterAgent { config }).await?;
     tracing::info!(agent = %address, "agent binding registered");
-    super::agents::agent_answer(state, &address)
+    super::agents::agent_answer(state, caller, address.path())
 }
 
 #[cfg(test)]
@@ -365,12 +363,17 @@ mod tests {
             "secret": "0123456789abcdefWXYZ"
         }))
         .unwrap()
-        .into_config("acme/prod/billing".into(), at);
-        let v = binding_view(Some(&config));
+        .into_config(
+            AgentAddress::parse("address", "acme/prod/billing").unwrap(),
+            at,
+        );
+        let hidden = binding_view(Some(&config), false);
+        assert!(hidden.get("url").is_none() && hidden.get("secret_hint").is_none());
+        let v = binding_view(Some(&config), true);
         assert_eq!(v["delivery_mode"], "http");
         assert_eq!(v["secret_hint"], "WXYZ");
         assert!(!v.to_string().contains("0123456789abcdef"), "{v}");
-        let v = binding_view(None);
+        let v = binding_view(None, true);
         assert_eq!(v["delivery_mode"], "stream");
         assert_eq!(v["registered"], false);
         assert_eq!(v["ack_timeout_seconds"], DEFAULT_ACK_TIMEOUT_SECS);

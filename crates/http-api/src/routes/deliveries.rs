@@ -156,8 +156,8 @@ fn is_http_agent(state: &AppState, to_agent: &str) -> Result<bool, ApiError> {
     Ok(is_http(config.as_ref()))
 }
 
-/// `GET /v1/deliveries`: the dead letters the caller may see (agent keys: those addressed
-/// to them), oldest first.
+/// `GET /v1/deliveries`: the dead letters the caller may see (those of intents it may
+/// observe: addressed to it or sent by it), oldest first.
 async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -180,33 +180,46 @@ async fn list_deliveries(
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     read_barrier(&state).await?;
     let reader = state.cluster.reader();
-    let page = reader.dead_letters(after, limit)?;
-    let next_cursor = (page.len() == limit)
-        .then(|| page.last().map(|d| d.intent_id))
-        .flatten();
     let at = now();
-    let mut deliveries = Vec::with_capacity(page.len());
-    for dead in &page {
-        let Some(intent) = reader.intent(&dead.intent_id)? else {
-            continue;
-        };
-        if !caller.key.may_act_for(&intent.to_agent) {
-            continue;
-        }
-        if let Some(p) = &query.principal_id {
-            if !same_address(p, &intent.to_agent) {
+    // The page is filled with what the caller may see, scanning past what it may not, and the
+    // cursor is the last delivery on the page: a cursor taken from the raw scan would name
+    // the intent id of another agent's dead letter.
+    let mut deliveries = Vec::with_capacity(limit);
+    let mut next_cursor = None;
+    let mut scan_from = after;
+    'scan: loop {
+        let batch = reader.dead_letters(scan_from, limit)?;
+        let exhausted = batch.len() < limit;
+        for dead in &batch {
+            scan_from = Some(dead.intent_id);
+            let Some(intent) = reader.intent(&dead.intent_id)? else {
+                continue;
+            };
+            if caller.key.require_observer_of(&intent).is_err() {
                 continue;
             }
+            if let Some(p) = &query.principal_id {
+                if !same_address(p, &intent.to_agent) {
+                    continue;
+                }
+            }
+            let http = is_http_agent(&state, &intent.to_agent)?;
+            let error = last_error(&intent, Some(dead), &[]);
+            deliveries.push(Value::Object(delivery_view(
+                &intent,
+                Some(dead),
+                http,
+                error,
+                at,
+            )));
+            if deliveries.len() == limit {
+                next_cursor = Some(intent.id);
+                break 'scan;
+            }
         }
-        let http = is_http_agent(&state, &intent.to_agent)?;
-        let error = last_error(&intent, Some(dead), &[]);
-        deliveries.push(Value::Object(delivery_view(
-            &intent,
-            Some(dead),
-            http,
-            error,
-            at,
-        )));
+        if exhausted {
+            break;
+        }
     }
     Ok(Json(json!({
         "ok": true,

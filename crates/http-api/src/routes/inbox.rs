@@ -8,7 +8,7 @@
 //!   "limit"?}`
 //!
 //! The owner is the `owner_agent` parameter (or the gateway's `x-owner-agent` header), else
-//! the key's own address; agent keys act only for themselves, operators' keys for anyone.
+//! the key's own principal; only admin keys act for other owners (README, "Roles").
 //!
 //! Approve and reject are not inbox-only state: they resume the intent
 //! (`ResumeAction::Complete` with `{"outcome", "comment"}`), so the `human_task` rules

@@ -206,12 +206,13 @@ async fn create_intent(
 ) -> Result<Json<Value>, ApiError> {
     let req = parse_create(&body)?;
     let at = now();
-    // Agent keys always send as themselves; other keys may name the sender (the field is
-    // deprecated in the contract but still honoured for operators relaying on behalf).
+    // Only admin keys may name the sender (the field is deprecated in the contract but still
+    // honoured for operators relaying on behalf); the others send as their principal, which
+    // is what makes them the intent's owner.
     let default_attempts = default_max_delivery_attempts(&state, req.to_agent.as_deref())?;
     let decided = Decided {
         id: intentd_lifecycle::new_intent_id(),
-        from_agent: caller.key.acting_as(req.from_agent.as_deref()),
+        from_agent: caller.key.sender_of_new(req.from_agent.as_deref()),
         default_max_delivery_attempts: default_attempts,
     };
     let intent = validate::new_intent(req, decided)?;
@@ -253,11 +254,16 @@ async fn get_intent(
     ))
 }
 
-/// Loads the intent a change targets and checks the caller may make it. The check is on the
-/// local replica: `to_agent` never changes, so a lagging replica cannot give a wrong answer.
-async fn authorize_change(state: &AppState, caller: &Caller, id: Uuid) -> Result<Intent, ApiError> {
+/// Loads the intent a resolve targets and checks the caller may make it (its receiver or its
+/// owner). The check is on the local replica: `to_agent` and `from_agent` never change, so a
+/// lagging replica cannot give a wrong answer.
+async fn authorize_resolve(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Intent, ApiError> {
     let intent = load_intent(state, id, false).await?;
-    caller.require_receiver_of(&intent)?;
+    caller.require_resolver_of(&intent)?;
     Ok(intent)
 }
 
@@ -271,7 +277,7 @@ async fn resolve_intent(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (resolution, actor) = parse_resolve(&body)?;
-    authorize_change(&state, &caller, id).await?;
+    authorize_resolve(&state, &caller, id).await?;
     let at = now();
     let claim = claim(
         &state,
@@ -336,8 +342,15 @@ async fn resume_intent(
     let intent = load_intent(&state, id, false).await?;
     caller.require_resumer_of(&intent, &action)?;
     if let (ResumeAction::ApproveCurrentStep { .. }, Some(named)) = (&action, named.as_deref()) {
-        let owner = caller.owner(Some(named))?;
-        actor = actor.or_else(|| Some(format!("agent://{owner}")));
+        // A client key approving what it sent names the owner as the hosted platform's
+        // programs know it (their agent address, not the key's principal): a label of a change
+        // it may make anyway. Everyone else may name only an owner it may act for.
+        let owner = if caller.key.is_sender_of(&intent) && !caller.key.is_agent() {
+            intentd_lifecycle::validate::listen_address(named)?.uri()
+        } else {
+            format!("agent://{}", caller.owner(Some(named))?)
+        };
+        actor = actor.or(Some(owner));
     }
     let at = now();
     let claim = claim(
@@ -358,7 +371,8 @@ async fn resume_intent(
     Ok(applied_reply(&written))
 }
 
-/// `POST /v1/intents/{id}/controls`: operators only; agent keys cannot loosen their own rules.
+/// `POST /v1/intents/{id}/controls`: admin, or the client key that sent the intent; agent
+/// keys cannot loosen their own rules.
 async fn update_controls(
     State(state): State<AppState>,
     caller: Caller,
@@ -368,8 +382,8 @@ async fn update_controls(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (patch, meta) = parse_controls(&body)?;
-    caller.require_not_agent()?;
-    load_intent(&state, id, false).await?;
+    let intent = load_intent(&state, id, false).await?;
+    caller.require_governor_of(&intent)?;
     let at = now();
     let claim = claim(
         &state,
@@ -400,8 +414,8 @@ async fn update_policy(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (grants_patch, envelope_patch, meta) = parse_policy(&body)?;
-    caller.require_not_agent()?;
-    load_intent(&state, id, false).await?;
+    let intent = load_intent(&state, id, false).await?;
+    caller.require_governor_of(&intent)?;
     let at = now();
     let claim = claim(
         &state,

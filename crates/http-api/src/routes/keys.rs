@@ -47,16 +47,9 @@ fn parse_new_key(body: &Value) -> Result<NewKey, ApiError> {
         ("admin", None) => Role::Admin,
         ("client", None) => Role::Client,
         ("agent", Some(address)) => {
-            let bare = address.strip_prefix("agent://").unwrap_or(address);
-            check_len("address", bare, 3, 375)?;
-            if bare.starts_with('/') || bare.ends_with('/') || bare.contains(char::is_whitespace) {
-                return Err(ApiError::SchemaInvalid(
-                    "address must look like agent://org/workspace/name".into(),
-                ));
-            }
-            // Stored with the scheme, the form `to_agent` usually has; comparisons ignore it.
+            // Stored with the scheme, the form `to_agent` has.
             Role::Agent {
-                address: format!("agent://{bare}"),
+                address: intentd_lifecycle::validate::listen_address(address)?,
             }
         }
         ("agent", None) => {
@@ -81,11 +74,11 @@ fn parse_new_key(body: &Value) -> Result<NewKey, ApiError> {
     })
 }
 
-fn role_fields(role: &Role) -> (&'static str, Option<&str>) {
+fn role_fields(role: &Role) -> (&'static str, Option<String>) {
     match role {
         Role::Admin => ("admin", None),
         Role::Client => ("client", None),
-        Role::Agent { address } => ("agent", Some(address)),
+        Role::Agent { address } => ("agent", Some(address.uri())),
     }
 }
 
@@ -208,7 +201,7 @@ mod tests {
             .unwrap()
             .role,
             Role::Agent {
-                address: "agent://acme/prod/billing".into()
+                address: intentd_lifecycle::AgentAddress::from_stored("agent://acme/prod/billing")
             }
         );
         for bad in [

@@ -36,13 +36,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use intentd_delivery::intents::Written;
 use intentd_lifecycle::validate::{self, Decided, IntentRequest};
-use intentd_lifecycle::{AgentConfig, Command, IntentCommand, NewIntent};
+use intentd_lifecycle::{AgentAddress, AgentConfig, Command, IntentCommand, NewIntent};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::agents_binding::{agent_address, parse_binding_fields, BindingRequest, BINDING_FIELDS};
 use super::{checked_url, claim, now, write, write_intent};
-use crate::auth::Caller;
+use crate::auth::{bare, Caller};
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody};
 use crate::validate::{check_len, Body};
@@ -465,11 +465,35 @@ async fn apply(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_not_agent()?;
     let (plan, intent) = check(&state, &caller, &body)?;
+    // Registering an agent that does not exist yet is how a scenario brings it up; changing
+    // the binding of one that does is rebinding it, which is its own key's or an admin's
+    // (applying the same scenario again changes nothing and stays allowed).
+    for p in &plan.participants {
+        let (Some(wanted), Some(existing)) = (&p.binding, registered(&state, &p.address)?) else {
+            continue;
+        };
+        let wanted = wanted
+            .clone()
+            .into_config(AgentAddress::from_stored(&p.address), existing.created_at);
+        let same = AgentConfig {
+            address: existing.address.clone(),
+            updated_at: existing.updated_at,
+            ..wanted
+        } == existing;
+        if !same && !caller.may_act_as(&p.address) {
+            return Err(ApiError::Forbidden(format!(
+                "this key may not change the binding of the registered agent agent://{}",
+                bare(&p.address)
+            )));
+        }
+    }
     let mut agents = Vec::with_capacity(plan.participants.len());
     for p in &plan.participants {
         let existed = registered(&state, &p.address)?.is_some();
         if let Some(binding) = &p.binding {
-            let config = binding.clone().into_config(p.address.clone(), now());
+            let config = binding
+                .clone()
+                .into_config(AgentAddress::from_stored(&p.address), now());
             write(&state, Command::RegisterAgent { config }).await?;
         }
         agents.push(participant_view(p, existed));
