@@ -377,7 +377,9 @@ impl Cluster {
             let encoded = encoded.clone();
             async move {
                 if leader == self.inner.node_id {
-                    self.check_quorum().map_err(|_| ForwardError::NoQuorum)?;
+                    self.check_quorum(remaining)
+                        .await
+                        .map_err(|_| ForwardError::NoQuorum)?;
                 }
                 self.inner
                     .proposer
@@ -505,7 +507,7 @@ impl Cluster {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if leader == self.inner.node_id {
-            self.check_quorum()?;
+            self.check_quorum(remaining).await?;
             return match tokio::time::timeout(remaining, leader_read_index(&self.inner.raft)).await
             {
                 Ok(Some(index)) => Ok(index),
@@ -642,15 +644,37 @@ impl Cluster {
     }
 
     /// A leader that has not heard from a quorum for two election timeouts is cut off; saying
-    /// so at once beats letting the caller wait for a proposal that cannot commit.
-    fn check_quorum(&self) -> Result<(), ConsensusError> {
-        let m = self.inner.raft.metrics().borrow().clone();
-        if m.membership_config.membership().voter_ids().count() <= 1 {
-            return Ok(());
-        }
-        let limit = 2 * self.inner.election_timeout.as_millis() as u64;
-        match m.millis_since_quorum_ack {
-            Some(ms) if ms <= limit => Ok(()),
+    /// so at once beats letting the caller wait for a proposal that cannot commit. A leader
+    /// elected moments ago has heard no acknowledgement yet (openraft reports none rather than
+    /// an old one): it is given up to that same bound, within `remaining`, to hear its first,
+    /// so the first writes after a failover wait for it instead of failing.
+    async fn check_quorum(&self, remaining: Duration) -> Result<(), ConsensusError> {
+        let limit = 2 * self.inner.election_timeout;
+        let mut metrics = self.inner.raft.metrics();
+        let wait = remaining.min(limit);
+        let heard = tokio::time::timeout(wait, async {
+            loop {
+                let since_ack = {
+                    let m = metrics.borrow_and_update();
+                    if m.membership_config.membership().voter_ids().count() <= 1 {
+                        return Some(0);
+                    }
+                    if m.state != ServerState::Leader {
+                        return None;
+                    }
+                    m.millis_since_quorum_ack
+                };
+                if since_ack.is_some() {
+                    return since_ack;
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match heard {
+            Ok(Some(ms)) if ms <= limit.as_millis() as u64 => Ok(()),
             _ => Err(ConsensusError::Unavailable {
                 retry_after_secs: 1,
             }),

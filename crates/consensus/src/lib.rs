@@ -1,7 +1,8 @@
 //! openraft wiring for intentd: one [`Cluster`] per process.
 //!
 //! Every write is a [`Command`](intentd_lifecycle::Command) appended to the Raft log and
-//! acknowledged only after a majority has it on disk and the local state machine applied it.
+//! acknowledged only after a majority has it on disk and the leader applied it (`write` also
+//! waits for this node to apply it; `write_committed` leaves that to the reads that follow).
 //! Concurrent writes share entries: each node's proposer coalesces what queues up.
 //! Writes that reach a follower are forwarded to the leader over the internal plane
 //! ([`proto`]), which never shares a port with the public APIs.

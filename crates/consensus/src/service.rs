@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tonic::{Request, Response, Status};
 
 use intentd_lifecycle::Command;
@@ -77,7 +77,17 @@ pub(crate) async fn write_as_leader(
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(ForwardError::Internal(e.to_string()))
         }
-        Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Internal(e.to_string())),
+        Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+    }
+}
+
+/// A leader whose Raft stopped under a write (it is shutting down) may or may not have
+/// appended and replicated the entry first: the caller learns "ambiguous", which a client with
+/// an idempotency key retries safely, not an internal error.
+fn fatal(e: Fatal<u64>) -> ForwardError {
+    match e {
+        Fatal::Stopped => ForwardError::Ambiguous,
+        other => ForwardError::Internal(other.to_string()),
     }
 }
 
@@ -125,7 +135,7 @@ pub(crate) async fn change_as_leader(
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(ForwardError::Refused(e.to_string()))
         }
-        Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Internal(e.to_string())),
+        Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
     }
 }
 

@@ -1,0 +1,327 @@
+//! Three nodes in one process over the real internal plane (tonic on loopback, WAL and sled
+//! on disk): forwarding from followers, read-your-writes on the node that answered, leader
+//! loss under load, and what an ambiguous write may and may not mean.
+//!
+//! Every listener is bound before the nodes are configured, so no test depends on a port
+//! staying free between picking it and binding it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use intentd_consensus::{Cluster, ConsensusError, NodeConfig, RaftTimings};
+use intentd_lifecycle::{Command, IntentCommand, NewIntent, Rejection, Reply};
+use serde_json::json;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Bounds every wait on the cluster: a hung election fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Node {
+    cluster: Cluster,
+    /// Stops this node's internal plane when fired (or dropped).
+    stop: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Stops Raft and the internal plane: to its peers the node is gone.
+    async fn stop(&mut self) {
+        self.stop.take();
+        tokio::time::timeout(WAIT, self.cluster.shutdown())
+            .await
+            .expect("raft shut down in time");
+    }
+}
+
+async fn three_nodes() -> Vec<Node> {
+    // Logs show when a test fails (`RUST_LOG=debug` for more); each test initialises once.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.insert(id, listener.local_addr().unwrap().to_string());
+        listeners.push((id, listener));
+    }
+    let mut nodes = Vec::new();
+    for (id, listener) in listeners {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm) = intentd_storage::open(dir.path(), Default::default()).unwrap();
+        let config = NodeConfig {
+            node_id: id,
+            peers: peers.clone(),
+            timings: RaftTimings::default(),
+            request_timeout: Duration::from_secs(10),
+            join: false,
+            clock: Default::default(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let cluster = intentd_consensus::start(config, log, sm, listener, shutdown)
+            .await
+            .unwrap();
+        nodes.push(Node {
+            cluster,
+            stop: Some(stop),
+            _dir: dir,
+        });
+    }
+    nodes
+}
+
+/// The leader every node in `nodes` agrees on (stopped nodes excluded).
+async fn leader(nodes: &[&Node]) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|n| n.cluster.raft().metrics().borrow().current_leader)
+            .collect();
+        if let Some(Some(id)) = seen.first() {
+            if seen.iter().all(|s| *s == Some(*id))
+                && nodes.iter().any(|n| n.cluster.node_id() == *id)
+            {
+                return *id;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agreed leader: {seen:?}"
+        );
+        let mut metrics = nodes[0].cluster.raft().metrics();
+        let _ = tokio::time::timeout(Duration::from_millis(200), metrics.changed()).await;
+    }
+}
+
+fn create(id: Uuid) -> Command {
+    Command::Intent {
+        command: IntentCommand::Create {
+            intent: NewIntent {
+                id,
+                intent_type: "test.forwarded.v1".into(),
+                correlation_id: Uuid::new_v4(),
+                from_agent: "agent://intentd/keys/test".into(),
+                to_agent: "agent://acme/prod/worker".into(),
+                reply_to: None,
+                payload: json!({"n": 1}),
+                max_delivery_attempts: 5,
+                deadline_at: None,
+                remind_after_seconds: None,
+                remind_interval_seconds: None,
+                max_reminders: None,
+                escalate_to: None,
+                human_task: None,
+                deliver_at: None,
+            },
+            at: chrono::Utc::now(),
+        },
+        idempotency: None,
+    }
+}
+
+fn created_id(reply: &Reply) -> Uuid {
+    match reply {
+        Reply::Intent { intent, .. } => intent.id,
+        other => panic!("a create answered {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_is_forwarded_and_read_back_there() {
+    let nodes = three_nodes().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader_id = leader(&all).await;
+    let follower = nodes
+        .iter()
+        .find(|n| n.cluster.node_id() != leader_id)
+        .unwrap();
+
+    // `write` answers once this node applied the entry: the read right after sees it.
+    let id = Uuid::now_v7();
+    let reply = follower.cluster.write(create(id)).await.unwrap();
+    assert_eq!(created_id(&reply), id);
+    assert!(follower.cluster.reader().intent(&id).unwrap().is_some());
+
+    // `write_committed` answers with the leader's reply; `settled` then brings this node
+    // up to every write it answered, so a read here sees it too.
+    for _ in 0..20 {
+        let id = Uuid::now_v7();
+        let reply = follower.cluster.write_committed(create(id)).await.unwrap();
+        assert_eq!(created_id(&reply), id);
+        follower.cluster.settled().await;
+        let stored = follower.cluster.reader().intent(&id).unwrap();
+        assert_eq!(
+            stored.map(|i| i.id),
+            Some(id),
+            "read-your-writes on the follower"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_through_a_follower_comes_back_as_the_same_rejection() {
+    let nodes = three_nodes().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader_id = leader(&all).await;
+    let follower = nodes
+        .iter()
+        .find(|n| n.cluster.node_id() != leader_id)
+        .unwrap();
+    let id = Uuid::now_v7();
+    follower.cluster.write_committed(create(id)).await.unwrap();
+    match follower.cluster.write_committed(create(id)).await {
+        Err(ConsensusError::Rejected(Rejection::AlreadyExists(dup))) => assert_eq!(dup, id),
+        other => panic!("a second create of {id} answered {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_through_the_survivors_after_the_leader_stops() {
+    let mut nodes = three_nodes().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let old_leader = leader(&all).await;
+
+    let mut acknowledged = Vec::new();
+    for node in &nodes {
+        let id = Uuid::now_v7();
+        node.cluster.write(create(id)).await.unwrap();
+        acknowledged.push(id);
+    }
+
+    let index = nodes
+        .iter()
+        .position(|n| n.cluster.node_id() == old_leader)
+        .unwrap();
+    nodes[index].stop().await;
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.cluster.node_id() != old_leader)
+        .collect();
+    let new_leader = leader(&survivors).await;
+    assert_ne!(new_leader, old_leader);
+
+    // Through each survivor, the follower among them included; `write` rides out the
+    // election by itself when it starts before the survivors agree.
+    for node in &survivors {
+        let id = Uuid::now_v7();
+        node.cluster.write(create(id)).await.unwrap();
+        acknowledged.push(id);
+    }
+    for node in &survivors {
+        node.cluster.read_barrier().await.unwrap();
+        for id in &acknowledged {
+            assert!(
+                node.cluster.reader().intent(id).unwrap().is_some(),
+                "node {} lost acknowledged intent {id}",
+                node.cluster.node_id()
+            );
+        }
+    }
+}
+
+/// Writes race a leader's loss: each answer is either a success that every survivor keeps,
+/// a definite refusal (`Unavailable`: nothing was appended) or `Ambiguous`, which may go
+/// either way. Nothing else is a correct answer, and no success may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_a_leader_loss_are_kept_refused_or_ambiguous() {
+    let mut nodes = three_nodes().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let old_leader = leader(&all).await;
+    let survivors: Vec<Cluster> = nodes
+        .iter()
+        .filter(|n| n.cluster.node_id() != old_leader)
+        .map(|n| n.cluster.clone())
+        .collect();
+
+    // Four writers per surviving node, each writing until told to stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for cluster in &survivors {
+        for _ in 0..4 {
+            let cluster = cluster.clone();
+            let stop = stop_rx.clone();
+            writers.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !*stop.borrow() {
+                    let id = Uuid::now_v7();
+                    let answer = cluster.write_committed(create(id)).await;
+                    // As a client would after a refusal: wait a little before trying again
+                    // (a refusal can come back at once, and a loop that never waits would
+                    // keep this runtime's threads from the nodes).
+                    if answer.is_err() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    answers.push((id, answer));
+                }
+                answers
+            }));
+        }
+    }
+
+    // Let some writes land on the old leader's watch, then stop it mid-stream.
+    let first = survivors[0].reader().applied_index();
+    let mut applied = survivors[0].reader().subscribe();
+    tokio::time::timeout(WAIT, applied.wait_for(|a| *a >= first + 20))
+        .await
+        .expect("writes flowed before the leader stopped")
+        .unwrap();
+    let index = nodes
+        .iter()
+        .position(|n| n.cluster.node_id() == old_leader)
+        .unwrap();
+    nodes[index].stop().await;
+
+    // ... and go on until the survivors have a leader and took more writes.
+    let survivor_nodes: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.cluster.node_id() != old_leader)
+        .collect();
+    leader(&survivor_nodes).await;
+    let after = survivors[0].reader().applied_index();
+    tokio::time::timeout(WAIT, applied.wait_for(|a| *a >= after + 20))
+        .await
+        .expect("writes flowed after the new election")
+        .unwrap();
+    stop_tx.send(true).unwrap();
+
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    let mut ambiguous = 0;
+    for writer in writers {
+        for (id, answer) in tokio::time::timeout(WAIT, writer).await.unwrap().unwrap() {
+            match answer {
+                Ok(reply) => {
+                    assert_eq!(created_id(&reply), id);
+                    kept.push(id);
+                }
+                Err(ConsensusError::Unavailable { .. }) => refused += 1,
+                Err(ConsensusError::Ambiguous) => ambiguous += 1,
+                Err(other) => panic!("write of {id} answered {other:?}"),
+            }
+        }
+    }
+    assert!(!kept.is_empty());
+    eprintln!(
+        "{} kept, {refused} refused, {ambiguous} ambiguous",
+        kept.len()
+    );
+    for cluster in &survivors {
+        cluster.read_barrier().await.unwrap();
+        for id in &kept {
+            assert!(
+                cluster.reader().intent(id).unwrap().is_some(),
+                "node {} lost acknowledged intent {id} ({} kept, {refused} refused, {ambiguous} ambiguous)",
+                cluster.node_id(),
+                kept.len()
+            );
+        }
+    }
+}
