@@ -178,18 +178,13 @@ pub struct Config {
     /// The contents of `delivery_ca_file`, checked to hold at least one certificate.
     pub delivery_ca_pem: Option<Vec<u8>>,
     pub max_clock_offset: Duration,
+    /// TEST-ONLY (jepsen): see `ServeArgs::unsafe_skip_log_fsync`; handed to the WAL as a
+    /// storage option.
+    pub unsafe_skip_log_fsync: bool,
 }
 
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        // TEST-ONLY (jepsen): a process-wide switch in the WAL; see `unsafe_skip_log_fsync`.
-        if self.unsafe_skip_log_fsync {
-            eprintln!(
-                "WARNING: --unsafe-skip-log-fsync: the Raft log is NOT fsynced; acknowledged \
-                 writes can be lost on power failure. For the chaos harness only."
-            );
-            intentd_storage::LogStore::set_unsafe_skip_fsync(true);
-        }
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -283,6 +278,7 @@ impl ServeArgs {
                     .or(file.max_clock_offset_ms)
                     .unwrap_or(500),
             ),
+            unsafe_skip_log_fsync: self.unsafe_skip_log_fsync,
         };
         config.validate()?;
         Ok(config)

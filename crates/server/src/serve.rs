@@ -23,12 +23,26 @@ const ADMIN_KEY_FILE: &str = "admin.key";
 /// How long a forming node waits for its cluster to elect a leader before giving up.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The storage options a node's configuration asks for.
+fn storage_options(config: &Config) -> intentd_storage::StorageOptions {
+    if config.unsafe_skip_log_fsync {
+        tracing::warn!(
+            "--unsafe-skip-log-fsync: the Raft log is NOT fsynced; acknowledged writes can be \
+             lost on power failure. For the chaos harness only."
+        );
+    }
+    intentd_storage::StorageOptions {
+        unsafe_skip_log_fsync: config.unsafe_skip_log_fsync,
+        ..Default::default()
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(config = %config.describe(), "starting intentd");
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (log_store, state_machine) =
-        intentd_storage::open(&config.data_dir, intentd_storage::StorageOptions::default())
+        intentd_storage::open(&config.data_dir, storage_options(&config))
             .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
 
     // Bind every listener before anything starts, so a taken port fails fast and clearly.

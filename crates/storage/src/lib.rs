@@ -73,6 +73,11 @@ pub struct StorageOptions {
     pub wal_segment_bytes: u64,
     /// sled's page cache.
     pub sled_cache_bytes: u64,
+    /// TEST-ONLY (jepsen): the WAL writer skips the fdatasync that covers appended entries, so
+    /// a power loss can lose acknowledged entries. Only the chaos harness sets it (through the
+    /// hidden `intentd serve --unsafe-skip-log-fsync`), to prove its checker sees the loss.
+    /// Never set on a node that holds real data.
+    pub unsafe_skip_log_fsync: bool,
 }
 
 impl Default for StorageOptions {
@@ -80,6 +85,7 @@ impl Default for StorageOptions {
         StorageOptions {
             wal_segment_bytes: 64 << 20,
             sled_cache_bytes: 256 << 20,
+            unsafe_skip_log_fsync: false,
         }
     }
 }

@@ -37,7 +37,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -314,6 +314,8 @@ enum Completion {
 struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
+    /// `StorageOptions::unsafe_skip_log_fsync` (test-only).
+    skip_fsync: bool,
     segments: VecDeque<Segment>,
     file: File,
     last_purged: Option<LogId<u64>>,
@@ -441,7 +443,7 @@ impl Writer {
         }
         self.write_out(&mut buf)?;
         // TEST-ONLY (jepsen): `--unsafe-skip-log-fsync` acknowledges appends unflushed.
-        if !UNSAFE_SKIP_FSYNC.load(Ordering::Relaxed) {
+        if !self.skip_fsync {
             self.file.sync_data()?;
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -575,17 +577,7 @@ impl std::fmt::Debug for LogStore {
 
 const VOTE_FILE: &str = "vote.json";
 
-/// TEST-ONLY (jepsen): when set, the writer skips the fdatasync that covers appended entries,
-/// so a power loss can lose acknowledged entries. Only the chaos harness sets it, through the
-/// hidden `intentd serve --unsafe-skip-log-fsync`, to prove that its checker sees the loss.
-static UNSAFE_SKIP_FSYNC: AtomicBool = AtomicBool::new(false);
-
 impl LogStore {
-    /// TEST-ONLY: see [`UNSAFE_SKIP_FSYNC`]. Never set this on a node that holds real data.
-    pub fn set_unsafe_skip_fsync(skip: bool) {
-        UNSAFE_SKIP_FSYNC.store(skip, Ordering::Relaxed);
-    }
-
     /// Replays `dir` (creating it if absent) and starts the writer thread.
     pub(crate) fn open(
         dir: &Path,
@@ -638,6 +630,7 @@ impl LogStore {
         let writer = Writer {
             dir: dir.to_path_buf(),
             segment_bytes: opts.wal_segment_bytes.max(1),
+            skip_fsync: opts.unsafe_skip_log_fsync,
             segments,
             file,
             last_purged: mem.last_purged,
