@@ -661,6 +661,7 @@ impl Engine {
         self.write(Command::WebhookDeliveryOutcome {
             delivery_id: delivery.delivery_id,
             attempt: delivery.attempts,
+            replays: delivery.replays,
             outcome,
             at: Utc::now(),
         })

@@ -72,11 +72,13 @@ pub enum Command {
     PublishEvent {
         event: WebhookEvent,
     },
-    /// The push of attempt `attempt + 1` of a delivery ended. Compare-and-set: `attempt` must
-    /// be the delivery's current `attempts`.
+    /// The push of attempt `attempt + 1` of a delivery ended. Compare-and-set: `attempt` and
+    /// `replays` must be the delivery's current ones.
     WebhookDeliveryOutcome {
         delivery_id: Uuid,
         attempt: u32,
+        #[serde(default)]
+        replays: u32,
         outcome: WebhookOutcome,
         at: Timestamp,
     },

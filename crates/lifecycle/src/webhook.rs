@@ -62,6 +62,12 @@ pub struct WebhookDelivery {
     /// Push attempts whose outcome was recorded; the CAS token of
     /// `Command::WebhookDeliveryOutcome`.
     pub attempts: u32,
+    /// How many times the event was replayed: part of the CAS token beside `attempts`, which a
+    /// replay resets to 0. Without it, the outcome of a push still in flight when the replay
+    /// applied (attempt 0 of the previous round) would match the reset delivery and settle it
+    /// unsent. Absent in records written before it existed: 0.
+    #[serde(default)]
+    pub replays: u32,
     pub status: WebhookDeliveryStatus,
     /// When the next push is due; set only while pending.
     pub next_attempt_at: Option<Timestamp>,

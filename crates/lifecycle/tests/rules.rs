@@ -1604,6 +1604,7 @@ fn webhook_fan_out_counts_and_cas() {
         |id: Uuid, attempt: u32, outcome: WebhookOutcome| Command::WebhookDeliveryOutcome {
             delivery_id: id,
             attempt,
+            replays: 0,
             outcome,
             at: secs(2),
         };
@@ -1666,6 +1667,23 @@ fn webhook_fan_out_counts_and_cas() {
     assert_eq!((c.pending, c.processed_deliveries), (2, 0));
     assert!(state.deliveries.values().all(|d| d.attempts == 0));
     assert_eq!(state.due.len(), 2);
+
+    // The outcome of a push that began before the replay (attempt 0 of the first round)
+    // arrives after it: it must not settle the replayed delivery, which was never sent again.
+    let before = state.clone();
+    assert!(state
+        .run(&outcome(d1, 0, WebhookOutcome::Delivered))
+        .is_err());
+    assert_eq!(state, before);
+    let replayed = Command::WebhookDeliveryOutcome {
+        delivery_id: d1,
+        attempt: 0,
+        replays: 1,
+        outcome: WebhookOutcome::Delivered,
+        at: secs(21),
+    };
+    state.run(&replayed).unwrap();
+    assert_eq!(counters(&state).delivered, 1);
 }
 
 #[test]

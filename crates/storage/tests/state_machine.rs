@@ -691,6 +691,7 @@ async fn delivery_records_read_back() {
     let outcome = Command::WebhookDeliveryOutcome {
         delivery_id: d.delivery_id,
         attempt: 0,
+        replays: 0,
         outcome: WebhookOutcome::Delivered,
         at: secs(4),
     };

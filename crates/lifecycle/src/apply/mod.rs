@@ -309,9 +309,10 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
         Command::WebhookDeliveryOutcome {
             delivery_id,
             attempt,
+            replays,
             outcome,
             ..
-        } => webhook_outcome(state, delivery_id, *attempt, outcome),
+        } => webhook_outcome(state, delivery_id, (*attempt, *replays), outcome),
         Command::ReplayWebhookEvent { event_id, at } => {
             let event = state
                 .webhook_event(event_id)
@@ -327,6 +328,7 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
                     });
                 }
                 d.attempts = 0;
+                d.replays += 1;
                 d.status = WebhookDeliveryStatus::Pending;
                 d.next_attempt_at = Some(*at);
                 d.last_error = None;

@@ -46,6 +46,7 @@ pub(super) fn fan_out(
             event_id: event.event_id,
             subscription_id: sub.id,
             attempts: 0,
+            replays: 0,
             status: WebhookDeliveryStatus::Pending,
             next_attempt_at: Some(event.at),
             last_error: None,
@@ -64,12 +65,17 @@ pub(super) fn fan_out(
 pub(super) fn webhook_outcome(
     state: &impl StateView,
     delivery_id: &Uuid,
-    attempt: u32,
+    (attempt, replays): (u32, u32),
     outcome: &WebhookOutcome,
 ) -> Result<Applied, Rejection> {
     let mut d = state
         .webhook_delivery(delivery_id)
         .ok_or(Rejection::NotFound(*delivery_id))?;
+    if replays != d.replays {
+        return Err(Rejection::Invalid(format!(
+            "webhook delivery {delivery_id} was replayed since this push began"
+        )));
+    }
     if attempt != d.attempts {
         return Err(Rejection::StaleAttempt {
             expected: attempt,
