@@ -247,6 +247,18 @@ pub(crate) fn stamp_acceptable(
     ahead <= max && -ahead <= max + max_transit.as_micros() as i64
 }
 
+/// This node's clock judged against the voters of its current membership.
+pub(crate) fn clock_status(raft: &crate::Raft, watch: &ClockWatch, me: u64) -> ClockStatus {
+    let voters: Vec<u64> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    watch.assess(me, &voters, wall_micros(), std::time::Instant::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,14 +13,15 @@ use tonic::transport::Channel;
 use intentd_lifecycle::{Command, Reply};
 use intentd_storage::{LogStore, Outcome, Proposal, StateMachine, StateReader};
 
-use crate::clock::{wall_micros, ClockPolicy, ClockStatus, ClockWatch};
+use crate::clock::{clock_status, wall_micros, ClockPolicy, ClockStatus, ClockWatch};
 use crate::error::{ConsensusError, ForwardError, MembershipChange};
-use crate::network::{channel, NetworkFactory};
+use crate::leader::{change_as_leader, leader_read_index};
+use crate::network::{channel, forward_failure, NetworkFactory};
 use crate::proposer::{self, Proposer};
 use crate::proto::raft_internal_client::RaftInternalClient;
 use crate::proto::raft_internal_server::RaftInternalServer;
 use crate::proto::{ClockProbe, RaftPayload, ReadIndexRequest};
-use crate::service::{change_as_leader, InternalService};
+use crate::service::InternalService;
 use crate::Raft;
 
 /// Raft timing knobs. The defaults aim at writes resuming within 2 s after the leader dies.
@@ -243,34 +244,6 @@ pub async fn start(
         Duration::from_millis(t.election_max_ms),
     ));
     Ok(cluster)
-}
-
-/// This node's clock judged against the voters of its current membership.
-pub(crate) fn clock_status(raft: &Raft, watch: &ClockWatch, me: u64) -> ClockStatus {
-    let voters: Vec<u64> = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
-    watch.assess(me, &voters, wall_micros(), std::time::Instant::now())
-}
-
-/// The index a linearizable read must wait for, decided by this node as leader; `None` if it
-/// could not confirm that it leads.
-///
-/// openraft's read index is its commit index (or its term's first entry). But a leader that
-/// restarts takes its leadership back in the same term without committing anything new, and
-/// its commit index restarts at what its state machine had applied, which a power loss can put
-/// far behind what it had acknowledged: a read index from it would miss acknowledged writes
-/// (the `fsync-loss` chaos row caught a follower answering 404 for one). Every acknowledged
-/// write is in the leader's log, so the read also waits for the last index the log had when
-/// the read arrived; entries in flight then cost the read the rest of their commit round.
-pub(crate) async fn leader_read_index(raft: &Raft) -> Option<u64> {
-    let last_log = raft.metrics().borrow().last_log_index.unwrap_or(0);
-    let read = raft.ensure_linearizable().await.ok()?;
-    Some(read.map_or(0, |l| l.index).max(last_log))
 }
 
 /// Probes every member's clock each interval and keeps the fence in step with the verdict:
@@ -751,40 +724,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ForwardError> {
     serde_json::to_vec(value).map_err(|e| ForwardError::Internal(e.to_string()))
 }
 
-/// Classifies a failed call to the leader. A failed connection means the request never
-/// left, so the caller may look for the new leader and try again; any other failure may have
-/// happened after the leader received it, so its fate is unknown (a caller with an
-/// idempotency key can retry safely).
 /// The state machine's verdict on a command, as the caller of a write sees it.
 fn answer(outcome: Outcome) -> Result<Reply, ConsensusError> {
     match outcome {
         Outcome::Applied(reply) => Ok(reply),
         Outcome::Rejected(rejection) => Err(ConsensusError::Rejected(rejection)),
     }
-}
-
-fn forward_failure(status: &tonic::Status) -> ForwardError {
-    if never_sent(status) {
-        ForwardError::Unavailable
-    } else {
-        ForwardError::Ambiguous
-    }
-}
-
-/// Whether a call failed while connecting (refused, unreachable, connect timeout), so that
-/// nothing was sent and the request can safely go elsewhere.
-pub(crate) fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        if err.downcast_ref::<tonic::ConnectError>().is_some() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = err.source();
-    }
-    false
 }

@@ -11,6 +11,7 @@ mod clock;
 mod cluster;
 mod election;
 mod error;
+mod leader;
 mod network;
 mod proposer;
 mod service;

@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use intentd_storage::TypeConfig;
 
+use crate::error::ForwardError;
 use crate::proto::raft_internal_client::RaftInternalClient;
 use crate::proto::{RaftPayload, SnapshotChunk};
 
@@ -106,7 +107,7 @@ fn encode<T: Serialize, E: std::error::Error>(
 fn rpc_failure<E: std::error::Error>(
     status: &tonic::Status,
 ) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
-    if crate::cluster::never_sent(status) {
+    if never_sent(status) {
         RPCError::Unreachable(Unreachable::new(status))
     } else {
         RPCError::Network(NetworkError::new(status))
@@ -163,4 +164,34 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let steps = (0..4).map(|i| Duration::from_millis(50 << i));
         Backoff::new(steps.chain(std::iter::repeat(Duration::from_millis(500))))
     }
+}
+
+/// Classifies a failed call to the leader. A failed connection means the request never
+/// left, so the caller may look for the new leader and try again; any other failure may have
+/// happened after the leader received it, so its fate is unknown (a caller with an
+/// idempotency key can retry safely).
+pub(crate) fn forward_failure(status: &tonic::Status) -> ForwardError {
+    if never_sent(status) {
+        ForwardError::Unavailable
+    } else {
+        ForwardError::Ambiguous
+    }
+}
+
+/// Whether a call failed while connecting (refused, unreachable, connect timeout), so that
+/// nothing was sent and the request can safely go elsewhere.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use crate::cluster::{Cluster, Inner};
 use crate::error::ForwardError;
+use crate::leader::write_as_leader;
 use crate::proto::ForwardRequest;
-use crate::service::write_as_leader;
 
 /// Proposals a node keeps outstanding. Two let the leader write one batch to its WAL while the
 /// previous one is on the followers' disks; more only split the queue into smaller batches.

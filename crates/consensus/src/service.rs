@@ -4,21 +4,17 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tonic::{Request, Response, Status};
 
 use intentd_lifecycle::Command;
-use intentd_storage::{LogStore, Outcome, Proposal, Response as SmResponse};
+use intentd_storage::{LogStore, Outcome};
 use serde_json::value::RawValue;
 
-use std::collections::BTreeSet;
-
-use openraft::{BasicNode, ChangeMembers};
-
-use crate::clock::{stamp_acceptable, wall_micros, ClockWatch};
-use crate::cluster::{clock_status, leader_read_index, Cluster, Inner};
+use crate::clock::{clock_status, stamp_acceptable, wall_micros, ClockWatch};
+use crate::cluster::{Cluster, Inner};
 use crate::election::{log_id_from_request, Standing};
 use crate::error::{ForwardError, MembershipChange};
+use crate::leader::{change_as_leader, leader_read_index};
 use crate::proposer::Forwarded;
 use crate::proto::raft_internal_server::RaftInternal;
 use crate::proto::{
@@ -50,93 +46,6 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
-}
-
-/// Runs a write on this node as leader and answers with the reply and the entry's log index
-/// (a forwarding follower waits to apply up to it before answering its own caller). A
-/// `NotLeader` answer is definite (the entry was never appended here, or was truncated), so
-/// the forwarding node may try elsewhere.
-pub(crate) async fn write_as_leader(
-    raft: &Raft,
-    proposal: Proposal,
-    timeout: Duration,
-) -> Result<(Vec<Outcome>, u64), ForwardError> {
-    match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
-        Err(_) => Err(ForwardError::Ambiguous),
-        Ok(Ok(resp)) => match resp.data {
-            SmResponse::Commands(outcomes) => Ok((outcomes, resp.log_id.index)),
-            other => Err(ForwardError::Internal(format!(
-                "a proposal of commands was answered with {other:?}"
-            ))),
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ForwardError::NotLeader {
-                leader_id: f.leader_id,
-            })
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ForwardError::Internal(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
-    }
-}
-
-/// A leader whose Raft stopped under a write (it is shutting down) may or may not have
-/// appended and replicated the entry first: the caller learns "ambiguous", which a client with
-/// an idempotency key retries safely, not an internal error.
-fn fatal(e: Fatal<u64>) -> ForwardError {
-    match e {
-        Fatal::Stopped => ForwardError::Ambiguous,
-        other => ForwardError::Internal(other.to_string()),
-    }
-}
-
-/// Runs a membership change on this node as leader and answers with the log index of its
-/// last entry. openraft refuses a change while another is in flight; that refusal reaches the
-/// caller as an error, never as a silent retry.
-pub(crate) async fn change_as_leader(
-    raft: &Raft,
-    change: MembershipChange,
-    timeout: Duration,
-) -> Result<u64, ForwardError> {
-    let fut = async {
-        match change {
-            MembershipChange::AddLearner { node_id, raft_addr } => {
-                raft.add_learner(node_id, BasicNode::new(raft_addr), true)
-                    .await
-            }
-            MembershipChange::Promote { node_id } => {
-                let voters = BTreeSet::from([node_id]);
-                raft.change_membership(ChangeMembers::AddVoterIds(voters), false)
-                    .await
-            }
-            MembershipChange::Remove { node_id } => {
-                let metrics = raft.metrics().borrow().clone();
-                let membership = metrics.membership_config.membership();
-                let ids = BTreeSet::from([node_id]);
-                if membership.voter_ids().any(|v| v == node_id) {
-                    raft.change_membership(ChangeMembers::RemoveVoters(ids), false)
-                        .await
-                } else {
-                    raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
-                        .await
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(ForwardError::Ambiguous),
-        Ok(Ok(resp)) => Ok(resp.log_id.index),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ForwardError::NotLeader {
-                leader_id: f.leader_id,
-            })
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ForwardError::Refused(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
-    }
 }
 
 impl InternalService {
