@@ -572,6 +572,7 @@ async fn serve_answers_on_a_bound_listener_and_stops_on_shutdown() {
     let server = tokio::spawn(intentd_http_api::serve(
         listener,
         n.app.clone(),
+        intentd_http_api::ConnLimits::default(),
         async move {
             let _ = stop_rx.await;
         },
