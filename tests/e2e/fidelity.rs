@@ -339,6 +339,14 @@ async fn webhook_callbacks_are_judged_at_every_push_not_at_upsert() {
             "http://10.1.2.3/hook",
             "http://[::1]:9/hook",
             "http://169.254.169.254/latest/meta-data",
+            // IPv6 forms that reach a private or loopback IPv4 address, special-purpose blocks.
+            "http://[2002:7f00:1::]/hook",
+            "http://[64:ff9b::a00:1]/hook",
+            "http://[::ffff:0:7f00:1]/hook",
+            "http://[::7f00:1]/hook",
+            "http://198.18.0.1/hook",
+            "http://192.0.0.8/hook",
+            "http://[2001:db8::1]/hook",
             "ftp://integrator.example/hook",
             "not a url at all",
         ] {
