@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -15,6 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// When a refusal was last logged (unix seconds).
+static LAST_REFUSAL_WARNING: AtomicU64 = AtomicU64::new(0);
 
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4).
 const PREFACE_LEN: usize = 24;
@@ -46,7 +50,13 @@ pub(crate) fn incoming(
                     }
                 };
                 let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-                    tracing::warn!("refused a grpc connection: too many open connections");
+                    // One warning a second, not one per connection of a flood.
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if LAST_REFUSAL_WARNING.fetch_max(now, Ordering::Relaxed) < now {
+                        tracing::warn!("refusing grpc connections: too many open connections");
+                    }
                     continue;
                 };
                 // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK.

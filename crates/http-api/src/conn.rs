@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -150,7 +151,9 @@ async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
         retry_after_secs: 1,
     }
     .raw_http1();
-    tracing::warn!("refused an http connection: too many open connections");
+    if once_a_second(&LAST_REFUSAL_WARNING) {
+        tracing::warn!("refusing http connections: too many open connections");
+    }
     let linger = async {
         tcp.write_all(&answer).await?;
         tcp.shutdown().await?;
@@ -162,6 +165,18 @@ async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
         }
     };
     let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}
+
+/// When a refusal was last logged (unix seconds): a flood of connections over the cap makes
+/// one warning a second, not one per connection.
+static LAST_REFUSAL_WARNING: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a warning stamped in `last` is due again (at most one a second).
+fn once_a_second(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    last.fetch_max(now, Ordering::Relaxed) < now
 }
 
 /// Serves one connection until it ends, a limit closes it, or shutdown drains it.
@@ -461,6 +476,26 @@ impl AsyncWrite for Watched {
             }
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper's refusal is a head alone, in one buffer: look at it as `poll_write` does.
+        if self.replacement.is_some() || *self.phase.borrow() == Phase::Head {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
