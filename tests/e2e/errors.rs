@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{intent_body, within, Api, Server, PAYMENTS};
+use crate::support::{intent_body, raw, within, Api, Server, PAYMENTS};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -290,6 +290,46 @@ async fn integers_beyond_64_bits_are_400_and_the_others_exact() {
         assert!(got.text.contains("18446744073709551615"), "{}", got.text);
         assert!(got.text.contains("-9223372036854775808"), "{}", got.text);
         assert!(got.text.contains("9007199254740993"), "{}", got.text);
+    })
+    .await
+}
+
+/// What the HTTP parser refuses before any route runs answers with the JSON error too.
+#[tokio::test]
+async fn unparseable_requests_answer_json_errors() {
+    within(LIMIT, async {
+        let server = Server::start().await;
+        let bound = Duration::from_secs(10);
+        let exchange = |request: Vec<u8>| async move {
+            let mut conn = raw::connect(server.http_addr).await;
+            raw::send_and_read(&mut conn, &request, bound).await
+        };
+        exchange(b"GARBAGE\r\n\r\n".to_vec())
+            .await
+            .assert_error(400, "invalid_request");
+        exchange(b"GET /health HTTP/1.1\r\nHost: x\r\ncontent-length: abc\r\n\r\n".to_vec())
+            .await
+            .assert_error(400, "invalid_request");
+        let many: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+        exchange(format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes())
+            .await
+            .assert_error(431, "headers_too_large");
+        let long = "a".repeat(70_000);
+        exchange(format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes())
+            .await
+            .assert_error(414, "uri_too_long");
+        // A body that is not JSON, through the routes' own extractors.
+        let body = "{\"a\":";
+        let request = format!(
+            "POST /v1/intents HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            server.admin_key,
+            body.len()
+        );
+        exchange(request.into_bytes())
+            .await
+            .assert_error(400, "invalid_request");
+        // The node still serves.
+        server.admin().get("/health").await.assert_ok(200);
     })
     .await
 }

@@ -339,6 +339,14 @@ async fn webhook_callbacks_are_judged_at_every_push_not_at_upsert() {
             "http://10.1.2.3/hook",
             "http://[::1]:9/hook",
             "http://169.254.169.254/latest/meta-data",
+            // IPv6 forms that reach a private or loopback IPv4 address, special-purpose blocks.
+            "http://[2002:7f00:1::]/hook",
+            "http://[64:ff9b::a00:1]/hook",
+            "http://[::ffff:0:7f00:1]/hook",
+            "http://[::7f00:1]/hook",
+            "http://198.18.0.1/hook",
+            "http://192.0.0.8/hook",
+            "http://[2001:db8::1]/hook",
             "ftp://integrator.example/hook",
             "not a url at all",
         ] {
@@ -452,4 +460,82 @@ async fn an_http_agent_whose_name_does_not_resolve_is_retried() {
 async fn server_alive(api: &Api) {
     let resp = api.get("/health").await;
     assert_eq!(resp.status, 200, "{}", resp.text);
+}
+
+#[tokio::test]
+async fn a_subscription_without_a_secret_gets_one_that_signs_its_pushes() {
+    within(LIMIT, async {
+        let server = Server::start_with(&["--delivery-allow-hosts", "127.0.0.1"]).await;
+        let api = server.admin();
+        let rx = Receiver::start(&new_secret(), Mode::Succeed { body: None }).await;
+        let resp = api
+            .post(
+                "/v1/webhooks/subscriptions",
+                &json!({"callback_url": rx.url(), "event_types": ["inbox.thread_created"]}),
+            )
+            .await;
+        let body = resp.assert_ok(200).clone();
+        let secret = body["subscription"]["secret"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no generated secret: {body}"))
+            .to_string();
+        assert!(secret.starts_with("whsec_"), "{secret}");
+        assert_eq!(
+            body["subscription"]["secret_hint"],
+            json!(secret[secret.len() - 4..])
+        );
+        // Shown once: neither a later upsert nor the list shows it again.
+        let again = api
+            .post(
+                "/v1/webhooks/subscriptions",
+                &json!({"callback_url": rx.url(), "event_types": ["inbox.thread_created"]}),
+            )
+            .await;
+        assert!(!again.text.contains(&secret), "{}", again.text);
+        let listed = api.get("/v1/webhooks/subscriptions").await;
+        assert!(!listed.text.contains(&secret), "{}", listed.text);
+
+        // The pushes are signed with it (the receiver verifies every one).
+        rx.set_secret(&secret);
+        let event = json!({"event_type": "inbox.thread_created", "source": "e2e",
+                           "payload": {"n": 1}});
+        counters(&api, &event, "generated-1").await;
+        let pushes = rx
+            .wait("the signed push", Duration::from_secs(30), |p| !p.is_empty())
+            .await;
+        assert_eq!(pushes[0].bad_signature, None, "{}", pushes[0].body);
+        eventually(Duration::from_secs(30), "the delivery counted", || async {
+            let c = counters(&api, &event, "generated-1").await;
+            (c["delivered"] == json!(1)).then_some(())
+        })
+        .await;
+
+        // Secrets no push could be signed with are refused, with the reason.
+        for bad in [
+            "whsec_not base64 at all!!",
+            "whsec_AAAAAAAAAAAAAAAAAAAA",
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "short",
+        ] {
+            let message = api
+                .post(
+                    "/v1/webhooks/subscriptions",
+                    &json!({"callback_url": "https://integrator.example/hook",
+                            "event_types": ["inbox.thread_created"], "secret": bad}),
+                )
+                .await
+                .assert_error(422, "schema_invalid")
+                .to_string();
+            assert!(message.contains("secret"), "{bad}: {message}");
+        }
+        // And so is an HTTP agent's.
+        api.put(
+            &format!("/v1/agents/{}/binding", address_path("agent://acme/prod/hooked")),
+            &json!({"delivery_mode": "http", "url": "https://integrator.example/hook",
+                    "secret": "whsec_AAAAAAAAAAAAAAAAAAAA"}),
+        )
+        .await
+        .assert_error(422, "schema_invalid");
+    })
+    .await
 }

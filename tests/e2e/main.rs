@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod cli;
 mod cluster;
+mod connections;
 mod delivery;
 mod durability;
 mod errors;

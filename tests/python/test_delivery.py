@@ -894,6 +894,35 @@ def test_webhook_subscription_upsert_list_revoke(dserver: Server, receivers: Any
     assert rx.snapshot() == []
 
 
+def test_webhook_subscription_without_secret_gets_a_generated_one(dserver: Server, receivers: Any) -> None:
+    """A subscription that names no secret gets a `whsec_` one, shown once in the upsert's
+    answer, and its pushes are signed with it; a secret no push could be signed with is
+    refused."""
+    key = dserver.create_key("hooks-generated", "client")
+    rx = receivers(new_secret(), lambda r: Answer(204))
+    with dserver.client(key) as owner:
+        created = owner.upsert_webhook_subscription({
+            "callback_url": rx.url, "event_types": ["inbox.thread_created"]})
+        secret = created["subscription"].get("secret")
+        assert isinstance(secret, str) and secret.startswith("whsec_"), created
+        assert 24 <= len(base64.b64decode(secret[len("whsec_"):])) <= 64, secret
+        assert created["subscription"]["secret_hint"] == secret[-4:], created
+        assert secret not in json.dumps(owner.list_webhook_subscriptions())
+
+        rx.secret = secret
+        owner.publish_webhook_event({"event_type": "inbox.thread_created", "source": "e2e",
+                                     "payload": {"n": 1}})
+        rx.wait("the signed push", lambda rs: len(rs) >= 1, 30)
+        rx.assert_all_verified()
+
+        for bad in ("whsec_" + base64.b64encode(b"x" * 12).decode(), "whsec_not*base64*at*all!"):
+            with pytest.raises(AxmeValidationError) as info:
+                owner.upsert_webhook_subscription({"callback_url": "https://integrator.example/h",
+                                                   "event_types": ["inbox.thread_created"],
+                                                   "secret": bad})
+            assert info.value.status_code == 422, bad
+
+
 def counters_consistent(c: dict[str, Any]) -> None:
     assert c["processed_deliveries"] == c["delivered"] + c["dead_lettered"], c
     assert c["queued_deliveries"] == c["processed_deliveries"] + c["pending"], c

@@ -297,4 +297,44 @@ mod tests {
         let f = failure(AllowList::parse("127.0.0.1").unwrap(), &url).await;
         assert!(f.unhealthy && !f.permanent, "{f:?}");
     }
+
+    /// Serves `app` on a fresh 127.0.0.1 port and returns its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_a_failure_and_never_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // The target of the redirect is a receiver the allow-list even lets through: no
+        // redirect is followed, so no hop can lead past the guard's judgement.
+        let hits = Arc::new(AtomicUsize::new(0));
+        let target = serve(axum::Router::new().fallback({
+            let hits = Arc::clone(&hits);
+            move || async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                "reached"
+            }
+        }))
+        .await;
+        for status in [301u16, 302, 303, 307, 308] {
+            let location = format!("{target}/after-{status}");
+            let redirector = serve(axum::Router::new().fallback(move || {
+                let location = location.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [(axum::http::header::LOCATION, location)],
+                    )
+                }
+            }))
+            .await;
+            let f = failure(AllowList::parse("127.0.0.1").unwrap(), &redirector).await;
+            assert!(f.error.contains(&status.to_string()), "{status}: {f:?}");
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "a redirect was followed");
+    }
 }

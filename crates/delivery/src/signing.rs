@@ -17,6 +17,14 @@ pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 
 /// Prefix of secrets given in the spec's own format: the rest is the base64 key.
 const WHSEC_PREFIX: &str = "whsec_";
+/// Key lengths of `whsec_` secrets that registration accepts: Standard Webhooks libraries
+/// generate 24 to 64 bytes; less is a weak key, more is not what any library produces.
+pub const WHSEC_KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
+/// Shortest secret in the plain form (any other string), as the gateway's schema documents
+/// (`secret`: a string of 16 to 128 characters).
+pub const PLAIN_SECRET_MIN_CHARS: usize = 16;
+/// Key length of the secrets generated for a registration that gives none.
+const GENERATED_KEY_BYTES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SigningError {
@@ -26,6 +34,42 @@ pub enum SigningError {
     BadSecret(String),
     #[error("the signing secret is empty")]
     EmptySecret,
+    #[error("a whsec_ secret must encode {min} to {max} bytes, not {0}", min = WHSEC_KEY_BYTES.start(), max = WHSEC_KEY_BYTES.end())]
+    KeyLength(usize),
+    #[error("a secret must be whsec_ followed by base64, or at least {PLAIN_SECRET_MIN_CHARS} characters")]
+    TooShort,
+    #[error("a secret may not contain control characters")]
+    ControlCharacter,
+}
+
+/// Checks a secret given at registration, so that a receiver is never registered with a
+/// secret that every push would then fail on (or that signs with a weak key): either
+/// `whsec_` + base64 of [`WHSEC_KEY_BYTES`] bytes (the Standard Webhooks form), or a plain
+/// string of at least [`PLAIN_SECRET_MIN_CHARS`] characters, used as its UTF-8 bytes. The
+/// longest accepted length is the caller's (the schemas differ).
+pub fn check_secret(secret: &str) -> Result<(), SigningError> {
+    if secret.chars().any(char::is_control) {
+        return Err(SigningError::ControlCharacter);
+    }
+    match secret.strip_prefix(WHSEC_PREFIX) {
+        Some(_) => {
+            let key = signing_key(secret)?;
+            if !WHSEC_KEY_BYTES.contains(&key.len()) {
+                return Err(SigningError::KeyLength(key.len()));
+            }
+        }
+        None if secret.chars().count() < PLAIN_SECRET_MIN_CHARS => {
+            return Err(SigningError::TooShort)
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// A fresh `whsec_` secret (32 random bytes), for a registration that gives none.
+pub fn generate_secret() -> String {
+    let key: [u8; GENERATED_KEY_BYTES] = rand::random();
+    format!("{WHSEC_PREFIX}{}", STANDARD.encode(key))
 }
 
 /// The HMAC key a secret stands for: `whsec_<base64>` is decoded (what Standard Webhooks
@@ -111,6 +155,41 @@ mod tests {
         ));
         assert_eq!(signing_key(""), Err(SigningError::EmptySecret));
         assert_eq!(signing_key("whsec_"), Err(SigningError::EmptySecret));
+    }
+
+    #[test]
+    fn registration_accepts_whsec_of_24_to_64_bytes_or_plain_secrets() {
+        let whsec = |n: usize| format!("whsec_{}", STANDARD.encode(vec![7u8; n]));
+        for ok in [
+            whsec(24),
+            whsec(32),
+            whsec(64),
+            "0123456789abcdef".to_string(),
+            "a plain secret, long enough".to_string(),
+            generate_secret(),
+        ] {
+            assert_eq!(check_secret(&ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_secret(&whsec(23)), Err(SigningError::KeyLength(23)));
+        assert_eq!(check_secret(&whsec(65)), Err(SigningError::KeyLength(65)));
+        assert!(matches!(
+            check_secret("whsec_this is not base64 at all!"),
+            Err(SigningError::BadSecret(_))
+        ));
+        assert_eq!(check_secret("whsec_"), Err(SigningError::EmptySecret));
+        assert_eq!(check_secret("short"), Err(SigningError::TooShort));
+        assert_eq!(
+            check_secret("0123456789abcdef\n"),
+            Err(SigningError::ControlCharacter)
+        );
+    }
+
+    #[test]
+    fn generated_secrets_are_fresh_whsec_keys_of_32_bytes() {
+        let (a, b) = (generate_secret(), generate_secret());
+        assert_ne!(a, b);
+        assert_eq!(signing_key(&a).unwrap().len(), 32);
+        assert!(a.starts_with("whsec_"), "{a}");
     }
 
     #[test]

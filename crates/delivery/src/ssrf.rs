@@ -174,7 +174,9 @@ fn in_prefix(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// The forbidden range `addr` falls in, if any. Only public unicast addresses are fair game.
+/// The forbidden range `addr` falls in, if any. Only public unicast addresses are fair game:
+/// everything in the IANA special-purpose registries that is not globally reachable, and
+/// every IPv6 form that carries an IPv4 address, judged by the IPv4 address it reaches.
 pub fn forbidden_range(addr: IpAddr) -> Option<&'static str> {
     match canonical(addr) {
         IpAddr::V4(v4) => forbidden_v4(v4),
@@ -182,57 +184,104 @@ pub fn forbidden_range(addr: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 special-purpose blocks (RFC 6890 and the IANA registry), first match wins.
+const V4_RANGES: &[([u8; 4], u8, &str)] = &[
+    // 0.0.0.0 is "this host" on Linux: connecting to it reaches loopback services.
+    ([0, 0, 0, 0], 8, "unspecified"),
+    ([127, 0, 0, 0], 8, "loopback"),
+    ([10, 0, 0, 0], 8, "private"),
+    ([172, 16, 0, 0], 12, "private"),
+    ([192, 168, 0, 0], 16, "private"),
+    ([169, 254, 0, 0], 16, "link-local"),
+    ([100, 64, 0, 0], 10, "carrier-grade NAT"),
+    // DS-Lite, NAT64 discovery and other protocol assignments: none is a receiver.
+    ([192, 0, 0, 0], 24, "IETF protocol assignment"),
+    ([192, 0, 2, 0], 24, "documentation"),
+    ([198, 51, 100, 0], 24, "documentation"),
+    ([203, 0, 113, 0], 24, "documentation"),
+    ([198, 18, 0, 0], 15, "benchmarking"),
+    // The deprecated 6to4 relay anycast (RFC 7526).
+    ([192, 88, 99, 0], 24, "6to4 relay"),
+    ([224, 0, 0, 0], 4, "multicast"),
+    ([255, 255, 255, 255], 32, "broadcast"),
+    ([240, 0, 0, 0], 4, "reserved"),
+];
+
 fn forbidden_v4(a: Ipv4Addr) -> Option<&'static str> {
-    let v4 = IpAddr::V4;
-    let within = |net: [u8; 4], prefix: u8| in_prefix(v4(a), v4(Ipv4Addr::from(net)), prefix);
-    if a.is_broadcast() {
-        Some("broadcast")
-    } else if within([0, 0, 0, 0], 8) {
-        // 0.0.0.0 is "this host" on Linux: connecting to it reaches loopback services.
-        Some("unspecified")
-    } else if within([127, 0, 0, 0], 8) {
-        Some("loopback")
-    } else if within([10, 0, 0, 0], 8)
-        || within([172, 16, 0, 0], 12)
-        || within([192, 168, 0, 0], 16)
-    {
-        Some("private")
-    } else if within([169, 254, 0, 0], 16) {
-        Some("link-local")
-    } else if within([100, 64, 0, 0], 10) {
-        Some("carrier-grade NAT")
-    } else if within([224, 0, 0, 0], 4) {
-        Some("multicast")
-    } else if within([240, 0, 0, 0], 4) {
-        Some("reserved")
-    } else {
-        None
-    }
+    V4_RANGES
+        .iter()
+        .find(|(net, prefix, _)| {
+            in_prefix(IpAddr::V4(a), IpAddr::V4(Ipv4Addr::from(*net)), *prefix)
+        })
+        .map(|(_, _, range)| *range)
+}
+
+/// The IPv4 address in bits `from..from + 32` of `a`.
+fn embedded_v4(a: Ipv6Addr, from: u32) -> Ipv4Addr {
+    Ipv4Addr::from((u128::from(a) >> (96 - from)) as u32)
 }
 
 fn forbidden_v6(a: Ipv6Addr) -> Option<&'static str> {
-    let v6 = IpAddr::V6;
-    let within = |net: Ipv6Addr, prefix: u8| in_prefix(v6(a), v6(net), prefix);
+    let within = |net: [u16; 8], prefix: u8| {
+        in_prefix(IpAddr::V6(a), IpAddr::V6(Ipv6Addr::from(net)), prefix)
+    };
     if a.is_unspecified() {
-        Some("unspecified")
-    } else if a.is_loopback() {
-        Some("loopback")
-    } else if within(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10) {
-        Some("link-local")
-    } else if within(Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10) {
-        // Deprecated site-local: still routed inside some private networks.
-        Some("private")
-    } else if within(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7) {
-        Some("private")
-    } else if a.is_multicast() {
-        Some("multicast")
-    } else if within(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
-        // NAT64 reaches the embedded IPv4 address: judge that one.
-        let [.., a, b, c, d] = a.octets();
-        forbidden_v4(Ipv4Addr::new(a, b, c, d))
-    } else {
-        None
+        return Some("unspecified");
     }
+    if a.is_loopback() {
+        return Some("loopback");
+    }
+    // The NAT64 well-known prefix reaches the IPv4 address in its last 32 bits (RFC 6052):
+    // that one is judged, so IPv6-only networks still reach public IPv4 receivers.
+    if within([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96) {
+        return forbidden_v4(embedded_v4(a, 96));
+    }
+    // 6to4 (RFC 3056) routes to the IPv4 address in bits 16..48.
+    if within([0x2002, 0, 0, 0, 0, 0, 0, 0], 16) {
+        return forbidden_v4(embedded_v4(a, 16));
+    }
+    // Only 2000::/3 holds global unicast; the rest is special in one way or another.
+    if !within([0x2000, 0, 0, 0, 0, 0, 0, 0], 3) {
+        return Some(if within([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10) {
+            "link-local"
+        } else if within([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10) {
+            // Deprecated site-local: still routed inside some private networks.
+            "private"
+        } else if within([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7) {
+            "private"
+        } else if a.is_multicast() {
+            "multicast"
+        } else if within([0, 0, 0, 0, 0, 0, 0, 0], 96) {
+            // ::a.b.c.d, deprecated (RFC 4291): stacks that still honour it reach a.b.c.d.
+            "IPv4-compatible"
+        } else if within([0, 0, 0, 0, 0xffff, 0, 0, 0], 96) {
+            // ::ffff:0:a.b.c.d, SIIT (RFC 2765): translated to a.b.c.d.
+            "IPv4-translated"
+        } else if within([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48) {
+            // Local-use NAT64 (RFC 8215): translated inside the operator's own network.
+            "NAT64 local-use"
+        } else if within([0x100, 0, 0, 0, 0, 0, 0, 0], 64) {
+            "discard-only"
+        } else {
+            "reserved"
+        });
+    }
+    const GLOBAL_SPECIAL: &[([u16; 8], u8, &str)] = &[
+        // Teredo (RFC 4380) tunnels to an IPv4 address hidden in the last 32 bits.
+        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 32, "Teredo"),
+        ([0x2001, 0x2, 0, 0, 0, 0, 0, 0], 48, "benchmarking"),
+        (
+            [0x2001, 0, 0, 0, 0, 0, 0, 0],
+            23,
+            "IETF protocol assignment",
+        ),
+        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "documentation"),
+        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20, "documentation"),
+    ];
+    GLOBAL_SPECIAL
+        .iter()
+        .find(|(net, prefix, _)| within(*net, *prefix))
+        .map(|(_, _, range)| *range)
 }
 
 /// Checks one address of `host` against the guard and the allow-list.
@@ -368,6 +417,39 @@ mod tests {
             ("http://[::ffff:127.0.0.1]/", "loopback"),
             ("http://[::ffff:10.1.2.3]/", "private"),
             ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),
+            // IANA special-purpose IPv4 blocks.
+            ("http://192.0.0.1/", "IETF protocol assignment"),
+            ("http://192.0.0.170/", "IETF protocol assignment"),
+            ("http://192.0.2.10/", "documentation"),
+            ("http://198.51.100.7/", "documentation"),
+            ("http://203.0.113.255/", "documentation"),
+            ("http://198.18.0.1/", "benchmarking"),
+            ("http://198.19.255.254/", "benchmarking"),
+            ("http://192.88.99.1/", "6to4 relay"),
+            // IPv6 forms that carry a private or loopback IPv4 address.
+            ("http://[2002:7f00:1::]/", "loopback"),
+            ("http://[2002:a00:1:5::1]/", "private"),
+            ("http://[2002:a9fe:a9fe::1]/", "link-local"),
+            ("http://[64:ff9b::7f00:1]/", "loopback"),
+            ("http://[64:ff9b::10.0.0.1]/", "private"),
+            ("http://[64:ff9b:1::a00:1]/", "NAT64 local-use"),
+            ("http://[64:ff9b:1:ffff::808:808]/", "NAT64 local-use"),
+            ("http://[::127.0.0.1]/", "IPv4-compatible"),
+            ("http://[::10.0.0.1]/", "IPv4-compatible"),
+            ("http://[::8.8.8.8]/", "IPv4-compatible"),
+            ("http://[::ffff:0:127.0.0.1]/", "IPv4-translated"),
+            ("http://[::ffff:0:a00:1]/", "IPv4-translated"),
+            // IPv6 special-purpose blocks.
+            ("http://[2001::1]/", "Teredo"),
+            ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", "Teredo"),
+            ("http://[2001:2::1]/", "benchmarking"),
+            ("http://[2001:10::1]/", "IETF protocol assignment"),
+            ("http://[2001:db8::1]/", "documentation"),
+            ("http://[3fff::1]/", "documentation"),
+            ("http://[100::1]/", "discard-only"),
+            ("http://[fdff:ffff::1]/", "private"),
+            ("http://[5f00::1]/", "reserved"),
+            ("http://[4000::1]/", "reserved"),
             // Odd IPv4 spellings are normalised by the URL parser before the check.
             ("http://0x7f.1/", "loopback"),
             ("http://2130706433/", "loopback"),
@@ -393,6 +475,17 @@ mod tests {
             "http://223.255.255.255/",
             "http://[2001:4860:4860::8888]/",
             "http://[64:ff9b::808:808]/",
+            "http://[2002:808:808::1]/",
+            "http://[2606:4700:4700::1111]/",
+            "http://[2001:200::1]/",
+            "http://[3fff:1000::1]/",
+            "http://192.0.1.255/",
+            "http://192.0.3.0/",
+            "http://198.17.255.255/",
+            "http://198.20.0.0/",
+            "http://198.51.99.255/",
+            "http://203.0.112.255/",
+            "http://192.88.98.255/",
         ] {
             assert_eq!(check_url(url, &allow), Ok(()), "{url}");
         }

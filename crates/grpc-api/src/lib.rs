@@ -16,6 +16,7 @@ mod cluster;
 mod convert;
 mod error;
 mod intents;
+mod limits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,7 +26,6 @@ use intentd_consensus::Cluster;
 use intentd_delivery::StreamConsumers;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 
 pub use error::GrpcError;
 
@@ -60,6 +60,12 @@ pub struct GrpcConfig {
     /// The node's open agent streams, so that competing consumers of one address take turns.
     /// Shared with the HTTP edge by the server: it is the node's, not the edge's.
     pub stream_consumers: StreamConsumers,
+    /// How long a new connection may take to send the HTTP/2 preface before it is closed
+    /// (`--header-timeout-ms`): a socket that never speaks holds nothing for long.
+    pub preface_timeout: Duration,
+    /// Open connections on the port (`--max-connections`); more are closed at once, which
+    /// a client sees as UNAVAILABLE and retries.
+    pub max_connections: usize,
 }
 
 impl Default for GrpcConfig {
@@ -73,9 +79,23 @@ impl Default for GrpcConfig {
             max_events_per_page: 1000,
             default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,
             stream_consumers: StreamConsumers::default(),
+            preface_timeout: Duration::from_secs(10),
+            max_connections: 16_384,
         }
     }
 }
+
+/// How often an open connection is pinged, and how long its answer may take before the
+/// connection is dropped: a peer that vanished (a half-open socket) stops holding a
+/// connection and its streams within about a minute, while a live client that keeps a
+/// channel open without calls is left alone.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams one connection may have open at once; `Listen` and `WatchEvents` are long, so
+/// this is generous, but a single connection cannot open unbounded work.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Largest header block of a call (metadata); grpc-go's default is 16 KiB.
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Every service of the public gRPC port: `intentd.v1.IntentService`,
 /// `intentd.v1.ClusterService`, the standard health service and server reflection.
@@ -135,6 +155,10 @@ pub async fn serve(
     config: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GrpcError> {
+    let limits = limits::Limits {
+        preface_timeout: config.preface_timeout,
+        max_connections: config.max_connections,
+    };
     let routes = services(cluster, config)?;
     let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
     let graceful = async move {
@@ -142,12 +166,12 @@ pub async fn serve(
         let _ = fired_tx.send(true);
     };
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            graceful,
-        );
+        .serve_with_incoming_shutdown(limits::incoming(listener, limits), graceful);
     let grace_expired = async move {
         // If the sender is dropped without firing, the server is already gone.
         if fired_rx.wait_for(|fired| *fired).await.is_ok() {

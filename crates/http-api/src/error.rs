@@ -38,12 +38,21 @@ pub enum ApiError {
     /// 405: a known route with a method it does not serve.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request body did not arrive within the connection's body timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: the state refused the change; `code` says which rule (see [`Rejection`]).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     /// 413: the body is larger than the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 414: a request target longer than the HTTP parser accepts.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// 431: more header bytes or header fields than the HTTP parser accepts.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 422: well-formed JSON that breaks the contract (pattern, enum, required field, ...).
     #[error("{0}")]
     SchemaInvalid(String),
@@ -66,8 +75,11 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::SchemaInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,8 +93,11 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Conflict { code, .. } => code,
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::SchemaInvalid(_) => "schema_invalid",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -90,9 +105,34 @@ impl ApiError {
     }
 
     /// Whether retrying the same request unchanged can succeed. Only 503s promise that; a
-    /// 500 is a bug or a broken disk, which a retry does not fix.
+    /// 500 is a bug or a broken disk, which a retry does not fix. A 408 may succeed on a
+    /// faster link, but the body the client failed to send in time is its own to judge.
     pub(crate) fn retryable(&self) -> bool {
         matches!(self, ApiError::Unavailable { .. })
+    }
+
+    /// The whole answer as bytes on the wire (HTTP/1.1, `connection: close`), for the
+    /// connection layer that answers before any route runs (the connection cap, the HTTP
+    /// parser's own refusals), so those answers carry the same JSON as every other error.
+    pub(crate) fn raw_http1(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(&Value::Object(self.body())).unwrap_or_default();
+        let status = self.status();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            head.push_str(&format!("retry-after: {}\r\n", retry_after_secs.max(&1)));
+        }
+        head.push_str("\r\n");
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(&body);
+        raw
     }
 
     /// The message the client sees; internal errors never leak their detail.
@@ -244,6 +284,8 @@ impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
+        } else if crate::conn::is_body_timeout(&rejection) {
+            ApiError::RequestTimeout(rejection.body_text())
         } else {
             ApiError::InvalidRequest(rejection.body_text())
         }

@@ -14,6 +14,7 @@
 //! commands and the replies back to JSON.
 
 pub mod auth;
+mod conn;
 mod context;
 mod error;
 mod extract;
@@ -22,15 +23,14 @@ mod sse;
 mod validate;
 mod views;
 
-use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use intentd_consensus::Cluster;
 use intentd_delivery::{AllowList, Metrics, StreamConsumers};
 
+pub use conn::{serve, ConnLimits};
 pub use error::ApiError;
 
 /// Limits and defaults of the edge. The server fills it from its layered config.
@@ -110,49 +110,4 @@ pub fn app(cluster: Cluster, config: ApiConfig, metrics: Metrics) -> Router {
         ))
         .layer(axum::middleware::from_fn(context::middleware))
         .with_state(state)
-}
-
-/// How long open connections (mostly SSE streams, which last up to `wait_seconds`) get to
-/// finish after shutdown is requested before `serve` returns anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Serves `app` on an already bound listener until `shutdown` completes. Taking a bound
-/// listener lets tests bind port 0 and read the port before serving.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
-    let graceful = async move {
-        shutdown.await;
-        let _ = fired_tx.send(true);
-    };
-    // A small answer must leave at once, not wait for the client's delayed ACK of the last one.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
-        }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .into_future();
-    let grace_expired = async move {
-        // If the sender is dropped without firing, the server is already gone.
-        if fired_rx.wait_for(|fired| *fired).await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result,
-        () = grace_expired => {
-            tracing::warn!(
-                grace_secs = SHUTDOWN_GRACE.as_secs(),
-                "connections still open after the shutdown grace period; closing"
-            );
-            Ok(())
-        }
-    }
 }

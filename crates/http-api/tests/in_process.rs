@@ -572,6 +572,7 @@ async fn serve_answers_on_a_bound_listener_and_stops_on_shutdown() {
     let server = tokio::spawn(intentd_http_api::serve(
         listener,
         n.app.clone(),
+        intentd_http_api::ConnLimits::default(),
         async move {
             let _ = stop_rx.await;
         },
@@ -1076,13 +1077,13 @@ async fn inbox_approvals_webhooks_and_scenarios() {
         Some(&lead),
         Some(json!({"callback_url": "https://93.184.216.34/hook",
                     "event_types": ["inbox.thread_created", "intent.*"],
-                    "secret": "whsec_0123456789abcdef"})),
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})),
         &[],
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let sub = a.json()["subscription"].clone();
-    assert_eq!(sub["secret_hint"], "cdef");
+    assert_eq!(sub["secret_hint"], "LaSw");
     let event =
         json!({"event_type": "inbox.thread_created", "source": "tests", "payload": {"a": 1}});
     let a = call(

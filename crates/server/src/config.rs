@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use intentd_delivery::AllowList;
+use intentd_http_api::ConnLimits;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,22 @@ pub struct ServeArgs {
     /// refuses writes and leadership [default: 500].
     #[arg(long, env = "INTENTD_MAX_CLOCK_OFFSET_MS")]
     pub max_clock_offset_ms: Option<u64>,
+    /// Longest time a client may take to send a request's headers, from its first byte, in ms;
+    /// on the gRPC port, to send the HTTP/2 preface after connecting [default: 10000].
+    #[arg(long, env = "INTENTD_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Longest time a client may take to send a request body after its headers, in ms; a 408
+    /// beyond it [default: 30000].
+    #[arg(long, env = "INTENTD_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// How long an HTTP connection may wait for its next request, in ms (open streams and
+    /// long polls are requests in progress, never idle) [default: 60000].
+    #[arg(long, env = "INTENTD_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Open connections on each public port (HTTP, gRPC); more are refused, over HTTP with a
+    /// 503 [default: 16384].
+    #[arg(long, env = "INTENTD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// TEST-ONLY (jepsen harness): acknowledge Raft log appends without fdatasync, so a power
     /// loss can lose acknowledged writes. Hidden; never use it outside the chaos harness.
     #[arg(long, hide = true)]
@@ -143,6 +160,10 @@ struct FileConfig {
     ack_timeout_secs: Option<u64>,
     delivery_ca_file: Option<PathBuf>,
     max_clock_offset_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +202,8 @@ pub struct Config {
     /// TEST-ONLY (jepsen): see `ServeArgs::unsafe_skip_log_fsync`; handed to the WAL as a
     /// storage option.
     pub unsafe_skip_log_fsync: bool,
+    /// Bounds on what clients send and how many connections they hold (public ports).
+    pub connections: ConnLimits,
 }
 
 impl ServeArgs {
@@ -279,6 +302,33 @@ impl ServeArgs {
                     .unwrap_or(500),
             ),
             unsafe_skip_log_fsync: self.unsafe_skip_log_fsync,
+            connections: {
+                let defaults = ConnLimits::default();
+                let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+                    flag.or(file).map_or(default, Duration::from_millis)
+                };
+                ConnLimits {
+                    header_timeout: ms(
+                        self.header_timeout_ms,
+                        file.header_timeout_ms,
+                        defaults.header_timeout,
+                    ),
+                    body_timeout: ms(
+                        self.body_timeout_ms,
+                        file.body_timeout_ms,
+                        defaults.body_timeout,
+                    ),
+                    idle_timeout: ms(
+                        self.idle_timeout_ms,
+                        file.idle_timeout_ms,
+                        defaults.idle_timeout,
+                    ),
+                    max_connections: self
+                        .max_connections
+                        .or(file.max_connections)
+                        .unwrap_or(defaults.max_connections),
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -363,13 +413,27 @@ impl Config {
                 "must be between 10 and 60000",
             ));
         }
+        let c = &self.connections;
+        for (field, value) in [
+            ("header_timeout_ms", c.header_timeout),
+            ("body_timeout_ms", c.body_timeout),
+            ("idle_timeout_ms", c.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(field, "must be at least 100"));
+            }
+        }
+        // The permits of every connection are taken back at once at shutdown.
+        if c.max_connections == 0 || u32::try_from(c.max_connections).is_err() {
+            return Err(invalid("max_connections", "must be between 1 and 2^32-1"));
+        }
         Ok(())
     }
 
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?} header_timeout={:?} body_timeout={:?} idle_timeout={:?} max_connections={}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
@@ -390,6 +454,10 @@ impl Config {
             self.ack_timeout_secs,
             if self.delivery_ca_pem.is_some() { "<set>" } else { "<none>" },
             self.max_clock_offset,
+            self.connections.header_timeout,
+            self.connections.body_timeout,
+            self.connections.idle_timeout,
+            self.connections.max_connections,
         )
     }
 }
@@ -480,6 +548,69 @@ mod tests {
             match args.resolve() {
                 Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "delivery_ca_file"),
                 other => panic!("{} accepted: {other:?}", path.display()),
+            }
+        }
+    }
+
+    #[test]
+    fn connection_limits_layer_and_are_checked() {
+        let c = ServeArgs::default().resolve().unwrap().connections;
+        assert_eq!(
+            (
+                c.header_timeout,
+                c.body_timeout,
+                c.idle_timeout,
+                c.max_connections
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                16_384
+            )
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "header_timeout_ms = 2000\nidle_timeout_ms = 4000\nmax_connections = 50\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            idle_timeout_ms: Some(3000),
+            body_timeout_ms: Some(7000),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.connections.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.body_timeout, Duration::from_secs(7));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(3));
+        assert_eq!(c.connections.max_connections, 50);
+        assert!(
+            c.describe().contains("max_connections=50"),
+            "{}",
+            c.describe()
+        );
+        for (args, field) in [
+            (
+                ServeArgs {
+                    header_timeout_ms: Some(10),
+                    ..Default::default()
+                },
+                "header_timeout_ms",
+            ),
+            (
+                ServeArgs {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+                "max_connections",
+            ),
+        ] {
+            match args.resolve() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: accepted {other:?}"),
             }
         }
     }

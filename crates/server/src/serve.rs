@@ -128,6 +128,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = tokio::spawn(intentd_http_api::serve(
         http_listener,
         api,
+        config.connections.clone(),
         stopped(stop_rx.clone()),
     ));
     let grpc = tokio::spawn(intentd_grpc_api::serve(
@@ -138,6 +139,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             default_max_delivery_attempts: config.max_delivery_attempts,
             default_ack_timeout_secs: config.ack_timeout_secs,
             stream_consumers,
+            preface_timeout: config.connections.header_timeout,
+            max_connections: config.connections.max_connections,
             ..intentd_grpc_api::GrpcConfig::default()
         },
         stopped(stop_rx.clone()),

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod raw;
 pub mod receiver;
 pub mod server;
 pub mod sse;

@@ -277,6 +277,15 @@ impl Receiver {
         format!("http://{}/hook", self.addr)
     }
 
+    /// Verifies with `secret` from now on (one the server generated after the URL was known).
+    pub fn set_secret(&self, secret: &str) {
+        self.shared
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .key = secret_key(secret);
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         self.shared
             .inner

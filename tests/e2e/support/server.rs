@@ -31,11 +31,18 @@ pub struct Server {
     /// stdout and stderr of every start, appended, so a failing test can show what happened.
     log_path: PathBuf,
     starts: u32,
+    /// More `serve` arguments, appended at every start (e.g. connection limits).
+    extra_args: Vec<String>,
 }
 
 impl Server {
     /// Starts a one-node cluster and waits until it serves writes.
     pub async fn start() -> Server {
+        Server::start_with(&[]).await
+    }
+
+    /// [`Server::start`] with more `serve` arguments.
+    pub async fn start_with(extra_args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("intentd-e2e-")
             .tempdir()
@@ -51,6 +58,7 @@ impl Server {
             child: None,
             log_path,
             starts: 0,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server.wait_ready().await;
@@ -106,6 +114,7 @@ impl Server {
             .arg("1")
             .arg("--admin-key")
             .arg(&self.admin_key)
+            .args(&self.extra_args)
             .env("INTENTD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)

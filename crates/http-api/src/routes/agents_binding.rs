@@ -107,6 +107,8 @@ pub(crate) fn parse_binding_fields(
                 ApiError::SchemaInvalid("an http binding needs a secret to sign with".into())
             })?;
             check_len("secret", secret, SECRET_LEN.0, SECRET_LEN.1)?;
+            intentd_delivery::signing::check_secret(secret)
+                .map_err(|e| ApiError::SchemaInvalid(format!("secret is refused: {e}")))?;
             let max_concurrency = max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY.into());
             if max_concurrency > MAX_CONCURRENCY {
                 return Err(ApiError::SchemaInvalid(format!(

@@ -9,8 +9,12 @@
 //!
 //! Event types are the schemas' enum plus intentd's intent lifecycle types (`intent.completed`
 //! ...); a subscription may also name a prefix ending in `*` (`intent.*`). The subscription's
-//! `callback_url` passes the same SSRF check as an HTTP agent's URL. Its secret is kept for
-//! signing and never shown again: answers carry `secret_hint` (the last 4 characters).
+//! `callback_url` passes the same SSRF check as an HTTP agent's URL. Its secret must be one
+//! pushes can be signed with (`intentd_delivery::signing::check_secret`); a subscription
+//! that names none gets a generated `whsec_` secret, shown once as `subscription.secret` in
+//! that upsert's answer (a subscription without a secret could never be pushed to). A
+//! secret is kept for signing and never shown again: answers carry `secret_hint` (the last
+//! 4 characters).
 //!
 //! The owner is `owner_agent` (or `x-owner-agent`), else the key's own address; agent keys
 //! act only for themselves. `Idempotency-Key` on publish derives the event id from the owner
@@ -155,6 +159,8 @@ fn parse_subscription(body: &Value) -> Result<SubscriptionRequest, ApiError> {
     let secret = b.str("secret")?;
     if let Some(s) = secret {
         check_len("secret", s, 16, 128)?;
+        intentd_delivery::signing::check_secret(s)
+            .map_err(|e| ApiError::SchemaInvalid(format!("secret is refused: {e}")))?;
     }
     let description = b.str("description")?;
     if let Some(d) = description {
@@ -193,27 +199,34 @@ fn subscription_view(s: &Subscription) -> Value {
 
 /// The subscription an upsert proposes: the existing one of the same (owner, URL) keeps its
 /// id, `created_at` and (unless a new one is given) its secret; a revoked one comes back.
+/// Without a secret from either, one is generated: the second value, to be shown once.
 fn upserted(
     request: SubscriptionRequest,
     owner: String,
     existing: Option<&Subscription>,
     at: Timestamp,
-) -> Subscription {
-    Subscription {
+) -> (Subscription, Option<String>) {
+    let kept = existing.map(|e| e.secret.clone()).filter(|s| !s.is_empty());
+    let (secret, generated) = match request.secret.or(kept) {
+        Some(secret) => (secret, None),
+        None => {
+            let secret = intentd_delivery::signing::generate_secret();
+            (secret.clone(), Some(secret))
+        }
+    };
+    let subscription = Subscription {
         id: existing.map_or_else(Uuid::new_v4, |e| e.id),
         owner,
         callback_url: request.callback_url,
         event_types: request.event_types,
-        secret: request
-            .secret
-            .or_else(|| existing.map(|e| e.secret.clone()))
-            .unwrap_or_default(),
+        secret,
         active: request.active,
         description: request.description,
         created_at: existing.map_or(at, |e| e.created_at),
         updated_at: at,
         revoked_at: None,
-    }
+    };
+    (subscription, generated)
 }
 
 /// `POST /v1/webhooks/subscriptions`.
@@ -231,7 +244,7 @@ async fn upsert_subscription(
     let same_url = |s: &Subscription| s.callback_url == request.callback_url;
     let existing = reader.subscriptions(&owner)?.into_iter().find(same_url);
     let url = request.callback_url.clone();
-    let subscription = upserted(request, owner.clone(), existing.as_ref(), now());
+    let (subscription, generated) = upserted(request, owner.clone(), existing.as_ref(), now());
     write(&state, Command::UpsertSubscription { subscription }).await?;
     // Read back by (owner, URL): a concurrent upsert of the same URL may have won the id.
     let stored = reader
@@ -240,9 +253,12 @@ async fn upsert_subscription(
         .find(|s| s.callback_url == url)
         .ok_or_else(|| ApiError::Internal("an upserted subscription is missing".into()))?;
     tracing::info!(subscription_id = %stored.id, owner = %owner, "webhook subscription upserted");
-    Ok(Json(
-        json!({ "ok": true, "subscription": subscription_view(&stored) }),
-    ))
+    let mut view = subscription_view(&stored);
+    // Shown only if it is the secret stored: a concurrent upsert may have won with another.
+    if let Some(secret) = generated.filter(|g| *g == stored.secret) {
+        view["secret"] = json!(secret);
+    }
+    Ok(Json(json!({ "ok": true, "subscription": view })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -510,6 +526,18 @@ mod tests {
             ("event_types", json!([1]), "invalid_request"),
             ("callback_url", json!("http:/"), "schema_invalid"),
             ("secret", json!("short"), "schema_invalid"),
+            (
+                "secret",
+                json!("whsec_not base64, not at all"),
+                "schema_invalid",
+            ),
+            (
+                "secret",
+                json!("whsec_AAAAAAAAAAAAAAAAAAAA"),
+                "schema_invalid",
+            ),
+            ("secret", json!("0123456789abcdef\u{0}"), "schema_invalid"),
+            ("secret", json!(7), "invalid_request"),
             ("active", json!("yes"), "invalid_request"),
             ("description", json!("d".repeat(256)), "schema_invalid"),
             ("owner", json!("x"), "schema_invalid"),
@@ -530,7 +558,8 @@ mod tests {
         let at = chrono::DateTime::UNIX_EPOCH;
         let mut request = parse_subscription(&valid()).unwrap();
         request.secret = Some("whsec_abcdefghijklmnop1234".into());
-        let s = upserted(request, "acme/prod/billing".into(), None, at);
+        let (s, generated) = upserted(request, "acme/prod/billing".into(), None, at);
+        assert_eq!(generated, None);
         let v = subscription_view(&s);
         assert_eq!(v["secret_hint"], "1234");
         assert!(!v.to_string().contains("abcdefgh"));
@@ -563,9 +592,9 @@ mod tests {
         let t1 = t0 + chrono::Duration::seconds(60);
         let mut first = parse_subscription(&valid()).unwrap();
         first.secret = Some("0123456789abcdef".into());
-        let mut old = upserted(first, "o/w/a".into(), None, t0);
+        let (mut old, _) = upserted(first, "o/w/a".into(), None, t0);
         old.revoked_at = Some(t0);
-        let new = upserted(
+        let (new, generated) = upserted(
             parse_subscription(&valid()).unwrap(),
             "o/w/a".into(),
             Some(&old),
@@ -573,7 +602,33 @@ mod tests {
         );
         assert_eq!((new.id, new.created_at, new.updated_at), (old.id, t0, t1));
         assert_eq!(new.secret, "0123456789abcdef");
+        assert_eq!(generated, None);
         assert_eq!(new.revoked_at, None);
+    }
+
+    #[test]
+    fn a_subscription_without_a_secret_gets_a_generated_one() {
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let (s, generated) = upserted(
+            parse_subscription(&valid()).unwrap(),
+            "o/w/a".into(),
+            None,
+            at,
+        );
+        let generated = generated.expect("a generated secret");
+        assert_eq!(s.secret, generated);
+        assert!(generated.starts_with("whsec_"), "{generated}");
+        assert_eq!(intentd_delivery::signing::check_secret(&generated), Ok(()));
+        // One stored before secrets were required, with none, gets one on its next upsert.
+        let mut legacy = s.clone();
+        legacy.secret = String::new();
+        let (again, fresh) = upserted(
+            parse_subscription(&valid()).unwrap(),
+            "o/w/a".into(),
+            Some(&legacy),
+            at,
+        );
+        assert_eq!(Some(again.secret), fresh);
     }
 
     #[test]
