@@ -86,8 +86,8 @@ pub(crate) struct AppState {
     /// Requests answered, by route and status: counted here because only the edge knows them.
     pub(crate) http_counts: Arc<routes::metrics::HttpCounts>,
     /// Per agent, a queue cursor below which no entry can ever be leased again, so a
-    /// long-poll receive does not rescan an agent's whole history (see `routes::receive`).
-    pub(crate) receive_marks: Arc<routes::receive::Marks>,
+    /// long-poll receive does not rescan an agent's whole history (see `routes::agents::receive`).
+    pub(crate) receive_marks: Arc<routes::agents::receive::Marks>,
 }
 
 /// The whole API as a router, apart from any listener so tests can drive it in process.

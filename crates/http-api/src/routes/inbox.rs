@@ -43,7 +43,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::agents_binding::agent_address;
+use super::agents::agent_address;
 use super::{claim, load_intent, now, read_barrier, write, write_intent};
 use crate::auth::Caller;
 use crate::error::ApiError;

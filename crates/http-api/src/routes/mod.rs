@@ -1,8 +1,7 @@
 //! The API's resources, one module each, merged into one router here; plus the few steps
 //! every intent route shares (loading an intent, proposing a change, idempotency claims).
 
-mod agents;
-mod agents_binding;
+pub(crate) mod agents;
 mod approvals;
 mod capabilities;
 mod cluster;
@@ -13,7 +12,6 @@ mod inbox;
 mod intents;
 mod keys;
 pub(crate) mod metrics;
-pub(crate) mod receive;
 mod scenarios;
 mod webhooks;
 
@@ -33,7 +31,7 @@ pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
         .merge(intents::router(config))
         .merge(events::router())
         .merge(agents::router(config))
-        .merge(receive::router(config))
+        .merge(agents::receive::router(config))
         .merge(deliveries::router(config))
         .merge(inbox::router(config))
         .merge(approvals::router(config))

@@ -40,7 +40,7 @@ use intentd_lifecycle::{AgentAddress, AgentConfig, Command, IntentCommand, NewIn
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::agents_binding::{agent_address, parse_binding_fields, BindingRequest, BINDING_FIELDS};
+use super::agents::{agent_address, parse_binding_fields, BindingRequest, BINDING_FIELDS};
 use super::{checked_url, claim, now, write, write_intent};
 use crate::auth::{bare, Caller};
 use crate::error::ApiError;

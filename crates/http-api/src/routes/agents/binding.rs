@@ -18,9 +18,9 @@ use intentd_lifecycle::AgentAddress;
 use intentd_lifecycle::{AgentConfig, Binding, Command, DEFAULT_ACK_TIMEOUT_SECS};
 use serde_json::{json, Map, Value};
 
-use super::{checked_url, now, write};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::routes::{checked_url, now, write};
 use crate::validate::{check_len, Body};
 use crate::{views, AppState};
 
@@ -179,14 +179,8 @@ pub(crate) fn parse_binding(body: &Value) -> Result<BindingRequest, ApiError> {
     parse_binding_fields(&b, None)
 }
 
-/// An agent address from a path or a body, under the one address rule, as the state keys it.
-pub(crate) fn agent_address(raw: &str) -> Result<String, ApiError> {
-    Ok(listen_address(raw)?.path().to_string())
-}
-
-/// How an agent receives, as the directory shows it (never the secret). An agent with no
-/// registration streams with the default lease, which is what it shows.
-/// The binding as the directory shows it. Where an HTTP agent is pushed to, and which secret
+/// How an agent receives, as the directory shows it (never the secret; an agent with no
+/// registration streams with the default lease, which is what it shows). Where an HTTP agent is pushed to, and which secret
 /// signs its pushes, is for the agent itself and admins (`reveal`): another agent's key
 /// reading them could aim at or impersonate that endpoint.
 pub(crate) fn binding_view(config: Option<&AgentConfig>, reveal: bool) -> Value {
@@ -239,11 +233,12 @@ pub(crate) async fn put_binding(
     let config = request.into_config(address.clone(), now());
     write(state, Command::RegisterAgent { config }).await?;
     tracing::info!(agent = %address, "agent binding registered");
-    super::agents::agent_answer(state, caller, address.path())
+    super::directory::agent_answer(state, caller, address.path())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::directory::agent_address;
     use super::*;
 
     fn parse(v: Value) -> Result<BindingRequest, ApiError> {

@@ -28,12 +28,12 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::agents_binding::agent_address;
-use super::{load_intent, now, write_intent};
+use super::directory::agent_address;
 use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
+use crate::routes::{load_intent, now, write_intent};
 use crate::validate::{path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
 
