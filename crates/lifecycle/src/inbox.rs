@@ -3,6 +3,7 @@
 //! feed so that clients can sync with `GET /v1/inbox/changes?since=N`.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::Timestamp;
@@ -62,4 +63,68 @@ pub struct InboxChange {
     pub thread_id: Uuid,
     pub kind: InboxChangeKind,
     pub at: Timestamp,
+}
+
+/// A person's decision on an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+impl Decision {
+    /// The `decision` value of the approvals schemas.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+        }
+    }
+
+    /// Outcome names this decision may go by, preferred first.
+    fn outcomes(self) -> &'static [&'static str] {
+        match self {
+            Decision::Approve => &["approved", "approve", "yes", "accept", "accepted"],
+            Decision::Reject => &["rejected", "reject", "no", "deny", "denied", "declined"],
+        }
+    }
+}
+
+/// The `outcome` a decision records: the first of its names the task allows, else its
+/// preferred name (which apply then refuses if the task restricts outcomes). The rule every
+/// edge that records a person's approve/reject goes by.
+pub fn outcome_for(decision: Decision, human_task: Option<&Value>) -> String {
+    let allowed: Vec<&str> = human_task
+        .and_then(|t| t.get("allowed_outcomes"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let names = decision.outcomes();
+    names
+        .iter()
+        .find(|n| allowed.iter().any(|a| a.eq_ignore_ascii_case(n)))
+        .map(|n| {
+            allowed
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(n))
+                .map_or(n.to_string(), |a| a.to_string())
+        })
+        .unwrap_or_else(|| names[0].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outcomes_follow_the_task() {
+        assert_eq!(outcome_for(Decision::Approve, None), "approved");
+        assert_eq!(outcome_for(Decision::Reject, None), "rejected");
+        let task = json!({"title": "t", "allowed_outcomes": ["Yes", "No"]});
+        assert_eq!(outcome_for(Decision::Approve, Some(&task)), "Yes");
+        assert_eq!(outcome_for(Decision::Reject, Some(&task)), "No");
+        let task = json!({"title": "t", "allowed_outcomes": ["ship", "hold"]});
+        assert_eq!(outcome_for(Decision::Approve, Some(&task)), "approved");
+    }
 }

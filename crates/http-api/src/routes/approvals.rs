@@ -1,7 +1,7 @@
 //! `POST /v1/approvals/{approval_id}/decision` `{"decision": "approve"|"reject",
 //! "comment"?}`: the approvals view of the inbox. An approval id is a thread id, which is
 //! the intent id; the decision resumes the intent exactly as the inbox's approve and reject
-//! do (see [`super::inbox::decide`]), so the `human_task` rules apply the same way.
+//! do (see [`super::inbox::decide`]; the outcome rule is `intentd_lifecycle::inbox::outcome_for`), so the `human_task` rules apply the same way.
 //! Answers `api.approvals.decision.response.v1.json`.
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -9,12 +9,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::inbox::{decide, Decision};
+use super::inbox::decide;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
+use intentd_lifecycle::inbox::Decision;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()

@@ -34,6 +34,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use intentd_delivery::intents::{change_scope, Written};
+use intentd_lifecycle::inbox::{outcome_for, Decision};
 use intentd_lifecycle::webhook::derived_id;
 use intentd_lifecycle::{
     same_address, Command, Event, InboxChange, InboxChangeKind, InboxThread, Intent, IntentCommand,
@@ -497,52 +498,6 @@ async fn delegate(
     Ok(Json(json!({ "ok": true, "thread": reread(&state, id)? })))
 }
 
-/// A person's decision on an approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
-    Approve,
-    Reject,
-}
-
-impl Decision {
-    /// The `decision` value of the approvals schemas.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Decision::Approve => "approve",
-            Decision::Reject => "reject",
-        }
-    }
-
-    /// Outcome names this decision may go by, preferred first.
-    fn outcomes(self) -> &'static [&'static str] {
-        match self {
-            Decision::Approve => &["approved", "approve", "yes", "accept", "accepted"],
-            Decision::Reject => &["rejected", "reject", "no", "deny", "denied", "declined"],
-        }
-    }
-}
-
-/// The `outcome` a decision records: the first of its names the task allows, else its
-/// preferred name (which apply then refuses if the task restricts outcomes: a 422).
-pub(crate) fn outcome_for(decision: Decision, human_task: Option<&Value>) -> String {
-    let allowed: Vec<&str> = human_task
-        .and_then(|t| t.get("allowed_outcomes"))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let names = decision.outcomes();
-    names
-        .iter()
-        .find(|n| allowed.iter().any(|a| a.eq_ignore_ascii_case(n)))
-        .map(|n| {
-            allowed
-                .iter()
-                .find(|a| a.eq_ignore_ascii_case(n))
-                .map_or(n.to_string(), |a| a.to_string())
-        })
-        .unwrap_or_else(|| names[0].to_string())
-}
-
 /// `{"comment"?}` of approve and reject (`null` allowed, as the gateway does).
 pub(crate) fn parse_comment(body: &Value, max: usize) -> Result<Option<String>, ApiError> {
     let b = Body::lenient(body)?;
@@ -948,17 +903,6 @@ mod tests {
             "invalid_request"
         );
         assert!(format_cursor(0).len() >= 3);
-    }
-
-    #[test]
-    fn outcomes_follow_the_task() {
-        assert_eq!(outcome_for(Decision::Approve, None), "approved");
-        assert_eq!(outcome_for(Decision::Reject, None), "rejected");
-        let task = json!({"title": "t", "allowed_outcomes": ["Yes", "No"]});
-        assert_eq!(outcome_for(Decision::Approve, Some(&task)), "Yes");
-        assert_eq!(outcome_for(Decision::Reject, Some(&task)), "No");
-        let task = json!({"title": "t", "allowed_outcomes": ["ship", "hold"]});
-        assert_eq!(outcome_for(Decision::Approve, Some(&task)), "approved");
     }
 
     #[test]
