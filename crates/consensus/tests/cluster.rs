@@ -127,6 +127,19 @@ fn create(id: Uuid) -> Command {
     }
 }
 
+/// Every node of `nodes` but the one with id `id`.
+fn others(nodes: &[Node], id: u64) -> Vec<&Node> {
+    nodes.iter().filter(|n| n.cluster.node_id() != id).collect()
+}
+
+/// Where the node with id `id` stands in `nodes`.
+fn index_of(nodes: &[Node], id: u64) -> usize {
+    nodes
+        .iter()
+        .position(|n| n.cluster.node_id() == id)
+        .unwrap()
+}
+
 fn created_id(reply: &Reply) -> Uuid {
     match reply {
         Reply::Intent { intent, .. } => intent.id,
@@ -139,10 +152,7 @@ async fn a_write_through_a_follower_is_forwarded_and_read_back_there() {
     let nodes = three_nodes().await;
     let all: Vec<&Node> = nodes.iter().collect();
     let leader_id = leader(&all).await;
-    let follower = nodes
-        .iter()
-        .find(|n| n.cluster.node_id() != leader_id)
-        .unwrap();
+    let follower = others(&nodes, leader_id)[0];
 
     // `write` answers once this node applied the entry: the read right after sees it.
     let id = Uuid::now_v7();
@@ -171,10 +181,7 @@ async fn a_rejection_through_a_follower_comes_back_as_the_same_rejection() {
     let nodes = three_nodes().await;
     let all: Vec<&Node> = nodes.iter().collect();
     let leader_id = leader(&all).await;
-    let follower = nodes
-        .iter()
-        .find(|n| n.cluster.node_id() != leader_id)
-        .unwrap();
+    let follower = others(&nodes, leader_id)[0];
     let id = Uuid::now_v7();
     follower.cluster.write_committed(create(id)).await.unwrap();
     match follower.cluster.write_committed(create(id)).await {
@@ -196,15 +203,9 @@ async fn writes_go_on_through_the_survivors_after_the_leader_stops() {
         acknowledged.push(id);
     }
 
-    let index = nodes
-        .iter()
-        .position(|n| n.cluster.node_id() == old_leader)
-        .unwrap();
+    let index = index_of(&nodes, old_leader);
     nodes[index].stop().await;
-    let survivors: Vec<&Node> = nodes
-        .iter()
-        .filter(|n| n.cluster.node_id() != old_leader)
-        .collect();
+    let survivors = others(&nodes, old_leader);
     let new_leader = leader(&survivors).await;
     assert_ne!(new_leader, old_leader);
 
@@ -235,9 +236,8 @@ async fn writes_racing_a_leader_loss_are_kept_refused_or_ambiguous() {
     let mut nodes = three_nodes().await;
     let all: Vec<&Node> = nodes.iter().collect();
     let old_leader = leader(&all).await;
-    let survivors: Vec<Cluster> = nodes
-        .iter()
-        .filter(|n| n.cluster.node_id() != old_leader)
+    let survivors: Vec<Cluster> = others(&nodes, old_leader)
+        .into_iter()
         .map(|n| n.cluster.clone())
         .collect();
 
@@ -273,18 +273,11 @@ async fn writes_racing_a_leader_loss_are_kept_refused_or_ambiguous() {
         .await
         .expect("writes flowed before the leader stopped")
         .unwrap();
-    let index = nodes
-        .iter()
-        .position(|n| n.cluster.node_id() == old_leader)
-        .unwrap();
+    let index = index_of(&nodes, old_leader);
     nodes[index].stop().await;
 
     // ... and go on until the survivors have a leader and took more writes.
-    let survivor_nodes: Vec<&Node> = nodes
-        .iter()
-        .filter(|n| n.cluster.node_id() != old_leader)
-        .collect();
-    leader(&survivor_nodes).await;
+    leader(&others(&nodes, old_leader)).await;
     let after = survivors[0].reader().applied_index();
     tokio::time::timeout(WAIT, applied.wait_for(|a| *a >= after + 20))
         .await
