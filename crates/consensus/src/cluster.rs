@@ -334,7 +334,7 @@ impl Cluster {
     /// it has rather than a 503 for a read.
     pub async fn settled(&self) {
         let index = self.inner.acknowledged.load(Ordering::Acquire);
-        if *self.inner.reader.subscribe().borrow() < index {
+        if self.inner.reader.applied_index() < index {
             self.await_applied(index).await;
         }
     }
