@@ -16,6 +16,7 @@
 
 mod error;
 mod fsutil;
+mod hot;
 mod keys;
 mod proposal;
 mod reader;

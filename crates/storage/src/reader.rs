@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::hot::Hot;
 use crate::keys;
 use crate::sm::SmShared;
 use crate::wake::{Waiter, WakeKey};
@@ -24,7 +25,8 @@ pub struct AgentSummary {
 
 /// A read-only view of the local state machine. Cheap to clone, usable from any task.
 ///
-/// Reads go straight to sled and never wait for an apply. Each single-key read sees an applied
+/// Reads go straight to sled (or to its in-memory mirror of the small families,
+/// [`crate::hot`]) and never wait for an apply. Each single-key read sees an applied
 /// batch entirely or not at all; a range read (events, queue) racing an apply may see part of
 /// it. [`StateReader::subscribe`] announces an index only once its whole batch is visible, so
 /// code that waits for index N and then reads sees everything up to N; the per-key waits
@@ -55,8 +57,35 @@ impl StateReader {
         StateReader { shared }
     }
 
+    /// The raw value under `key`: from the in-memory mirror for its families, else sled.
+    fn raw(&self, key: &[u8]) -> Result<Option<sled::IVec>, StorageError> {
+        if Hot::holds(key) {
+            return Ok(self.shared.hot().get(key));
+        }
+        Ok(self.shared.tree().get(key)?)
+    }
+
+    /// Every key and value under `prefix`, in key order, at most `limit`.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StorageError> {
+        if Hot::holds(prefix) {
+            let mut found = self.shared.hot().scan(prefix);
+            found.truncate(limit);
+            return Ok(found.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        }
+        Ok(self
+            .shared
+            .tree()
+            .scan_prefix(prefix)
+            .take(limit)
+            .collect::<Result<_, _>>()?)
+    }
+
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        self.shared.tree().get(key)?.map(|v| decode(&v)).transpose()
+        self.raw(key)?.map(|v| decode(&v)).transpose()
     }
 
     pub fn intent(&self, id: &Uuid) -> Result<Option<Intent>, StorageError> {
@@ -107,11 +136,9 @@ impl StateReader {
 
     /// Every agent address that has a queue, in byte order of the address.
     pub fn agents(&self) -> Result<Vec<AgentSummary>, StorageError> {
-        self.shared
-            .tree()
-            .scan_prefix([keys::CURSOR])
-            .map(|r| {
-                let (k, v) = r?;
+        self.scan(&[keys::CURSOR], usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
                 let address = std::str::from_utf8(&k[1..]).map_err(|_| bad_key(&k))?;
                 let last_cursor = keys::u64_value(&v).ok_or_else(|| bad_key(&k))?;
                 Ok(AgentSummary {
@@ -128,11 +155,9 @@ impl StateReader {
 
     /// `(hash, key)` of every API key, revoked ones included.
     pub fn api_keys(&self) -> Result<Vec<(String, ApiKey)>, StorageError> {
-        self.shared
-            .tree()
-            .scan_prefix([keys::API_KEY])
-            .map(|r| {
-                let (k, v) = r?;
+        self.scan(&[keys::API_KEY], usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
                 let hash = std::str::from_utf8(&k[1..]).map_err(|_| bad_key(&k))?;
                 Ok((hash.to_string(), decode(&v)?))
             })
@@ -281,9 +306,7 @@ impl StateReader {
     /// The newest `seq` of `owner`'s inbox change feed, 0 if none.
     pub fn inbox_cursor(&self, owner: &str) -> Result<u64, StorageError> {
         Ok(self
-            .shared
-            .tree()
-            .get(keys::inbox_cursor(normalize(owner)))?
+            .raw(&keys::inbox_cursor(normalize(owner)))?
             .and_then(|v| keys::u64_value(&v))
             .unwrap_or(0))
     }
@@ -325,11 +348,9 @@ impl StateReader {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<T>, StorageError> {
-        self.shared
-            .tree()
-            .scan_prefix(prefix)
-            .take(limit)
-            .map(|r| decode(&r?.1))
+        self.scan(prefix, limit)?
+            .iter()
+            .map(|(_, v)| decode(v))
             .collect()
     }
 
@@ -340,12 +361,10 @@ impl StateReader {
         prefix: &[u8],
         record: fn(&Uuid) -> Vec<u8>,
     ) -> Result<Vec<T>, StorageError> {
-        let tree = self.shared.tree();
         let mut out = Vec::new();
-        for r in tree.scan_prefix(prefix) {
-            let (k, _) = r?;
+        for (k, _) in self.scan(prefix, usize::MAX)? {
             let id = keys::trailing_uuid(&k).ok_or_else(|| bad_key(&k))?;
-            if let Some(v) = tree.get(record(&id))? {
+            if let Some(v) = self.raw(&record(&id))? {
                 out.push(decode(&v)?);
             }
         }
@@ -354,9 +373,7 @@ impl StateReader {
 
     pub fn intent_count(&self) -> Result<u64, StorageError> {
         Ok(self
-            .shared
-            .tree()
-            .get(keys::INTENT_COUNT)?
+            .raw(keys::INTENT_COUNT)?
             .and_then(|v| keys::u64_value(&v))
             .unwrap_or(0))
     }

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::fsutil::{self, DirLock};
+use crate::hot::Hot;
 use crate::reader::StateReader;
 use crate::snapshot::{self, Meta};
 use crate::wake::{Notifier, WakeKey};
@@ -57,6 +58,8 @@ pub(crate) struct SmShared {
     db: sled::Db,
     /// The live state tree, swapped whole by an install.
     tree: RwLock<(String, sled::Tree)>,
+    /// The live tree's small, hot record families, in memory (see [`crate::hot`]).
+    hot: Hot,
     /// Serialises everything that writes the live tree or must see it still: apply, the
     /// iteration of a snapshot build, the switch of an install.
     apply_lock: Mutex<()>,
@@ -162,6 +165,10 @@ impl SmShared {
         self.applied.load(Ordering::Acquire)
     }
 
+    pub(crate) fn hot(&self) -> &Hot {
+        &self.hot
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.watch.subscribe()
     }
@@ -192,7 +199,7 @@ impl SmShared {
     ) -> Result<Vec<Response>, StorageError> {
         let _guard = lock(&self.apply_lock);
         let tree = self.tree();
-        let view = BatchView::new(&tree);
+        let view = BatchView::new(&tree, &self.hot);
         let mut responses = Vec::with_capacity(entries.len());
         let mut last = None;
         let mut membership = None;
@@ -235,6 +242,11 @@ impl SmShared {
         if let Some(capture) = lock(&self.capture).as_mut() {
             capture.preserve(&tree, overlay.keys())?;
         }
+        let hot_writes: Vec<_> = overlay
+            .iter()
+            .filter(|(k, _)| Hot::holds(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut batch = sled::Batch::default();
         for (k, v) in overlay {
             match v {
@@ -247,6 +259,7 @@ impl SmShared {
             batch.insert(keys::MEMBERSHIP, serde_json::to_vec(&m)?);
         }
         tree.apply_batch(batch)?;
+        self.hot.apply(hot_writes.iter().map(|(k, v)| (k, v)));
         self.wakes.wake(&view.touched.into_inner());
         self.publish(Some(last));
         Ok(responses)
@@ -408,11 +421,15 @@ impl SmShared {
             fresh.apply_batch(batch)?;
             Ok(())
         })();
-        if let Err(e) = filled {
-            drop(fresh);
-            let _ = self.db.drop_tree(&name);
-            return Err(e);
-        }
+        let hot = filled.and_then(|()| Hot::load(&fresh));
+        let hot = match hot {
+            Ok(hot) => hot,
+            Err(e) => {
+                drop(fresh);
+                let _ = self.db.drop_tree(&name);
+                return Err(e);
+            }
+        };
 
         let _scan = lock(&self.scan_lock);
         let _guard = lock(&self.apply_lock);
@@ -421,6 +438,7 @@ impl SmShared {
             &mut *self.tree.write().unwrap_or_else(|p| p.into_inner()),
             (name, fresh),
         );
+        self.hot.replace(hot);
         self.db.drop_tree(&old.0)?;
         self.db.flush()?;
         self.publish(meta.last_log_id);
@@ -483,6 +501,7 @@ type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 /// The state as seen by one entry of a batch: sled plus the writes of the entries before it.
 struct BatchView<'a> {
     tree: &'a sled::Tree,
+    hot: &'a Hot,
     /// Writes of this batch so far; `None` is a removal.
     overlay: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// `StateView` cannot return errors; the first one is kept here and fails the batch.
@@ -492,9 +511,10 @@ struct BatchView<'a> {
 }
 
 impl<'a> BatchView<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
+    fn new(tree: &'a sled::Tree, hot: &'a Hot) -> Self {
         BatchView {
             tree,
+            hot,
             overlay: RefCell::new(BTreeMap::new()),
             error: RefCell::new(None),
             touched: RefCell::new(HashSet::new()),
@@ -505,6 +525,9 @@ impl<'a> BatchView<'a> {
         if let Some(v) = self.overlay.borrow().get(key) {
             return Ok(v.clone());
         }
+        if Hot::holds(key) {
+            return Ok(self.hot.get(key).map(|v| v.to_vec()));
+        }
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
@@ -512,9 +535,15 @@ impl<'a> BatchView<'a> {
     /// small per-owner and per-event indexes.
     fn scan(&self, prefix: &[u8]) -> Result<KeyValues, StorageError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for r in self.tree.scan_prefix(prefix) {
-            let (k, v) = r?;
-            merged.insert(k.to_vec(), Some(v.to_vec()));
+        if Hot::holds(prefix) {
+            for (k, v) in self.hot.scan(prefix) {
+                merged.insert(k, Some(v.to_vec()));
+            }
+        } else {
+            for r in self.tree.scan_prefix(prefix) {
+                let (k, v) = r?;
+                merged.insert(k.to_vec(), Some(v.to_vec()));
+            }
         }
         let overlay = self.overlay.borrow();
         for (k, v) in overlay
@@ -848,9 +877,11 @@ impl StateMachine {
             }
         };
         let (watch, _) = watch::channel(last.map_or(0, |l| l.index));
+        let hot = Hot::load(&tree)?;
         let shared = SmShared {
             db,
             tree: RwLock::new((name, tree)),
+            hot,
             apply_lock: Mutex::new(()),
             scan_lock: Mutex::new(()),
             capture: Mutex::new(None),

@@ -450,6 +450,52 @@ async fn snapshot_installed_into_a_fresh_store_reads_the_same() {
     assert!(matches!(single(&r[0]), Outcome::Applied(_)));
 }
 
+/// The small families apply and the edge read on every write are served from memory
+/// (`hot.rs`): an install must replace them whole, and a reopen must load them again.
+#[tokio::test]
+async fn an_install_replaces_the_in_memory_records_and_a_reopen_reloads_them() {
+    let ids: Vec<Uuid> = (1..=5).map(Uuid::from_u128).collect();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (_l, mut leader) = open(leader_dir.path());
+    populate(&mut leader, &ids).await;
+    leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    {
+        let (_f, mut follower) = open(follower_dir.path());
+        // A key only the follower has: the snapshot says it never existed.
+        follower
+            .apply([membership(1), entry(2, put_key(9))])
+            .await
+            .unwrap();
+        assert!(follower.reader().api_key("hash-9").unwrap().is_some());
+        install_current(&mut leader, &mut follower).await;
+        let r = follower.reader();
+        assert!(r.api_key("hash-9").unwrap().is_none());
+        assert!(r.api_key("hash-1").unwrap().is_some());
+        assert_eq!(dump(&r, &ids), dump(&leader.reader(), &ids));
+        // Apply reads the installed records too: the key the snapshot brought is revocable.
+        let next = leader.applied_state().await.unwrap().0.unwrap().index + 1;
+        let revoke = Command::RevokeApiKey {
+            id: Uuid::from_u128(1001),
+        };
+        let out = follower.apply([entry(next, revoke)]).await.unwrap();
+        assert!(matches!(single(&out[0]), Outcome::Applied(_)), "{out:?}");
+        assert!(r.api_key("hash-1").unwrap().unwrap().revoked);
+        follower.flush().await.unwrap();
+    }
+    let (_f, follower) = open(follower_dir.path());
+    let r = follower.reader();
+    assert!(r.api_key("hash-1").unwrap().unwrap().revoked);
+    assert!(r.api_key("hash-9").unwrap().is_none());
+    assert_eq!(r.api_keys().unwrap().len(), 2);
+    assert_eq!(r.intent_count().unwrap(), 7);
+}
+
 #[tokio::test]
 async fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     let ids: Vec<Uuid> = (1..=5).map(Uuid::from_u128).collect();
