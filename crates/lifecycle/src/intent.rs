@@ -27,7 +27,9 @@ pub struct PendingWith {
     pub reference: String,
 }
 
-/// An intent as the replicated state holds it.
+/// An intent as the replicated state holds it. Absent optional fields are left out of the
+/// stored record (and read back as absent): most are absent for most of an intent's life,
+/// and every record is written on each transition and read by every apply that touches it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intent {
     pub id: Uuid,
@@ -35,24 +37,35 @@ pub struct Intent {
     pub correlation_id: Uuid,
     pub from_agent: String,
     pub to_agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     pub payload: Value,
     pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<WaitingReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// How many times the intent has been handed to a consumer.
     pub delivery_attempt: u32,
     pub max_delivery_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remind_after_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remind_interval_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_reminders: Option<u32>,
     pub remind_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub human_task: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_with: Option<PendingWith>,
     /// Bumped by every accepted controls/policy patch and control-form resume; clients use it
     /// as a compare-and-set token.
@@ -67,27 +80,27 @@ pub struct Intent {
     /// Set when the intent failed because every delivery attempt was used up.
     pub dead_lettered: bool,
     /// The consumer currently holding the intent, while DELIVERED and unacknowledged.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     /// When the next `Deliver` (HTTP push or retry) or the `Release` of a delayed intent is
     /// due; only set while the intent waits for one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
     /// Delayed delivery as created.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliver_at: Option<Timestamp>,
     /// The dead-lettered intent this one replays.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_from: Option<Uuid>,
     /// When the next reminder is due, while WAITING_FOR_HUMAN.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_reminder_at: Option<Timestamp>,
     /// Set once the reminders ran out and the intent went to `escalate_to`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_to: Option<String>,
     /// Who answers for a WAITING_FOR_HUMAN intent now (normalized): the receiver at first,
     /// then whoever it was delegated or escalated to. `pending_with` follows it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox_owner: Option<String>,
 }
 
@@ -200,7 +213,69 @@ pub struct Event {
     pub status: Status,
     pub at: Timestamp,
     pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<WaitingReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
     pub details: Map<String, Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as releases before absent fields were left out stored it: every optional
+    /// field written as `null`.
+    fn record_with_nulls() -> Value {
+        serde_json::json!({
+            "id": "0190a6f0-0000-7000-8000-000000000001",
+            "intent_type": "payment.charge.v1",
+            "correlation_id": "0190a6f0-0000-7000-8000-000000000002",
+            "from_agent": "acme/sender",
+            "to_agent": "acme/payments",
+            "reply_to": null,
+            "payload": {"order_id": "42"},
+            "status": "SUBMITTED",
+            "waiting_reason": null,
+            "result": null,
+            "error": null,
+            "created_at": "2026-12-03T10:00:00Z",
+            "updated_at": "2026-12-03T10:00:00Z",
+            "delivery_attempt": 0,
+            "max_delivery_attempts": 5,
+            "deadline_at": null,
+            "remind_after_seconds": null,
+            "remind_interval_seconds": null,
+            "max_reminders": null,
+            "remind_count": 0,
+            "escalate_to": null,
+            "human_task": null,
+            "pending_with": null,
+            "policy_generation": 0,
+            "controls": {},
+            "grants": {},
+            "envelope": {},
+            "last_seq": 1,
+            "agent_cursor": 1,
+            "dead_lettered": false,
+            "lease": null,
+            "not_before": null,
+            "deliver_at": null,
+            "replayed_from": null,
+            "next_reminder_at": null,
+            "escalated_to": null,
+            "inbox_owner": null
+        })
+    }
+
+    #[test]
+    fn records_stored_with_nulls_still_read_and_absent_fields_are_left_out() {
+        let old: Intent = serde_json::from_value(record_with_nulls()).unwrap();
+        let stored = serde_json::to_value(&old).unwrap();
+        let fields = stored.as_object().unwrap();
+        assert!(fields.values().all(|v| !v.is_null()), "{stored}");
+        assert!(!fields.contains_key("deadline_at"));
+        let again: Intent = serde_json::from_value(stored).unwrap();
+        assert_eq!(again, old);
+    }
 }
