@@ -44,6 +44,21 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// A forwarded batch: a JSON array of commands, each read here (a payload apply could not
+/// read would stop every node on it) and kept with its text, which is what gets logged.
+fn read_batch(bytes: &[u8]) -> Result<Vec<(&RawValue, Command)>, Status> {
+    let parts: Vec<&RawValue> =
+        serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    parts
+        .into_iter()
+        .map(|part| {
+            let command = serde_json::from_str(part.get())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Ok((part, command))
+        })
+        .collect()
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
 }
@@ -166,14 +181,11 @@ impl RaftInternal for InternalService {
             return refuse(e);
         }
         let now = wall_micros();
-        let parts: Vec<&RawValue> =
-            serde_json::from_slice(&bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let parts = read_batch(&bytes)?;
         let mut outcomes: Vec<Option<Result<Outcome, ForwardError>>> = Vec::new();
         let mut accepted = Vec::with_capacity(parts.len());
-        for part in &parts {
-            let command: Command = serde_json::from_str(part.get())
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            match self.stamp_check(&command, now) {
+        for (part, command) in &parts {
+            match self.stamp_check(command, now) {
                 Ok(()) => {
                     accepted.push(part.get().to_owned());
                     outcomes.push(None);
@@ -233,5 +245,88 @@ impl RaftInternal for InternalService {
                 "this node could not confirm its leadership",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use uuid::Uuid;
+
+    use intentd_storage::{Proposal, TypeConfig};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(3, 1), index)
+    }
+
+    /// One valid message of each kind the internal plane decodes, tagged by its first byte.
+    fn seeds() -> Vec<Vec<u8>> {
+        let command = Command::RevokeApiKey {
+            id: Uuid::from_u128(7),
+        };
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(4)),
+            entries: vec![Entry {
+                log_id: log_id(5),
+                payload: EntryPayload::Normal(Proposal::single(&command).unwrap()),
+            }],
+            leader_commit: Some(log_id(4)),
+        };
+        let vote = VoteRequest::<u64>::new(Vote::new(4, 2), Some(log_id(5)));
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            meta: Default::default(),
+            offset: 0,
+            data: Vec::new(),
+            done: true,
+        };
+        let batch = format!("[{}]", Proposal::encode(&command).unwrap());
+        let tagged = |tag: u8, body: Vec<u8>| [vec![tag], body].concat();
+        vec![
+            tagged(0, serde_json::to_vec(&append).unwrap()),
+            tagged(1, serde_json::to_vec(&vote).unwrap()),
+            tagged(2, serde_json::to_vec(&snapshot).unwrap()),
+            tagged(3, batch.into_bytes()),
+            tagged(
+                4,
+                br#"{"AddLearner":{"node_id":4,"raft_addr":"127.0.0.1:7004"}}"#.to_vec(),
+            ),
+        ]
+    }
+
+    /// What a peer (or anything that reaches the internal port) sends is refused with a
+    /// status when it is not a valid message, never a panic; a forwarded command's stamp is
+    /// checked whatever time it names.
+    #[test]
+    fn fuzz_internal_messages() {
+        intentd_fuzz::fuzz("internal_plane", seeds(), |input| {
+            let Some((tag, body)) = input.split_first() else {
+                return;
+            };
+            match tag % 5 {
+                0 => drop(decode::<AppendEntriesRequest<TypeConfig>>(body)),
+                1 => drop(decode::<VoteRequest<u64>>(body)),
+                2 => drop(decode::<InstallSnapshotRequest<TypeConfig>>(body)),
+                3 => {
+                    if let Ok(parts) = read_batch(body) {
+                        for (_, command) in parts {
+                            if let Some(at) = command.stamped_at() {
+                                stamp_acceptable(
+                                    at.timestamp_micros(),
+                                    wall_micros(),
+                                    Duration::from_millis(500),
+                                    Duration::from_secs(20),
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => drop(decode::<MembershipChange>(body)),
+            }
+        });
     }
 }

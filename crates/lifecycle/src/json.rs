@@ -201,4 +201,22 @@ mod tests {
         assert!(parse(br#"{"f":1e30,"g":123456789012345678901234567890.5}"#).is_ok());
         assert!(parse(br#"{"s":"123456789012345678901234567890","t":"\\"}"#).is_ok());
     }
+
+    /// Every HTTP body and gRPC `*_json` field goes through this parser. On any bytes it
+    /// answers without panicking, and what it accepts serde_json reads as the same value
+    /// (it only refuses more: duplicate keys, integers beyond 64 bits).
+    #[test]
+    fn fuzz_strict_json() {
+        let seeds = vec![
+            br#"{"intent_type":"a.b.v1","to_agent":"agent://x/y","payload":{"n":[1,-2,3.5e-3,"\u00e9",true,null]}}"#.to_vec(),
+            br#"[{"a":{"b":{"c":[[[]]]}}},"\ud83d\ude00",18446744073709551615,-9223372036854775808]"#.to_vec(),
+        ];
+        intentd_fuzz::fuzz("strict_json", seeds, |bytes| {
+            if let Ok(value) = parse(bytes) {
+                let loose: Value = serde_json::from_slice(bytes)
+                    .unwrap_or_else(|e| panic!("accepted what serde_json refuses: {e}"));
+                assert_eq!(value, loose);
+            }
+        });
+    }
 }

@@ -107,4 +107,25 @@ mod tests {
     fn a_part_that_is_not_json_is_refused() {
         assert!(Proposal::join(["{\"RevokeApiKey\":"]).is_err());
     }
+
+    /// An entry's payload as a follower receives it: decoding refuses what is not a command
+    /// list and never panics.
+    #[test]
+    fn fuzz_proposal() {
+        let seed = Proposal::join(
+            [revoke(1), revoke(2)]
+                .iter()
+                .map(|c| Proposal::encode(c).unwrap())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        )
+        .unwrap();
+        let seeds = vec![seed.as_str().as_bytes().to_vec()];
+        intentd_fuzz::fuzz("proposal", seeds, |bytes| {
+            if let Ok(p) = serde_json::from_slice::<Proposal>(bytes) {
+                let _ = p.commands();
+            }
+        });
+    }
 }

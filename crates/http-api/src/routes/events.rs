@@ -163,4 +163,34 @@ mod tests {
             "invalid_request"
         );
     }
+
+    /// A reconnecting client's `Last-Event-ID` is whatever bytes it sends: a cursor is read
+    /// only from a plain decimal number, anything else is a 400, never a panic.
+    #[test]
+    fn fuzz_resume_cursor() {
+        let seeds = vec![
+            b"42".to_vec(),
+            b" 18446744073709551615 ".to_vec(),
+            b"-1".to_vec(),
+        ];
+        intentd_fuzz::fuzz("sse_cursor", seeds, |bytes| {
+            let Ok(value) = HeaderValue::from_bytes(bytes) else {
+                return;
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("last-event-id", value);
+            if let Ok(cursor) = resume_cursor(&headers, None) {
+                let text = std::str::from_utf8(bytes).unwrap().trim();
+                let digits = text.strip_prefix('+').unwrap_or(text);
+                assert!(digits.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
+                let significant = digits.trim_start_matches('0');
+                let expected = if significant.is_empty() {
+                    "0"
+                } else {
+                    significant
+                };
+                assert_eq!(cursor.to_string(), expected);
+            }
+        });
+    }
 }
