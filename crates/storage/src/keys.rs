@@ -23,6 +23,9 @@
 //! | `w` webhook event id (16)                       | WebhookEvent (JSON)           |
 //! | `v` webhook delivery id (16)                    | WebhookDelivery (JSON)        |
 //! | `r` event id (16) delivery id (16)              | empty: deliveries by event    |
+//! | `n` `events` / `idempotency` / `dead_letters`   | number of records (u64 BE)    |
+//! | `y` `retention`                                 | Retention (JSON)              |
+//! | `j` intent id (16) idempotency storage key      | empty: claims by intent       |
 //! | `m` `last_applied` / `membership`               | JSON; never in a snapshot     |
 //!
 //! Agents and owners are stored normalized (without `agent://`), as `intentd_lifecycle` hands
@@ -57,8 +60,13 @@ pub(crate) const OWNER_SUBSCRIPTION: u8 = b'p';
 pub(crate) const WEBHOOK_EVENT: u8 = b'w';
 pub(crate) const WEBHOOK_DELIVERY: u8 = b'v';
 pub(crate) const EVENT_DELIVERY: u8 = b'r';
+pub(crate) const INTENT_CLAIM: u8 = b'j';
 
 pub(crate) const INTENT_COUNT: &[u8] = b"nintents";
+pub(crate) const EVENT_COUNT: &[u8] = b"nevents";
+pub(crate) const IDEMPOTENCY_COUNT: &[u8] = b"nidempotency";
+pub(crate) const DEAD_LETTER_COUNT: &[u8] = b"ndead_letters";
+pub(crate) const RETENTION: &[u8] = b"yretention";
 pub(crate) const LAST_APPLIED: &[u8] = b"mlast_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"mmembership";
 
@@ -85,6 +93,18 @@ pub(crate) fn event(id: &Uuid, seq: u64) -> Vec<u8> {
 
 pub(crate) fn idempotency(storage_key: &str) -> Vec<u8> {
     with(IDEMPOTENCY, &[storage_key.as_bytes()])
+}
+
+/// The idempotency claims whose record points to `intent_id`, for its purge.
+pub(crate) fn intent_claims(intent_id: &Uuid) -> Vec<u8> {
+    with(INTENT_CLAIM, &[intent_id.as_bytes()])
+}
+
+pub(crate) fn intent_claim(intent_id: &Uuid, storage_key: &str) -> Vec<u8> {
+    with(
+        INTENT_CLAIM,
+        &[intent_id.as_bytes(), storage_key.as_bytes()],
+    )
 }
 
 /// The length prefix keeps one agent's queue from being a prefix of another's.
