@@ -30,6 +30,8 @@ struct MemState {
     webhook_events: BTreeMap<Uuid, WebhookEvent>,
     deliveries: BTreeMap<Uuid, WebhookDelivery>,
     retention: Retention,
+    /// The newest feed `seq` of each owner (feed entries of purged threads are removed).
+    feed_cursors: BTreeMap<String, u64>,
 }
 
 impl StateView for MemState {
@@ -65,10 +67,7 @@ impl StateView for MemState {
         self.threads.get(id).cloned()
     }
     fn inbox_cursor(&self, owner: &str) -> u64 {
-        self.changes
-            .range((owner.to_string(), 0)..=(owner.to_string(), u64::MAX))
-            .next_back()
-            .map_or(0, |((_, seq), _)| *seq)
+        self.feed_cursors.get(owner).copied().unwrap_or(0)
     }
     fn webhook_event(&self, id: &Uuid) -> Option<WebhookEvent> {
         self.webhook_events.get(id).cloned()
@@ -148,6 +147,7 @@ impl MemState {
                         self.inbox_cursor(&owner) + 1,
                         "inbox feed gapless"
                     );
+                    self.feed_cursors.insert(owner.clone(), change.seq);
                     self.changes.insert((owner, change.seq), change);
                 }
                 Write::Subscription(sub) => {
@@ -174,6 +174,7 @@ impl MemState {
                     self.queue.retain(|_, of| *of != id);
                     self.dead.remove(&id);
                     self.threads.remove(&id);
+                    self.changes.retain(|_, c| c.thread_id != id);
                     let gone: BTreeSet<Uuid> = self
                         .webhook_events
                         .values()
@@ -1815,6 +1816,7 @@ fn records_of(state: &MemState, id: Uuid) -> usize {
         + state.queue.values().filter(|of| **of == id).count()
         + usize::from(state.dead.contains_key(&id))
         + usize::from(state.threads.contains_key(&id))
+        + state.changes.values().filter(|c| c.thread_id == id).count()
         + state.due.iter().filter(|e| e.id == id).count()
         + state
             .webhook_events

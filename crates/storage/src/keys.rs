@@ -26,6 +26,7 @@
 //! | `n` `events` / `idempotency` / `dead_letters`   | number of records (u64 BE)    |
 //! | `y` `retention`                                 | Retention (JSON)              |
 //! | `j` intent id (16) idempotency storage key      | empty: claims by intent       |
+//! | `f` thread id (16) owner len (u32 BE) owner seq | empty: feed entries by thread |
 //! | `m` `last_applied` / `membership`               | JSON; never in a snapshot     |
 //!
 //! Agents and owners are stored normalized (without `agent://`), as `intentd_lifecycle` hands
@@ -61,6 +62,7 @@ pub(crate) const WEBHOOK_EVENT: u8 = b'w';
 pub(crate) const WEBHOOK_DELIVERY: u8 = b'v';
 pub(crate) const EVENT_DELIVERY: u8 = b'r';
 pub(crate) const INTENT_CLAIM: u8 = b'j';
+pub(crate) const THREAD_CHANGE: u8 = b'f';
 
 pub(crate) const INTENT_COUNT: &[u8] = b"nintents";
 pub(crate) const EVENT_COUNT: &[u8] = b"nevents";
@@ -213,6 +215,26 @@ pub(crate) fn inbox_change(owner: &str, seq: u64) -> Vec<u8> {
     let mut k = inbox_changes_of(owner);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The feed entries that name `thread_id`, in any owner's feed, for the thread's purge.
+pub(crate) fn thread_changes(thread_id: &Uuid) -> Vec<u8> {
+    with(THREAD_CHANGE, &[thread_id.as_bytes()])
+}
+
+pub(crate) fn thread_change(thread_id: &Uuid, owner: &str, seq: u64) -> Vec<u8> {
+    let mut k = thread_changes(thread_id);
+    k.extend_from_slice(&inbox_change(owner, seq)[1..]);
+    k
+}
+
+/// The owner's feed key that a `thread_change` key points to.
+pub(crate) fn inbox_change_of_thread_change(key: &[u8]) -> Option<Vec<u8>> {
+    let rest = key.get(1 + 16..)?;
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(INBOX_CHANGE);
+    k.extend_from_slice(rest);
+    Some(k)
 }
 
 pub(crate) fn inbox_cursor(owner: &str) -> Vec<u8> {

@@ -382,6 +382,27 @@ impl StateReader {
         Ok(self.get(keys::RETENTION)?.unwrap_or_default())
     }
 
+    /// Every key of the state (the `m` metadata aside) whose key or value names `id`, as raw
+    /// bytes or as text. It scans the whole state: for tests and diagnosis (does anything of
+    /// a purged intent remain?), never for serving.
+    #[doc(hidden)]
+    pub fn keys_mentioning(&self, id: &Uuid) -> Result<Vec<Vec<u8>>, StorageError> {
+        let raw = id.as_bytes().as_slice();
+        let text = id.to_string();
+        let names = |b: &[u8]| {
+            b.windows(raw.len()).any(|w| w == raw)
+                || b.windows(text.len()).any(|w| w == text.as_bytes())
+        };
+        let mut out = Vec::new();
+        for r in self.shared.tree().iter() {
+            let (k, v) = r?;
+            if k.first() != Some(&keys::META) && (names(&k) || names(&v)) {
+                out.push(k.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     fn counter(&self, key: &[u8]) -> Result<u64, StorageError> {
         Ok(self
             .shared

@@ -647,6 +647,14 @@ impl<'a> BatchView<'a> {
             self.remove(keys::owner_thread(&thread.owner, &thread.thread_id));
             self.remove(keys::thread(&id));
         }
+        // The thread's entries in its owners' change feeds leave gaps in their `seq`s;
+        // a feed reader pages by `seq` and never relied on them being dense.
+        for (k, _) in self.scan(&keys::thread_changes(&id))? {
+            if let Some(change) = keys::inbox_change_of_thread_change(&k) {
+                self.remove(change);
+            }
+            self.remove(k);
+        }
         Ok(())
     }
 
@@ -741,6 +749,10 @@ impl<'a> BatchView<'a> {
                     self.put(key, serde_json::to_vec(&thread)?);
                 }
                 Write::InboxChange { owner, change } => {
+                    self.put(
+                        keys::thread_change(&change.thread_id, &owner, change.seq),
+                        Vec::new(),
+                    );
                     self.put(
                         keys::inbox_change(&owner, change.seq),
                         serde_json::to_vec(&change)?,
