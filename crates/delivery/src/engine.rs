@@ -3,7 +3,8 @@
 //! Every node runs [`Engine::run`], but it only works while the node leads: the leader's state
 //! machine is the most current one, and one actor avoids two nodes pushing the same intent.
 //! It never changes state itself; it proposes commands (`ExpireLease`, `Deliver`,
-//! `DeliveryFailed`, `Release`, `TimeOut`, `Remind`, `WebhookDeliveryOutcome`) and apply
+//! `DeliveryFailed`, `Release`, `TimeOut`, `Remind`, `WebhookDeliveryOutcome`, `Purge`, and
+//! `SetRetention` once per leadership when its configuration differs) and apply
 //! decides. Whatever is nondeterministic (the clock, the backoff jitter) is decided here and
 //! carried in the command. The schedule lives only in the replicated due index, so a new
 //! leader reads it from the start and nothing is forgotten on failover.

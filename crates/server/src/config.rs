@@ -692,6 +692,57 @@ mod tests {
     }
 
     #[test]
+    fn retention_layers_parses_units_and_refuses_nonsense() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.retention.terminal_secs, DEFAULT_RETAIN_TERMINAL_SECS);
+        assert_eq!(
+            c.retention.dead_letter_secs,
+            DEFAULT_RETAIN_DEAD_LETTERS_SECS
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "retain_terminal_for = \"2h\"\nretain_dead_letters_for = \"off\"\n",
+        )
+        .unwrap();
+        let c = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (c.retention.terminal_secs, c.retention.dead_letter_secs),
+            (7200, 0)
+        );
+        let c = ServeArgs {
+            config: Some(path),
+            retain_terminal_for: Some("90s".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.retention.terminal_secs, 90);
+        assert!(c.describe().contains("retain_terminal_secs=90"));
+        for (spec, secs) in [("0", 0), ("5m", 300), ("3d", 259_200), ("1s", 1)] {
+            assert_eq!(parse_retention_secs("f", spec).unwrap(), secs, "{spec}");
+        }
+        for bad in ["", "7", "d", "7w", "-1d", "1.5h", "99999999999999999999d"] {
+            let args = ServeArgs {
+                retain_dead_letters_for: Some(bad.into()),
+                ..Default::default()
+            };
+            match args.resolve() {
+                Err(ConfigError::Invalid { field, .. }) => {
+                    assert_eq!(field, "retain_dead_letters_for", "{bad}")
+                }
+                other => panic!("{bad:?}: accepted {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn clock_offset_bounds_are_enforced() {
         for ms in [5, 60_001] {
             let args = ServeArgs {
