@@ -16,4 +16,5 @@ mod fidelity;
 mod grpc;
 mod intents;
 mod lifecycle;
+mod retention;
 mod streams;

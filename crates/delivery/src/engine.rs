@@ -3,7 +3,8 @@
 //! Every node runs [`Engine::run`], but it only works while the node leads: the leader's state
 //! machine is the most current one, and one actor avoids two nodes pushing the same intent.
 //! It never changes state itself; it proposes commands (`ExpireLease`, `Deliver`,
-//! `DeliveryFailed`, `Release`, `TimeOut`, `Remind`, `WebhookDeliveryOutcome`) and apply
+//! `DeliveryFailed`, `Release`, `TimeOut`, `Remind`, `WebhookDeliveryOutcome`, `Purge`, and
+//! `SetRetention` once per leadership when its configuration differs) and apply
 //! decides. Whatever is nondeterministic (the clock, the backoff jitter) is decided here and
 //! carried in the command. The schedule lives only in the replicated due index, so a new
 //! leader reads it from the start and nothing is forgotten on failover.
@@ -30,8 +31,8 @@ use uuid::Uuid;
 use intentd_consensus::{Cluster, ConsensusError};
 use intentd_lifecycle::{
     state_key, Binding, Command, DueEntry, DueKind, Intent, IntentCommand, Reply, Resolution,
-    Status, Subscription, Timestamp, WebhookDelivery, WebhookDeliveryStatus, WebhookEvent,
-    WebhookOutcome, DEFAULT_ACK_TIMEOUT_SECS,
+    Retention, Status, Subscription, Timestamp, WebhookDelivery, WebhookDeliveryStatus,
+    WebhookEvent, WebhookOutcome, DEFAULT_ACK_TIMEOUT_SECS,
 };
 
 use crate::backoff::Backoff;
@@ -70,6 +71,9 @@ pub struct EngineConfig {
     /// PEM certificates trusted for HTTPS pushes besides the bundled public roots (a
     /// private CA of the receivers).
     pub extra_roots_pem: Option<Arc<Vec<u8>>>,
+    /// The retention this node wants: a leader whose state holds another proposes it.
+    /// `None` leaves the state's retention alone (engine tests that set none).
+    pub retention: Option<Retention>,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +88,7 @@ impl Default for EngineConfig {
             max_in_flight: 256,
             batch: 128,
             extra_roots_pem: None,
+            retention: None,
         }
     }
 }
@@ -211,6 +216,7 @@ impl Engine {
             tracing::warn!(error = %e, "engine: waiting to catch up before dispatching");
             tokio::time::sleep(TRANSIENT_RETRY).await;
         }
+        self.agree_on_retention().await;
         let mut tasks: JoinSet<(DueEntry, Next)> = JoinSet::new();
         let mut holds: HashMap<DueEntry, Hold> = HashMap::new();
         let config = &self.shared.config;
@@ -313,6 +319,7 @@ impl Engine {
                 .await
             }
             DueKind::WebhookDelivery => self.webhook(entry.id).await,
+            DueKind::Purge => self.purge(entry.id).await,
         };
         match result {
             Ok(next) => next,
@@ -325,6 +332,54 @@ impl Engine {
                 Next::Until(Instant::now() + TRANSIENT_RETRY)
             }
         }
+    }
+
+    /// Makes the state's retention this node's configured one, once per leadership: the
+    /// purge times of intents are decided at apply from the replicated setting, so every
+    /// replica writes the same ones. Nodes configured differently hand the setting back and
+    /// forth as leadership moves; the README asks for one value on every node.
+    async fn agree_on_retention(&self) {
+        let Some(wanted) = self.shared.config.retention else {
+            return;
+        };
+        loop {
+            match self.shared.cluster.reader().retention() {
+                Ok(current) if current == wanted => return,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "engine: reading the retention"),
+            }
+            match self
+                .write(Command::SetRetention { retention: wanted })
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(?wanted, "retention set");
+                    return;
+                }
+                // Someone set it meanwhile (this node's earlier try that looked lost).
+                Err(Failure::Rejected(why)) => {
+                    tracing::debug!(%why, "engine: retention not set");
+                    return;
+                }
+                Err(Failure::Transient(why)) => {
+                    tracing::warn!(%why, "engine: setting the retention; trying again");
+                    tokio::time::sleep(TRANSIENT_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Purges an ended intent whose retention ran out. Apply checks the purge time against
+    /// this command's `at`, so a purge decided on a stale read is refused and changes nothing.
+    async fn purge(&self, id: Uuid) -> Result<Next, Failure> {
+        self.write(Command::Purge {
+            intent_id: id,
+            at: Utc::now(),
+        })
+        .await?;
+        self.shared.metrics.purged();
+        tracing::debug!("purged");
+        Ok(Next::Done)
     }
 
     /// Proposes a command, timing the commit.

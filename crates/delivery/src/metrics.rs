@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -83,6 +84,10 @@ struct Inner {
     engine_active: AtomicU64,
     /// The node's open agent streams, counted at render time.
     streams: OnceLock<StreamConsumers>,
+    /// The node's data directory, measured at render time (retention is meant to bound it).
+    data_dir: OnceLock<PathBuf>,
+    /// Intents this node's engine purged (retention).
+    purged: AtomicU64,
 }
 
 /// What the node counts, shared by the engine (writer) and `GET /metrics` (reader).
@@ -114,6 +119,16 @@ impl Metrics {
     /// an effect.
     pub fn bind_streams(&self, consumers: &StreamConsumers) {
         let _ = self.inner.streams.set(consumers.clone());
+    }
+
+    /// Lets `render` report the size of `dir` (the node's data directory). Only the first
+    /// call has an effect.
+    pub fn bind_data_dir(&self, dir: PathBuf) {
+        let _ = self.inner.data_dir.set(dir);
+    }
+
+    pub(crate) fn purged(&self) {
+        self.inner.purged.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One delivery outcome: `binding` as `Binding::mode` names it (`http`, `stream`...),
@@ -262,6 +277,20 @@ impl Metrics {
         );
         i.push_latency
             .render(&mut out, "intentd_push_latency_seconds", "");
+        counter(
+            &mut out,
+            "intentd_purged_intents_total",
+            "Ended intents this node's engine purged once their retention ran out.",
+            i.purged.load(Ordering::Relaxed),
+        );
+        if let Some(dir) = i.data_dir.get() {
+            gauge(
+                &mut out,
+                "intentd_data_dir_bytes",
+                "Bytes of the files in the node's data directory (WAL, snapshots, state machine).",
+                dir_bytes(dir),
+            );
+        }
         gauge(
             &mut out,
             "intentd_engine_active",
@@ -284,7 +313,39 @@ impl Metrics {
     }
 }
 
+/// The bytes of every file under `dir`, following no symlinks; what cannot be read (a file
+/// removed during the walk) counts as 0.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn render_cluster(out: &mut String, cluster: &Cluster) {
+    if let Ok(counts) = cluster.reader().record_counts() {
+        header(
+            out,
+            "intentd_records",
+            "gauge",
+            "Records in this node's state machine, by kind.",
+        );
+        for (kind, n) in [
+            ("intents", counts.intents),
+            ("events", counts.events),
+            ("idempotency_records", counts.idempotency_records),
+            ("dead_letters", counts.dead_letters),
+        ] {
+            let _ = writeln!(out, "intentd_records{{kind=\"{kind}\"}} {n}");
+        }
+    }
     let m = cluster.raft().metrics().borrow().clone();
     let applied = m.last_applied.map_or(0, |l| l.index);
     let last_log = m.last_log_index.unwrap_or(0);
@@ -366,6 +427,7 @@ pub(crate) fn kind_name(kind: DueKind) -> &'static str {
         DueKind::Deadline => "deadline",
         DueKind::Reminder => "reminder",
         DueKind::WebhookDelivery => "webhook_delivery",
+        DueKind::Purge => "purge",
     }
 }
 

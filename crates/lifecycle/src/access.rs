@@ -353,6 +353,8 @@ mod tests {
             next_reminder_at: None,
             escalated_to: None,
             inbox_owner: None,
+            purge_at: None,
+            earlier_cursors: Vec::new(),
         }
     }
 

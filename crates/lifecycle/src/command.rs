@@ -3,7 +3,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    AgentConfig, ApiKey, Subscription, Timestamp, WaitingReason, WebhookEvent, WebhookOutcome,
+    AgentConfig, ApiKey, Retention, Subscription, Timestamp, WaitingReason, WebhookEvent,
+    WebhookOutcome,
 };
 
 /// A change to the replicated state: the payload of one Raft log entry.
@@ -87,6 +88,19 @@ pub enum Command {
         event_id: Uuid,
         at: Timestamp,
     },
+    /// The cluster's retention from now on, proposed by a leader whose configuration differs
+    /// from the state's. Intents that end afterwards get their purge time from it.
+    SetRetention {
+        retention: Retention,
+    },
+    /// Removes a terminal intent whose `purge_at` is not after `at`, with everything kept for
+    /// it. Proposed by the leader's engine from the due index, one intent per command so an
+    /// entry's size stays bounded by what one intent holds. A purge that is no longer due
+    /// (the intent is gone or its purge time is after `at`) is a rejection.
+    Purge {
+        intent_id: Uuid,
+        at: Timestamp,
+    },
 }
 
 impl Command {
@@ -102,12 +116,14 @@ impl Command {
             | Command::InboxDeleteMessages { at, .. }
             | Command::RevokeSubscription { at, .. }
             | Command::WebhookDeliveryOutcome { at, .. }
-            | Command::ReplayWebhookEvent { at, .. } => Some(*at),
+            | Command::ReplayWebhookEvent { at, .. }
+            | Command::Purge { at, .. } => Some(*at),
             Command::PublishEvent { event } => Some(event.at),
             Command::PutApiKey { .. }
             | Command::RevokeApiKey { .. }
             | Command::RegisterAgent { .. }
-            | Command::UpsertSubscription { .. } => None,
+            | Command::UpsertSubscription { .. }
+            | Command::SetRetention { .. } => None,
         }
     }
 }

@@ -102,6 +102,16 @@ pub struct Intent {
     /// then whoever it was delegated or escalated to. `pending_with` follows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox_owner: Option<String>,
+    /// When retention removes the terminal intent and everything kept for it (see
+    /// [`crate::Retention`]). Set when it ends, from the retention the state held then;
+    /// `None` keeps it forever. The `Purge` due entry is derived from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<Timestamp>,
+    /// The queue cursors of the agent at which it was offered before `agent_cursor` (one per
+    /// re-enqueue, so at most `max_delivery_attempts`): a purge removes those queue entries
+    /// too, without scanning the agent's queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_cursors: Vec<u64>,
 }
 
 /// A delivery handed to one consumer: until `expires_at` nobody else gets the intent.

@@ -16,6 +16,7 @@ mod due;
 pub mod inbox;
 mod intent;
 pub mod json;
+mod retention;
 mod status;
 pub mod validate;
 pub mod webhook;
@@ -31,6 +32,7 @@ pub use command::{
 pub use due::{DeadLetter, DueEntry, DueKind};
 pub use inbox::{InboxChange, InboxChangeKind, InboxMessage, InboxThread, ThreadStatus};
 pub use intent::{new_intent_id, Event, EventType, Intent, Lease, PendingWith, PendingWithKind};
+pub use retention::Retention;
 pub use status::{Status, WaitingReason};
 pub use webhook::{
     Subscription, WebhookCounters, WebhookDelivery, WebhookDeliveryStatus, WebhookEvent,

@@ -29,6 +29,9 @@ struct MemState {
     subs: BTreeMap<Uuid, Subscription>,
     webhook_events: BTreeMap<Uuid, WebhookEvent>,
     deliveries: BTreeMap<Uuid, WebhookDelivery>,
+    retention: Retention,
+    /// The newest feed `seq` of each owner (feed entries of purged threads are removed).
+    feed_cursors: BTreeMap<String, u64>,
 }
 
 impl StateView for MemState {
@@ -64,10 +67,7 @@ impl StateView for MemState {
         self.threads.get(id).cloned()
     }
     fn inbox_cursor(&self, owner: &str) -> u64 {
-        self.changes
-            .range((owner.to_string(), 0)..=(owner.to_string(), u64::MAX))
-            .next_back()
-            .map_or(0, |((_, seq), _)| *seq)
+        self.feed_cursors.get(owner).copied().unwrap_or(0)
     }
     fn webhook_event(&self, id: &Uuid) -> Option<WebhookEvent> {
         self.webhook_events.get(id).cloned()
@@ -84,6 +84,9 @@ impl StateView for MemState {
     }
     fn dead_letter(&self, id: &Uuid) -> Option<DeadLetter> {
         self.dead.get(id).cloned()
+    }
+    fn retention(&self) -> Retention {
+        self.retention
     }
 }
 
@@ -144,6 +147,7 @@ impl MemState {
                         self.inbox_cursor(&owner) + 1,
                         "inbox feed gapless"
                     );
+                    self.feed_cursors.insert(owner.clone(), change.seq);
                     self.changes.insert((owner, change.seq), change);
                 }
                 Write::Subscription(sub) => {
@@ -155,6 +159,45 @@ impl MemState {
                 }
                 Write::WebhookDelivery(d) => {
                     self.deliveries.insert(d.delivery_id, *d);
+                }
+                Write::Retention(r) => self.retention = r,
+                // The model finds what belongs to the intent by looking at everything, so a
+                // record the store's per-intent keys would miss shows up as left behind.
+                Write::Purge(i) => {
+                    let id = i.id;
+                    assert!(
+                        self.intents.remove(&id).is_some(),
+                        "purged a missing intent"
+                    );
+                    self.events.retain(|(of, _), _| *of != id);
+                    self.idem.retain(|_, r| r.intent_id != id);
+                    self.queue.retain(|_, of| *of != id);
+                    self.dead.remove(&id);
+                    self.threads.remove(&id);
+                    self.changes.retain(|_, c| c.thread_id != id);
+                    let gone: BTreeSet<Uuid> = self
+                        .webhook_events
+                        .values()
+                        .filter(|e| e.payload["intent_id"] == json!(id))
+                        .map(|e| e.event_id)
+                        .collect();
+                    self.webhook_events.retain(|e, _| !gone.contains(e));
+                    let dropped: Vec<WebhookDelivery> = self
+                        .deliveries
+                        .values()
+                        .filter(|d| gone.contains(&d.event_id))
+                        .cloned()
+                        .collect();
+                    for d in dropped {
+                        self.deliveries.remove(&d.delivery_id);
+                        if let Some(at) = d.next_attempt_at {
+                            self.due.remove(&DueEntry {
+                                at,
+                                kind: DueKind::WebhookDelivery,
+                                id: d.delivery_id,
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -507,6 +550,9 @@ fn allowed_step(prev: Status, event: &Event) -> bool {
 fn expected_due(i: &Intent) -> BTreeSet<(DueKind, DateTime<Utc>)> {
     let mut out = BTreeSet::new();
     if i.status.is_terminal() {
+        if let Some(t) = i.purge_at {
+            out.insert((DueKind::Purge, t));
+        }
         return out;
     }
     if let Some(l) = &i.lease {
@@ -1760,4 +1806,171 @@ fn idempotency_holds_across_any_skew_the_clock_fence_admits() {
             "skew {skew} ms: one key, two intents"
         );
     }
+}
+
+/// Everything `state` holds for intent `id`, to compare before and after a purge.
+fn records_of(state: &MemState, id: Uuid) -> usize {
+    usize::from(state.intents.contains_key(&id))
+        + state.events.keys().filter(|(of, _)| *of == id).count()
+        + state.idem.values().filter(|r| r.intent_id == id).count()
+        + state.queue.values().filter(|of| **of == id).count()
+        + usize::from(state.dead.contains_key(&id))
+        + usize::from(state.threads.contains_key(&id))
+        + state.changes.values().filter(|c| c.thread_id == id).count()
+        + state.due.iter().filter(|e| e.id == id).count()
+        + state
+            .webhook_events
+            .values()
+            .filter(|e| e.payload["intent_id"] == json!(id))
+            .count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// The purge rule. Whatever history an intent had, `Purge` at `at` is accepted exactly
+    /// when the intent has ended and its purge time (the end plus the terminal retention, or
+    /// the dead-letter retention for a dead letter; 0 keeps it forever) is not after `at`.
+    /// An accepted purge leaves nothing of the intent (events, idempotency claim, every
+    /// queue entry it ever had, dead letter, inbox thread, webhook records, due entries) and
+    /// nothing of the other intent changes; a refused purge changes nothing at all.
+    #[test]
+    fn purge_removes_exactly_an_ended_intent_whose_retention_ran_out(
+        steps in prop::collection::vec(step(), 0..30),
+        setup in setup(),
+        webhooks in any::<bool>(),
+        reply_to in any::<bool>(),
+        terminal_secs in prop_oneof![1 => Just(0u64), 4 => 1u64..100],
+        dead_letter_secs in prop_oneof![1 => Just(0u64), 4 => 1u64..100],
+        offset in -5i64..200,
+    ) {
+        let (id, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut state = MemState::default();
+        let retention = Retention { terminal_secs, dead_letter_secs };
+        if retention != Retention::default() {
+            state.run(&Command::SetRetention { retention }).unwrap();
+        }
+        match setup {
+            Setup::Http => register(&mut state, http()),
+            Setup::Inbox => register(&mut state, Binding::Inbox),
+            Setup::Stream | Setup::Delayed => {}
+        }
+        if webhooks {
+            subscribe(&mut state, 1, SENDER, &["intent.*"]);
+        }
+        let mut new = new_intent(id, 2, None);
+        if let Setup::Delayed = setup {
+            new.deliver_at = Some(t0() + Duration::seconds(10));
+        }
+        if reply_to {
+            new.reply_to = Some("agent://acme/prod/sender".into());
+        }
+        state.run(&Command::Intent {
+            command: IntentCommand::Create { intent: new, at: t0() },
+            idempotency: Some(IdempotencyClaim {
+                scope: "k1".into(),
+                key: "order-1".into(),
+                request_hash: "h".into(),
+                expires_at: t0() + Duration::hours(24),
+            }),
+        }).unwrap();
+        create_with(&mut state, new_intent(other, 2, None));
+        for (i, s) in steps.iter().enumerate() {
+            let cmd = command_for(&state, id, s, i as i64 + 1);
+            let _ = state.run(&cmd);
+        }
+        let intent = state.intents[&id].clone();
+        // Every queue entry of the intent is one the purge can name without a scan.
+        let named: BTreeSet<u64> = intent.earlier_cursors.iter().copied()
+            .chain((intent.agent_cursor != 0).then_some(intent.agent_cursor)).collect();
+        let queued: BTreeSet<u64> = state.queue.iter()
+            .filter(|(_, of)| **of == id).map(|((_, c), _)| *c).collect();
+        prop_assert_eq!(named, queued);
+
+        let ended = state.events_of(id).last().unwrap().at;
+        let secs = if intent.dead_lettered { dead_letter_secs } else { terminal_secs };
+        let purge_at = (intent.status.is_terminal() && secs > 0)
+            .then(|| ended + Duration::seconds(secs as i64));
+        prop_assert_eq!(intent.purge_at, purge_at);
+        let at = purge_at.unwrap_or(ended) + Duration::seconds(offset);
+        let before = state.clone();
+        let other_before = records_of(&state, other);
+        let outcome = state.run(&Command::Purge { intent_id: id, at });
+        if purge_at.is_some_and(|p| p <= at) {
+            prop_assert_eq!(outcome, Ok(Reply::Done));
+            prop_assert_eq!(records_of(&state, id), 0, "left behind: {:?}", state);
+            prop_assert_eq!(records_of(&state, other), other_before);
+            prop_assert_eq!(&state.intents[&other], &before.intents[&other]);
+            // Purging again is refused: the intent is gone.
+            prop_assert_eq!(
+                state.run(&Command::Purge { intent_id: id, at }),
+                Err(Rejection::NotFound(id))
+            );
+        } else {
+            prop_assert!(outcome.is_err(), "{outcome:?}");
+            prop_assert_eq!(&state, &before, "a refused purge changed the state");
+        }
+    }
+}
+
+#[test]
+fn a_replayed_dead_letter_is_kept_like_any_ended_intent_from_the_replay() {
+    let id = Uuid::from_u128(1);
+    let mut state = MemState::default();
+    let retention = Retention {
+        terminal_secs: 10,
+        dead_letter_secs: 1000,
+    };
+    state.run(&Command::SetRetention { retention }).unwrap();
+    assert!(
+        state.run(&Command::SetRetention { retention }).is_err(),
+        "setting the same retention again is refused"
+    );
+    create_with(&mut state, new_intent(id, 1, None));
+    let failed = t0() + Duration::seconds(5);
+    state
+        .intent_cmd(IntentCommand::Deliver {
+            intent_id: id,
+            expected_attempt: 0,
+            consumer: "c".into(),
+            lease_until: failed,
+            at: t0(),
+        })
+        .unwrap();
+    state
+        .intent_cmd(IntentCommand::ExpireLease {
+            intent_id: id,
+            attempt: 1,
+            retry_at: failed,
+            at: failed,
+        })
+        .unwrap();
+    assert!(state.intents[&id].dead_lettered);
+    let kept = failed + Duration::seconds(1000);
+    assert_eq!(state.due_of(id), BTreeSet::from([(DueKind::Purge, kept)]));
+    let replayed = failed + Duration::seconds(50);
+    state
+        .intent_cmd(IntentCommand::Replay {
+            intent_id: id,
+            new_intent_id: Uuid::from_u128(3),
+            at: replayed,
+        })
+        .unwrap();
+    let kept = replayed + Duration::seconds(10);
+    assert_eq!(state.intents[&id].purge_at, Some(kept));
+    assert_eq!(state.due_of(id), BTreeSet::from([(DueKind::Purge, kept)]));
+    assert!(state
+        .run(&Command::Purge {
+            intent_id: id,
+            at: kept - Duration::milliseconds(1)
+        })
+        .is_err());
+    state
+        .run(&Command::Purge {
+            intent_id: id,
+            at: kept,
+        })
+        .unwrap();
+    assert!(!state.intents.contains_key(&id) && !state.dead.contains_key(&id));
+    assert!(state.intents.contains_key(&Uuid::from_u128(3)));
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use intentd_delivery::AllowList;
 use intentd_http_api::ConnLimits;
+use intentd_lifecycle::Retention;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +130,16 @@ pub struct ServeArgs {
     /// 503 [default: 16384].
     #[arg(long, env = "INTENTD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// How long an ended intent (with its events, inbox thread, idempotency claims, queue
+    /// entries and webhook deliveries) is kept before it is purged: a number with s, m, h or
+    /// d, or `off` (or 0) to keep it forever [default: 7d]. The leader's value is the
+    /// cluster's: set the same on every node.
+    #[arg(long, env = "INTENTD_RETAIN_TERMINAL_FOR")]
+    pub retain_terminal_for: Option<String>,
+    /// How long a dead-lettered intent that was not replayed is kept, same form [default:
+    /// 30d]. A replayed one is kept like any ended intent from the replay on.
+    #[arg(long, env = "INTENTD_RETAIN_DEAD_LETTERS_FOR")]
+    pub retain_dead_letters_for: Option<String>,
     /// TEST-ONLY (jepsen harness): acknowledge Raft log appends without fdatasync, so a power
     /// loss can lose acknowledged writes. Hidden; never use it outside the chaos harness.
     #[arg(long, hide = true)]
@@ -164,6 +175,8 @@ struct FileConfig {
     body_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    retain_terminal_for: Option<String>,
+    retain_dead_letters_for: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +217,45 @@ pub struct Config {
     pub unsafe_skip_log_fsync: bool,
     /// Bounds on what clients send and how many connections they hold (public ports).
     pub connections: ConnLimits,
+    /// How long ended intents are kept (0: forever); the leader makes it the cluster's.
+    pub retention: Retention,
+}
+
+/// Seven days: a week to look at how an intent ended, well past the 24 h idempotency window
+/// (a purge frees the intent's idempotency keys).
+pub const DEFAULT_RETAIN_TERMINAL_SECS: u64 = 7 * 24 * 3600;
+/// Thirty days: dead letters wait for a person to look at and replay them.
+pub const DEFAULT_RETAIN_DEAD_LETTERS_SECS: u64 = 30 * 24 * 3600;
+
+/// A retention period: `off` or `0` (forever), or a whole number with `s`, `m`, `h` or `d`.
+pub fn parse_retention_secs(field: &'static str, spec: &str) -> Result<u64, ConfigError> {
+    let spec = spec.trim();
+    if spec == "off" || spec == "0" {
+        return Ok(0);
+    }
+    let split = spec
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| invalid(field, format!("{spec:?} has no unit (s, m, h or d)")))?;
+    let (number, unit) = spec.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| invalid(field, format!("{spec:?} is not a number with a unit")))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        other => {
+            return Err(invalid(
+                field,
+                format!("unknown unit {other:?} (s, m, h or d)"),
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .filter(|secs| i64::try_from(*secs).is_ok())
+        .ok_or_else(|| invalid(field, format!("{spec:?} is too long")))
 }
 
 impl ServeArgs {
@@ -232,7 +284,29 @@ impl ServeArgs {
             .unwrap_or_default();
         let delivery_allow_hosts = AllowList::parse(&allow_spec)
             .map_err(|e| invalid("delivery_allow_hosts", e.to_string()))?;
+        let retain = |flag: Option<String>,
+                      file: Option<String>,
+                      field: &'static str,
+                      default: u64| match flag.or(file) {
+            Some(spec) => parse_retention_secs(field, &spec),
+            None => Ok(default),
+        };
+        let retention = Retention {
+            terminal_secs: retain(
+                self.retain_terminal_for,
+                file.retain_terminal_for,
+                "retain_terminal_for",
+                DEFAULT_RETAIN_TERMINAL_SECS,
+            )?,
+            dead_letter_secs: retain(
+                self.retain_dead_letters_for,
+                file.retain_dead_letters_for,
+                "retain_dead_letters_for",
+                DEFAULT_RETAIN_DEAD_LETTERS_SECS,
+            )?,
+        };
         let config = Config {
+            retention,
             data_dir: self
                 .data_dir
                 .or(file.data_dir)
@@ -433,7 +507,7 @@ impl Config {
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?} header_timeout={:?} body_timeout={:?} idle_timeout={:?} max_connections={}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?} header_timeout={:?} body_timeout={:?} idle_timeout={:?} max_connections={} retain_terminal_secs={} retain_dead_letters_secs={}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
@@ -458,6 +532,8 @@ impl Config {
             self.connections.body_timeout,
             self.connections.idle_timeout,
             self.connections.max_connections,
+            self.retention.terminal_secs,
+            self.retention.dead_letter_secs,
         )
     }
 }
@@ -611,6 +687,57 @@ mod tests {
             match args.resolve() {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: accepted {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn retention_layers_parses_units_and_refuses_nonsense() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.retention.terminal_secs, DEFAULT_RETAIN_TERMINAL_SECS);
+        assert_eq!(
+            c.retention.dead_letter_secs,
+            DEFAULT_RETAIN_DEAD_LETTERS_SECS
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "retain_terminal_for = \"2h\"\nretain_dead_letters_for = \"off\"\n",
+        )
+        .unwrap();
+        let c = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (c.retention.terminal_secs, c.retention.dead_letter_secs),
+            (7200, 0)
+        );
+        let c = ServeArgs {
+            config: Some(path),
+            retain_terminal_for: Some("90s".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.retention.terminal_secs, 90);
+        assert!(c.describe().contains("retain_terminal_secs=90"));
+        for (spec, secs) in [("0", 0), ("5m", 300), ("3d", 259_200), ("1s", 1)] {
+            assert_eq!(parse_retention_secs("f", spec).unwrap(), secs, "{spec}");
+        }
+        for bad in ["", "7", "d", "7w", "-1d", "1.5h", "99999999999999999999d"] {
+            let args = ServeArgs {
+                retain_dead_letters_for: Some(bad.into()),
+                ..Default::default()
+            };
+            match args.resolve() {
+                Err(ConfigError::Invalid { field, .. }) => {
+                    assert_eq!(field, "retain_dead_letters_for", "{bad}")
+                }
+                other => panic!("{bad:?}: accepted {other:?}"),
             }
         }
     }

@@ -88,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Every node runs the engine; it only works while its node leads.
     let metrics = Metrics::new();
+    metrics.bind_data_dir(config.data_dir.clone());
     let engine = Engine::new(
         cluster.clone(),
         EngineConfig {
@@ -99,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             request_timeout: config.delivery_timeout,
             default_ack_timeout_secs: config.ack_timeout_secs,
             extra_roots_pem: config.delivery_ca_pem.clone().map(Arc::new),
+            retention: Some(config.retention),
             ..EngineConfig::default()
         },
         metrics.clone(),

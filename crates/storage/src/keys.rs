@@ -23,6 +23,10 @@
 //! | `w` webhook event id (16)                       | WebhookEvent (JSON)           |
 //! | `v` webhook delivery id (16)                    | WebhookDelivery (JSON)        |
 //! | `r` event id (16) delivery id (16)              | empty: deliveries by event    |
+//! | `n` `events` / `idempotency` / `dead_letters`   | number of records (u64 BE)    |
+//! | `y` `retention`                                 | Retention (JSON)              |
+//! | `j` intent id (16) idempotency storage key      | empty: claims by intent       |
+//! | `f` thread id (16) owner len (u32 BE) owner seq | empty: feed entries by thread |
 //! | `m` `last_applied` / `membership`               | JSON; never in a snapshot     |
 //!
 //! Agents and owners are stored normalized (without `agent://`), as `intentd_lifecycle` hands
@@ -57,8 +61,14 @@ pub(crate) const OWNER_SUBSCRIPTION: u8 = b'p';
 pub(crate) const WEBHOOK_EVENT: u8 = b'w';
 pub(crate) const WEBHOOK_DELIVERY: u8 = b'v';
 pub(crate) const EVENT_DELIVERY: u8 = b'r';
+pub(crate) const INTENT_CLAIM: u8 = b'j';
+pub(crate) const THREAD_CHANGE: u8 = b'f';
 
 pub(crate) const INTENT_COUNT: &[u8] = b"nintents";
+pub(crate) const EVENT_COUNT: &[u8] = b"nevents";
+pub(crate) const IDEMPOTENCY_COUNT: &[u8] = b"nidempotency";
+pub(crate) const DEAD_LETTER_COUNT: &[u8] = b"ndead_letters";
+pub(crate) const RETENTION: &[u8] = b"yretention";
 pub(crate) const LAST_APPLIED: &[u8] = b"mlast_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"mmembership";
 
@@ -85,6 +95,18 @@ pub(crate) fn event(id: &Uuid, seq: u64) -> Vec<u8> {
 
 pub(crate) fn idempotency(storage_key: &str) -> Vec<u8> {
     with(IDEMPOTENCY, &[storage_key.as_bytes()])
+}
+
+/// The idempotency claims whose record points to `intent_id`, for its purge.
+pub(crate) fn intent_claims(intent_id: &Uuid) -> Vec<u8> {
+    with(INTENT_CLAIM, &[intent_id.as_bytes()])
+}
+
+pub(crate) fn intent_claim(intent_id: &Uuid, storage_key: &str) -> Vec<u8> {
+    with(
+        INTENT_CLAIM,
+        &[intent_id.as_bytes(), storage_key.as_bytes()],
+    )
 }
 
 /// The length prefix keeps one agent's queue from being a prefix of another's.
@@ -193,6 +215,26 @@ pub(crate) fn inbox_change(owner: &str, seq: u64) -> Vec<u8> {
     let mut k = inbox_changes_of(owner);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The feed entries that name `thread_id`, in any owner's feed, for the thread's purge.
+pub(crate) fn thread_changes(thread_id: &Uuid) -> Vec<u8> {
+    with(THREAD_CHANGE, &[thread_id.as_bytes()])
+}
+
+pub(crate) fn thread_change(thread_id: &Uuid, owner: &str, seq: u64) -> Vec<u8> {
+    let mut k = thread_changes(thread_id);
+    k.extend_from_slice(&inbox_change(owner, seq)[1..]);
+    k
+}
+
+/// The owner's feed key that a `thread_change` key points to.
+pub(crate) fn inbox_change_of_thread_change(key: &[u8]) -> Option<Vec<u8>> {
+    let rest = key.get(1 + 16..)?;
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(INBOX_CHANGE);
+    k.extend_from_slice(rest);
+    Some(k)
 }
 
 pub(crate) fn inbox_cursor(owner: &str) -> Vec<u8> {

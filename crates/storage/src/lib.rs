@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::StorageError;
 pub use proposal::Proposal;
-pub use reader::{AgentSummary, StateReader};
+pub use reader::{AgentSummary, RecordCounts, StateReader};
 pub use sm::StateMachine;
 pub use wake::{Closed, Waiter};
 pub use wal::{LogStore, WalStats};

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use intentd_lifecycle::{
     state_key as normalize, AgentConfig, ApiKey, DeadLetter, DueEntry, Event, InboxChange,
-    InboxThread, Intent, Subscription, Timestamp, WebhookDelivery, WebhookEvent,
+    InboxThread, Intent, Retention, Subscription, Timestamp, WebhookDelivery, WebhookEvent,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -10,6 +10,15 @@ use uuid::Uuid;
 
 use crate::hot::Hot;
 use crate::keys;
+
+/// Record counts of the state, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub intents: u64,
+    pub events: u64,
+    pub idempotency_records: u64,
+    pub dead_letters: u64,
+}
 use crate::sm::SmShared;
 use crate::wake::{Waiter, WakeKey};
 use crate::StorageError;
@@ -372,8 +381,50 @@ impl StateReader {
     }
 
     pub fn intent_count(&self) -> Result<u64, StorageError> {
+        self.counter(keys::INTENT_COUNT)
+    }
+
+    /// How many records of each kind the state holds, from counters apply keeps in step
+    /// (reading them costs four lookups, whatever the size of the state). Records written
+    /// by a version that kept no counter for their kind are not counted.
+    pub fn record_counts(&self) -> Result<RecordCounts, StorageError> {
+        Ok(RecordCounts {
+            intents: self.counter(keys::INTENT_COUNT)?,
+            events: self.counter(keys::EVENT_COUNT)?,
+            idempotency_records: self.counter(keys::IDEMPOTENCY_COUNT)?,
+            dead_letters: self.counter(keys::DEAD_LETTER_COUNT)?,
+        })
+    }
+
+    /// The retention the cluster last agreed on (keep forever if never set).
+    pub fn retention(&self) -> Result<Retention, StorageError> {
+        Ok(self.get(keys::RETENTION)?.unwrap_or_default())
+    }
+
+    /// Every key of the state (the `m` metadata aside) whose key or value names `id`, as raw
+    /// bytes or as text. It scans the whole state: for tests and diagnosis (does anything of
+    /// a purged intent remain?), never for serving.
+    #[doc(hidden)]
+    pub fn keys_mentioning(&self, id: &Uuid) -> Result<Vec<Vec<u8>>, StorageError> {
+        let raw = id.as_bytes().as_slice();
+        let text = id.to_string();
+        let names = |b: &[u8]| {
+            b.windows(raw.len()).any(|w| w == raw)
+                || b.windows(text.len()).any(|w| w == text.as_bytes())
+        };
+        let mut out = Vec::new();
+        for r in self.shared.tree().iter() {
+            let (k, v) = r?;
+            if k.first() != Some(&keys::META) && (names(&k) || names(&v)) {
+                out.push(k.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<u64, StorageError> {
         Ok(self
-            .raw(keys::INTENT_COUNT)?
+            .raw(key)?
             .and_then(|v| keys::u64_value(&v))
             .unwrap_or(0))
     }

@@ -25,9 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use intentd_lifecycle::webhook::derived_id;
 use intentd_lifecycle::{
-    state_key, AgentConfig, ApiKey, DeadLetter, IdempotencyRecord, InboxThread, Intent, StateView,
-    Subscription, WebhookDelivery, WebhookEvent, Write,
+    state_key, AgentConfig, ApiKey, DeadLetter, DueKind, IdempotencyRecord, InboxThread, Intent,
+    Retention, StateView, Subscription, WebhookDelivery, WebhookEvent, Write,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, Entry};
@@ -605,6 +606,87 @@ impl<'a> BatchView<'a> {
         decode(self.get(key)?)
     }
 
+    /// Adds `delta` to the record counter under `key` (saturating at 0).
+    fn count(&self, key: &[u8], delta: i64) -> Result<(), StorageError> {
+        let n = self
+            .get(key)?
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0);
+        let n = n.saturating_add_signed(delta);
+        self.put(key.to_vec(), n.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Removes `intent` and everything kept for it (see `Write::Purge`). Every key is found
+    /// from the intent itself or from a small per-intent index, never by scanning a queue,
+    /// an inbox or the events of other intents.
+    fn purge(&self, intent: &Intent) -> Result<(), StorageError> {
+        let id = intent.id;
+        self.touch(WakeKey::Intent(id));
+        self.touch(WakeKey::Addressed(state_key(&intent.to_agent).to_string()));
+        if self.get(&keys::intent(&id))?.is_some() {
+            self.count(keys::INTENT_COUNT, -1)?;
+        }
+        self.remove(keys::intent(&id));
+        for (k, _) in self.scan(&keys::events_of(&id))? {
+            self.remove(k);
+            self.count(keys::EVENT_COUNT, -1)?;
+        }
+        for seq in 1..=intent.last_seq {
+            let event_id = derived_id(&id, &seq.to_be_bytes());
+            self.remove(keys::webhook_event(&event_id));
+            for (k, _) in self.scan(&keys::event_deliveries(&event_id))? {
+                if let Some(delivery_id) = keys::trailing_uuid(&k) {
+                    let key = keys::webhook_delivery(&delivery_id);
+                    if let Some(d) = self.read::<WebhookDelivery>(&key)? {
+                        if let Some(at) = d.next_attempt_at {
+                            self.remove(keys::due(&at, DueKind::WebhookDelivery, &delivery_id));
+                        }
+                    }
+                    self.remove(key);
+                }
+                self.remove(k);
+            }
+        }
+        for (k, _) in self.scan(&keys::intent_claims(&id))? {
+            let prefix = keys::intent_claims(&id).len();
+            let storage_key = std::str::from_utf8(&k[prefix..]).map_err(|_| {
+                StorageError::Inconsistent(format!("claim index key of intent {id} is not UTF-8"))
+            })?;
+            let claim = keys::idempotency(storage_key);
+            // A claim that expired may have been taken again for another intent since.
+            if let Some(record) = self.read::<IdempotencyRecord>(&claim)? {
+                if record.intent_id == id {
+                    self.remove(claim);
+                    self.count(keys::IDEMPOTENCY_COUNT, -1)?;
+                }
+            }
+            self.remove(k);
+        }
+        let agent = state_key(&intent.to_agent);
+        let cursors = intent.earlier_cursors.iter().chain([&intent.agent_cursor]);
+        for cursor in cursors.filter(|c| **c != 0) {
+            self.remove(keys::queue(agent, *cursor));
+        }
+        if self.get(&keys::dead_letter(&id))?.is_some() {
+            self.remove(keys::dead_letter(&id));
+            self.count(keys::DEAD_LETTER_COUNT, -1)?;
+        }
+        if let Some(thread) = self.read::<InboxThread>(&keys::thread(&id))? {
+            self.remove(keys::owner_thread(&thread.owner, &thread.thread_id));
+            self.remove(keys::thread(&id));
+        }
+        // The thread's entries in its owners' change feeds leave gaps in their `seq`s;
+        // a feed reader pages by `seq` and never relied on them being dense.
+        for (k, _) in self.scan(&keys::thread_changes(&id))? {
+            if let Some(change) = keys::inbox_change_of_thread_change(&k) {
+                self.remove(change);
+            }
+            self.remove(k);
+        }
+        Ok(())
+    }
+
     fn touch(&self, key: WakeKey) {
         self.touched.borrow_mut().insert(key);
     }
@@ -628,13 +710,21 @@ impl<'a> BatchView<'a> {
                 }
                 Write::Event(event) => {
                     self.touch(WakeKey::Intent(event.intent_id));
+                    // `seq` is assigned once per intent (`Change::record`): every event is new.
+                    self.count(keys::EVENT_COUNT, 1)?;
                     self.put(
                         keys::event(&event.intent_id, event.seq),
                         serde_json::to_vec(&event)?,
                     );
                 }
                 Write::Idempotency { key, record } => {
-                    self.put(keys::idempotency(&key), serde_json::to_vec(&record)?);
+                    let claim = keys::idempotency(&key);
+                    match self.read::<IdempotencyRecord>(&claim)? {
+                        Some(old) => self.remove(keys::intent_claim(&old.intent_id, &key)),
+                        None => self.count(keys::IDEMPOTENCY_COUNT, 1)?,
+                    }
+                    self.put(keys::intent_claim(&record.intent_id, &key), Vec::new());
+                    self.put(claim, serde_json::to_vec(&record)?);
                 }
                 Write::AgentQueue {
                     agent,
@@ -666,6 +756,9 @@ impl<'a> BatchView<'a> {
                 Write::Due { at, kind, id } => self.put(keys::due(&at, kind, &id), Vec::new()),
                 Write::Undue { at, kind, id } => self.remove(keys::due(&at, kind, &id)),
                 Write::DeadLetter(letter) => {
+                    if self.get(&keys::dead_letter(&letter.intent_id))?.is_none() {
+                        self.count(keys::DEAD_LETTER_COUNT, 1)?;
+                    }
                     self.put(
                         keys::dead_letter(&letter.intent_id),
                         serde_json::to_vec(&letter)?,
@@ -685,6 +778,10 @@ impl<'a> BatchView<'a> {
                     self.put(key, serde_json::to_vec(&thread)?);
                 }
                 Write::InboxChange { owner, change } => {
+                    self.put(
+                        keys::thread_change(&change.thread_id, &owner, change.seq),
+                        Vec::new(),
+                    );
                     self.put(
                         keys::inbox_change(&owner, change.seq),
                         serde_json::to_vec(&change)?,
@@ -724,6 +821,10 @@ impl<'a> BatchView<'a> {
                         serde_json::to_vec(&d)?,
                     );
                 }
+                Write::Retention(retention) => {
+                    self.put(keys::RETENTION.to_vec(), serde_json::to_vec(&retention)?);
+                }
+                Write::Purge(intent) => self.purge(&intent)?,
             }
         }
         Ok(())
@@ -787,6 +888,10 @@ impl StateView for BatchView<'_> {
 
     fn dead_letter(&self, intent_id: &Uuid) -> Option<DeadLetter> {
         self.decode_or_fail(&keys::dead_letter(intent_id))
+    }
+
+    fn retention(&self) -> Retention {
+        self.decode_or_fail(keys::RETENTION).unwrap_or_default()
     }
 }
 

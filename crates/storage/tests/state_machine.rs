@@ -906,3 +906,147 @@ async fn a_snapshot_built_while_applies_go_on_holds_the_state_at_its_log_id() {
         dump(&reference.reader(), &ids)
     );
 }
+
+/// Retention: a purge removes every record of the intent from sled (the key scan finds
+/// nothing that names it, raw or as text), keeps the other intents, moves the record
+/// counts, and a snapshot built afterwards and installed on another node holds none of it.
+#[tokio::test]
+async fn a_purge_leaves_nothing_of_the_intent_in_sled_or_in_a_snapshot() {
+    let gone = Uuid::from_u128(80_001);
+    let kept = Uuid::from_u128(80_002);
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (_l, mut leader) = open(leader_dir.path());
+    let (_f, mut follower) = open(follower_dir.path());
+    let retention = intentd_lifecycle::Retention {
+        terminal_secs: 60,
+        dead_letter_secs: 600,
+    };
+    let mut commands = vec![
+        Command::SetRetention { retention },
+        Command::UpsertSubscription {
+            subscription: Subscription {
+                id: Uuid::from_u128(80_100),
+                owner: SENDER.into(),
+                callback_url: "https://sender.example/hooks".into(),
+                event_types: vec!["intent.*".into()],
+                secret: "whsec_x".into(),
+                active: true,
+                description: None,
+                created_at: at(),
+                updated_at: at(),
+                revoked_at: None,
+            },
+        },
+    ];
+    for id in [gone, kept] {
+        let Command::Intent { command, .. } = create_with(id, |i| {
+            i.reply_to = Some(SENDER.into());
+        }) else {
+            unreachable!()
+        };
+        commands.push(Command::Intent {
+            command,
+            idempotency: Some(intentd_lifecycle::IdempotencyClaim {
+                scope: "k1".into(),
+                key: format!("order-{id}"),
+                request_hash: "h".into(),
+                expires_at: secs(86_400),
+            }),
+        });
+        // Two deliveries (the first lease expires): two queue entries of the intent.
+        commands.push(deliver(id, 0));
+        commands.push(intent_cmd(IntentCommand::ExpireLease {
+            intent_id: id,
+            attempt: 1,
+            retry_at: secs(31),
+            at: secs(31),
+        }));
+        commands.push(deliver(id, 1));
+        commands.push(intent_cmd(IntentCommand::Resolve {
+            intent_id: id,
+            resolution: Resolution::Completed { result: json!({}) },
+            actor: RECEIVER.into(),
+            at: secs(40),
+        }));
+    }
+    let mut entries = vec![membership(1)];
+    for c in commands {
+        let next = entries.len() as u64 + 1;
+        entries.push(entry(next, c));
+    }
+    let responses = leader.apply(entries).await.unwrap();
+    for r in &responses[1..] {
+        assert!(!matches!(single(r), Outcome::Rejected(_)), "{r:?}");
+    }
+    let r = leader.reader();
+    assert_eq!(r.retention().unwrap(), retention);
+    let due_at = secs(100);
+    assert_eq!(r.intent(&gone).unwrap().unwrap().purge_at, Some(due_at));
+    assert!(r
+        .due_before(due_at, 100)
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == DueKind::Purge && e.id == gone));
+    assert!(!r.keys_mentioning(&gone).unwrap().is_empty());
+    assert_eq!(r.inbox_threads(SENDER).unwrap().len(), 2);
+    let counts = r.record_counts().unwrap();
+    assert_eq!((counts.intents, counts.idempotency_records), (2, 2));
+
+    let mut index = responses.len() as u64 + 1;
+    let early = leader
+        .apply([entry(
+            index,
+            Command::Purge {
+                intent_id: gone,
+                at: due_at - chrono::Duration::milliseconds(1),
+            },
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(single(&early[0]), Outcome::Rejected(_)));
+    index += 1;
+    let purged = leader
+        .apply([entry(
+            index,
+            Command::Purge {
+                intent_id: gone,
+                at: due_at,
+            },
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(single(&purged[0]), Outcome::Applied(_)));
+
+    let check = |r: &StateReader| {
+        assert_eq!(r.keys_mentioning(&gone).unwrap(), Vec::<Vec<u8>>::new());
+        assert!(r.intent(&gone).unwrap().is_none());
+        assert!(r.intent(&kept).unwrap().is_some());
+        assert_eq!(r.events(&kept, 0, 100).unwrap().len(), 7);
+        assert_eq!(r.inbox_threads(SENDER).unwrap().len(), 1);
+        let counts = r.record_counts().unwrap();
+        assert_eq!(
+            (counts.intents, counts.events, counts.idempotency_records),
+            (1, 7, 1)
+        );
+        assert!(r
+            .due_before(secs(1_000_000), 100)
+            .unwrap()
+            .iter()
+            .all(|e| e.id != gone));
+    };
+    check(&leader.reader());
+
+    leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    install_current(&mut leader, &mut follower).await;
+    check(&follower.reader());
+    assert_eq!(
+        dump(&follower.reader(), &[gone, kept]),
+        dump(&leader.reader(), &[gone, kept])
+    );
+}

@@ -98,6 +98,9 @@ impl Change {
     pub(super) fn enqueue(&mut self, state: &impl StateView, at: Timestamp) {
         let agent = state_key(&self.intent.to_agent).to_string();
         let cursor = state.agent_cursor(&agent) + 1;
+        if self.intent.agent_cursor != 0 {
+            self.intent.earlier_cursors.push(self.intent.agent_cursor);
+        }
         self.intent.agent_cursor = cursor;
         self.http = is_http(state.agent_config(&agent).as_ref());
         self.intent.not_before = self.http.then_some(at);
@@ -195,6 +198,11 @@ impl Change {
     pub(super) fn finish(mut self, state: &impl StateView) -> Applied {
         self.normalize();
         let at = self.at;
+        let became_terminal = self.intent.status.is_terminal()
+            && !self.before.as_ref().is_some_and(|b| b.status.is_terminal());
+        if became_terminal {
+            self.intent.purge_at = state.retention().purge_at(at, self.intent.dead_lettered);
+        }
         let mut writes: Vec<Write> = self.events.iter().cloned().map(Write::Event).collect();
         writes.push(Write::Intent(Box::new(self.intent.clone())));
 
@@ -218,8 +226,6 @@ impl Change {
         writes.append(&mut self.extra);
 
         // The inbox: the thread created, escalated or resolved by this change.
-        let became_terminal = self.intent.status.is_terminal()
-            && !self.before.as_ref().is_some_and(|b| b.status.is_terminal());
         let mut inbox = Inbox::default();
         let mut thread = self.thread.take();
         let needs_thread = self.move_thread.is_some() || became_terminal;
@@ -316,10 +322,17 @@ impl Change {
     }
 }
 
-/// The due entries an intent's times call for.
+/// The due entries an intent's times call for: none but its purge once it is terminal.
 pub(super) fn due_of(i: &Intent) -> BTreeSet<DueEntry> {
     let mut out = BTreeSet::new();
     if i.status.is_terminal() {
+        if let Some(at) = i.purge_at {
+            out.insert(DueEntry {
+                at,
+                kind: DueKind::Purge,
+                id: i.id,
+            });
+        }
         return out;
     }
     let mut add = |at: Option<Timestamp>, kind: DueKind| {

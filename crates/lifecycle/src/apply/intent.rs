@@ -218,6 +218,8 @@ pub(super) fn create(
         next_reminder_at: None,
         escalated_to: None,
         inbox_owner: None,
+        purge_at: None,
+        earlier_cursors: Vec::new(),
     };
     let mut change = Change::new(intent, at);
     change.fresh = true;
@@ -302,6 +304,7 @@ pub(super) fn replay(
     let mut applied = create(state, &new, at, Some(old.id))?;
     letter.replayed_as = Some(new_id);
     applied.writes.push(Write::DeadLetter(letter));
+    applied.writes.extend(replayed(state, old, at));
     Ok(applied)
 }
 

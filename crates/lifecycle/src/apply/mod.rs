@@ -10,12 +10,14 @@ mod agents;
 mod change;
 mod inbox;
 mod intent;
+mod retention;
 mod webhooks;
 
 use agents::*;
 use change::*;
 use inbox::*;
 use intent::*;
+use retention::*;
 use webhooks::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +56,8 @@ pub trait StateView {
     fn webhook_delivery(&self, delivery_id: &Uuid) -> Option<WebhookDelivery>;
     fn webhook_deliveries(&self, event_id: &Uuid) -> Vec<WebhookDelivery>;
     fn dead_letter(&self, intent_id: &Uuid) -> Option<DeadLetter>;
+    /// The retention set by the last `SetRetention` (keep forever if none).
+    fn retention(&self) -> crate::Retention;
 }
 
 /// One change the state machine must store. Applying all writes of one command (together
@@ -107,6 +111,14 @@ pub enum Write {
     WebhookEvent(Box<WebhookEvent>),
     /// Stores a delivery; the store keeps the per-event index.
     WebhookDelivery(Box<WebhookDelivery>),
+    /// Stores the cluster's retention setting.
+    Retention(crate::Retention),
+    /// Removes the intent and every record kept for it: its events, its idempotency claims,
+    /// its agent queue entries (`agent_cursor` and `earlier_cursors`), its dead letter, its
+    /// inbox thread (and that thread's index entry), and the webhook events derived from its
+    /// events with their deliveries and those deliveries' due entries. The store knows where
+    /// each lives; the intent's own due entries come as `Undue` writes before it.
+    Purge(Box<Intent>),
 }
 
 /// What the proposer is told about an applied command.
@@ -347,6 +359,8 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
                 },
             })
         }
+        Command::SetRetention { retention } => set_retention(state, retention),
+        Command::Purge { intent_id, at } => purge(state, intent_id, *at),
     }
 }
 
