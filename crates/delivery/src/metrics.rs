@@ -366,6 +366,7 @@ pub(crate) fn kind_name(kind: DueKind) -> &'static str {
         DueKind::Deadline => "deadline",
         DueKind::Reminder => "reminder",
         DueKind::WebhookDelivery => "webhook_delivery",
+        DueKind::WorkflowStep => "workflow_step",
     }
 }
 

@@ -170,6 +170,7 @@ pub(crate) mod tests {
             next_reminder_at: None,
             escalated_to: None,
             inbox_owner: None,
+            workflow: None,
         }
     }
 

@@ -353,6 +353,7 @@ mod tests {
             next_reminder_at: None,
             escalated_to: None,
             inbox_owner: None,
+            workflow: None,
         }
     }
 

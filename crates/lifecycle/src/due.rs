@@ -28,16 +28,19 @@ pub enum DueKind {
     Reminder,
     /// Push the webhook delivery.
     WebhookDelivery,
+    /// Propose `AdvanceWorkflow` for the intent's active step (its timer or its deadline).
+    WorkflowStep,
 }
 
 impl DueKind {
-    pub const ALL: [DueKind; 6] = [
+    pub const ALL: [DueKind; 7] = [
         DueKind::LeaseExpiry,
         DueKind::Deliver,
         DueKind::Release,
         DueKind::Deadline,
         DueKind::Reminder,
         DueKind::WebhookDelivery,
+        DueKind::WorkflowStep,
     ];
 
     /// A stable one-byte code (storage keys).
@@ -49,6 +52,7 @@ impl DueKind {
             DueKind::Deadline => 4,
             DueKind::Reminder => 5,
             DueKind::WebhookDelivery => 6,
+            DueKind::WorkflowStep => 7,
         }
     }
 

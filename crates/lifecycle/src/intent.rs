@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{Status, Timestamp, WaitingReason};
+use crate::{Status, Timestamp, WaitingReason, Workflow};
 
 /// A fresh intent id: a time-ordered UUID (version 7) rather than a random one. Intents and
 /// their events are keyed by id in the state machine's B-tree, so ids that grow with time add
@@ -89,6 +89,10 @@ pub struct Intent {
     /// then whoever it was delegated or escalated to. `pending_with` follows it.
     #[serde(default)]
     pub inbox_owner: Option<String>,
+    /// The scenario workflow this intent runs, step by step (`None` for a plain intent).
+    /// `to_agent`, `human_task` and the reminder fields follow its active step.
+    #[serde(default)]
+    pub workflow: Option<Workflow>,
 }
 
 /// A delivery handed to one consumer: until `expires_at` nobody else gets the intent.
@@ -126,6 +130,14 @@ pub enum EventType {
     /// The owner approved the current step of an intent already IN_PROGRESS; the status
     /// stays, but the approval (and its new `policy_generation`) must be on the record.
     StepApproved,
+    /// A workflow step became active (`details.step_id`, `attempt`); the status follows it.
+    WorkflowStepStarted,
+    /// A workflow step ended well (`details.step_id`, `outcome`).
+    WorkflowStepSucceeded,
+    /// A workflow step failed and will not run again (`details.step_id`, `error`).
+    WorkflowStepFailed,
+    /// A workflow step failed and starts again with the next attempt.
+    WorkflowStepRetried,
 }
 
 impl EventType {
@@ -149,6 +161,10 @@ impl EventType {
             EventType::ReminderSent => "intent.reminder_sent",
             EventType::Escalated => "intent.escalated",
             EventType::StepApproved => "intent.step_approved",
+            EventType::WorkflowStepStarted => "workflow.step_started",
+            EventType::WorkflowStepSucceeded => "workflow.step_succeeded",
+            EventType::WorkflowStepFailed => "workflow.step_failed",
+            EventType::WorkflowStepRetried => "workflow.step_retried",
         }
     }
 
@@ -179,6 +195,10 @@ impl EventType {
                 | EventType::ReminderSent
                 | EventType::Escalated
                 | EventType::StepApproved
+                | EventType::WorkflowStepStarted
+                | EventType::WorkflowStepSucceeded
+                | EventType::WorkflowStepFailed
+                | EventType::WorkflowStepRetried
         )
     }
 

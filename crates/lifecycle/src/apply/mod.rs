@@ -11,6 +11,7 @@ mod change;
 mod inbox;
 mod intent;
 mod webhooks;
+mod workflow;
 
 use agents::*;
 use change::*;
@@ -31,7 +32,7 @@ use crate::{
     IdempotencyRecord, InboxChange, InboxChangeKind, InboxMessage, InboxThread, Intent,
     IntentCommand, Lease, NewIntent, PendingWith, PendingWithKind, Rejection, Resolution,
     ResumeAction, Status, Subscription, ThreadStatus, Timestamp, WaitingReason, WebhookDelivery,
-    WebhookDeliveryStatus, WebhookEvent, WebhookOutcome,
+    WebhookDeliveryStatus, WebhookEvent, WebhookOutcome, Workflow,
 };
 
 /// Read access to the replicated state, as much as [`apply`] needs.
