@@ -2102,8 +2102,9 @@ fn workflow_move() -> impl Strategy<Value = WorkflowMove> {
 
 /// A step of a random workflow: its kind, deadline, retries and, for graphs, its edges
 /// (always forward, so the graph is acyclic as the edge guarantees).
-fn workflow_step_spec(
-) -> impl Strategy<Value = (u8, Option<u64>, u32, Option<usize>, Option<usize>)> {
+type StepSpec = (u8, Option<u64>, u32, Option<usize>, Option<usize>);
+
+fn workflow_step_spec() -> impl Strategy<Value = StepSpec> {
     (
         0u8..7,
         prop::option::of(1u64..50),
@@ -2113,10 +2114,7 @@ fn workflow_step_spec(
     )
 }
 
-fn build_steps(
-    specs: &[(u8, Option<u64>, u32, Option<usize>, Option<usize>)],
-    graph: bool,
-) -> Vec<WorkflowStep> {
+fn build_steps(specs: &[StepSpec], graph: bool) -> Vec<WorkflowStep> {
     let n = specs.len();
     let mut steps: Vec<WorkflowStep> = specs
         .iter()

@@ -404,7 +404,7 @@ pub(super) fn tick(
         });
         return step_failed(change, state, error);
     }
-    if !step.timer_at.is_some_and(|t| t <= at) {
+    if step.timer_at.is_none_or(|t| t > at) {
         return Err(Rejection::Invalid(format!(
             "nothing of workflow step {step_id:?} is due yet"
         )));
