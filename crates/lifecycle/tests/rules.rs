@@ -1906,6 +1906,8 @@ fn an_agent_step_a_human_approval_and_a_timeout_run_in_turn() {
         BTreeSet::from([(DueKind::WorkflowStep, secs(70))])
     );
     let before = state.clone();
+    // A timer step is not ended by an answer: the previous step's agent cannot skip it.
+    assert!(resume_complete(&mut state, id, json!({"charged": true})).is_err());
     assert!(tick(&mut state, id, "settle", 1, 69).is_err());
     assert!(tick(&mut state, id, "approve", 1, 70).is_err());
     assert!(tick(&mut state, id, "settle", 2, 70).is_err());

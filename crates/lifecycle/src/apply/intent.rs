@@ -108,7 +108,7 @@ pub(super) fn apply_intent(
                 workflow::answered(&mut change, state, result)?
             }
             Resolution::Failed { error } if workflow::runs(&change.intent) => {
-                workflow::step_failed(&mut change, state, error.clone())?
+                workflow::answered_failure(&mut change, state, error.clone())?
             }
             Resolution::Completed { result } => complete(&mut change, result, actor)?,
             Resolution::Failed { error } => fail(&mut change, error, actor)?,
@@ -526,7 +526,7 @@ pub(super) fn resume(
             }
         }
         ResumeAction::Fail { error } if in_workflow => {
-            workflow::step_failed(change, state, error.clone())
+            workflow::answered_failure(change, state, error.clone())
         }
         ResumeAction::Fail { error } => fail(change, error, actor),
         ResumeAction::Progress { details } => {

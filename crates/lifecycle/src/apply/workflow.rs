@@ -139,6 +139,8 @@ fn activate(
         }
         StepKind::Human { address } => {
             let i = &mut change.intent;
+            // The person is the receiver now: the previous step's agent can no longer answer.
+            i.to_agent = address.clone();
             i.human_task = step.human_task.clone();
             i.remind_after_seconds = step.remind_after_seconds;
             i.remind_interval_seconds = step.remind_interval_seconds;
@@ -348,6 +350,31 @@ fn close_task(change: &mut Change, state: &impl StateView) {
     }
 }
 
+/// Only an agent or a person answers a step with a result or an error; a timer step ends by
+/// its time, an `approve_current_step` or a cancel.
+fn answerable(change: &Change) -> Result<(), Rejection> {
+    match change.intent.workflow.as_ref().and_then(Workflow::active) {
+        Some(s) if matches!(s.kind, StepKind::Agent { .. } | StepKind::Human { .. }) => Ok(()),
+        Some(s) => Err(Rejection::Invalid(format!(
+            "workflow step {:?} is a {} step: it ends by its time, an approve_current_step or \
+             a cancel, not by an answer",
+            s.step_id,
+            s.kind.name()
+        ))),
+        None => Err(Rejection::Invalid("the workflow has no active step".into())),
+    }
+}
+
+/// A `Fail` answer (resume or resolve) for the active agent or human step.
+pub(super) fn answered_failure(
+    change: &mut Change,
+    state: &impl StateView,
+    error: Value,
+) -> Result<(), Rejection> {
+    answerable(change)?;
+    step_failed(change, state, error)
+}
+
 /// A `Complete` answer for the active step: a person's reject (by `decision` or by a reject
 /// outcome) fails a human step, anything else succeeds it. The task's rules were checked.
 pub(super) fn answered(
@@ -355,6 +382,7 @@ pub(super) fn answered(
     state: &impl StateView,
     result: &Value,
 ) -> Result<(), Rejection> {
+    answerable(change)?;
     let human = matches!(
         change
             .intent
