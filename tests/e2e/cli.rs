@@ -100,3 +100,69 @@ fn first_uuid(text: &str) -> Option<String> {
         .find(|t| t.len() == 36 && uuid::Uuid::parse_str(t).is_ok())
         .map(str::to_string)
 }
+
+/// `intentd scenarios apply FILE --watch` applies a bundle and follows its intent until the
+/// workflow ends; a bundle whose steps form a cycle is refused with the reason.
+#[tokio::test]
+async fn scenarios_apply_watches_the_workflow_to_its_end() {
+    within(Duration::from_secs(90), async {
+        let server = Server::start().await;
+        let dir = server.data_dir().join("bundles");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = serde_json::json!({
+            "scenario_id": "cli.timer.v1",
+            "agents": [{"role": "ops", "address": "agent://acme/prod/ops", "delivery_mode": "poll"}],
+            "workflow": {"steps": [
+                {"step_id": "wait", "runtime_type": "delay", "runtime_config": {"seconds": 1}},
+                {"step_id": "tell", "runtime_type": "notification",
+                 "runtime_config": {"message": "done waiting"}},
+            ]},
+            "intent": {"type": "ops.timer.v1"},
+        });
+        let file = dir.join("timer.json");
+        std::fs::write(&file, bundle.to_string()).unwrap();
+        let (ok, out, err) = run_cli(
+            &server,
+            &["scenarios", "apply", file.to_str().unwrap(), "--watch"],
+        )
+        .await;
+        assert!(ok, "scenarios apply failed: {err}");
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines[0]["workflow"]["current_step"], "wait", "{out}");
+        let last = lines.last().unwrap();
+        assert_eq!(last["event_type"], "intent.completed", "{out}");
+        let walked: Vec<(&str, &str)> = lines[1..]
+            .iter()
+            .filter(|e| e["event_type"].as_str().unwrap().starts_with("workflow."))
+            .map(|e| {
+                (
+                    e["event_type"].as_str().unwrap(),
+                    e["details"]["step_id"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            walked,
+            [
+                ("workflow.step_started", "wait"),
+                ("workflow.step_succeeded", "wait"),
+                ("workflow.step_started", "tell"),
+                ("workflow.step_succeeded", "tell"),
+            ],
+            "{out}"
+        );
+
+        let mut cyclic = bundle.clone();
+        cyclic["workflow"]["steps"][0]["on_success"] = serde_json::json!("tell");
+        cyclic["workflow"]["steps"][1]["on_success"] = serde_json::json!("wait");
+        let file = dir.join("cyclic.json");
+        std::fs::write(&file, cyclic.to_string()).unwrap();
+        let (ok, _, err) = run_cli(&server, &["scenarios", "apply", file.to_str().unwrap()]).await;
+        assert!(!ok, "a cyclic bundle was applied");
+        assert!(err.contains("422") && err.contains("cycle: wait -> tell -> wait"), "{err}");
+    })
+    .await
+}

@@ -18,3 +18,4 @@ mod intents;
 mod lifecycle;
 mod retention;
 mod streams;
+mod workflows;

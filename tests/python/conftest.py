@@ -220,3 +220,98 @@ def payment_intent(to_agent: str = PAYMENTS, amount_cents: int = 1250) -> dict[s
         "to_agent": to_agent,
         "payload": {"amount_cents": amount_cents, "currency": "EUR", "order_id": "ord-" + uuid.uuid4().hex[:8]},
     }
+
+
+@dataclass
+class Node:
+    """One node of a test cluster: its server, and how to start it again."""
+
+    node_id: int
+    server: Server
+    args: list[str]
+    log: Any
+
+    def alive(self) -> bool:
+        return self.server.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown path runs, as in a crash."""
+        self.server.process.kill()
+        self.server.process.wait()
+
+
+def _health(node: Node) -> dict[str, Any] | None:
+    try:
+        resp = httpx.get(f"{node.server.base_url}/health", timeout=2)
+        return resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def wait_leader(nodes: Sequence[Node], deadline_s: float = READY_DEADLINE_S) -> Node:
+    """The node every running node names as leader, waited for with a deadline."""
+    deadline = time.monotonic() + deadline_s
+    last: list[Any] = []
+    while time.monotonic() < deadline:
+        running = [n for n in nodes if n.alive()]
+        last = [_health(n) for n in running]
+        leaders = {h.get("leader_id") for h in last if h is not None}
+        if all(h is not None for h in last) and len(leaders) == 1:
+            leader_id = leaders.pop()
+            for n, h in zip(running, last):
+                if n.node_id == leader_id and h is not None and h.get("role") == "leader":
+                    return n
+        time.sleep(0.05)
+    pytest.fail(f"no agreed leader after {deadline_s}s: {last}")
+
+
+@contextmanager
+def run_cluster(tmp_path: Path, n: int = 3) -> Iterator[list[Node]]:
+    """Starts an n-node intentd cluster on loopback (one admin key for all), waits until it
+    has a leader every node agrees on, and stops every node when the block ends."""
+    binary = intentd_bin()
+    if not binary.is_file():
+        pytest.fail(f"intentd binary not found at {binary}: build it or set INTENTD_BIN")
+    ports = [_free_ports(3) for _ in range(n)]
+    peers = ",".join(f"{i + 1}=127.0.0.1:{p[2]}" for i, p in enumerate(ports))
+    admin_key = "sdk-admin-" + secrets.token_hex(16)
+    nodes: list[Node] = []
+    try:
+        for i, (http_port, grpc_port, raft_port) in enumerate(ports):
+            node_id = i + 1
+            data_dir = tmp_path / f"node{node_id}"
+            log_path = tmp_path / f"node{node_id}.log"
+            log = open(log_path, "wb")
+            args = [
+                str(binary), "serve",
+                "--data-dir", str(data_dir),
+                "--http-addr", f"127.0.0.1:{http_port}",
+                "--grpc-addr", f"127.0.0.1:{grpc_port}",
+                "--raft-addr", f"127.0.0.1:{raft_port}",
+                "--node-id", str(node_id),
+                "--peers", peers,
+                "--admin-key", admin_key,
+            ]
+            process = subprocess.Popen(
+                args,
+                env={k: v for k, v in os.environ.items() if not k.startswith("INTENTD_")},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            srv = Server(f"http://127.0.0.1:{http_port}", admin_key, data_dir, log_path, process,
+                         f"127.0.0.1:{grpc_port}")
+            nodes.append(Node(node_id, srv, args, log))
+        wait_leader(nodes)
+        yield nodes
+    finally:
+        for node in nodes:
+            process = node.server.process
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=STOP_DEADLINE_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            node.log.close()

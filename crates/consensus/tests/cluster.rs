@@ -120,6 +120,7 @@ fn create(id: Uuid) -> Command {
                 escalate_to: None,
                 human_task: None,
                 deliver_at: None,
+                workflow: None,
             },
             at: chrono::Utc::now(),
         },

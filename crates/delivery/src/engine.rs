@@ -320,6 +320,7 @@ impl Engine {
             }
             DueKind::WebhookDelivery => self.webhook(entry.id).await,
             DueKind::Purge => self.purge(entry.id).await,
+            DueKind::WorkflowStep => self.advance_workflow(entry.id).await,
         };
         match result {
             Ok(next) => next,
@@ -465,6 +466,29 @@ impl Engine {
             self.shared.metrics.delivery(mode, "dead_lettered");
         }
         tracing::info!(attempt = lease.attempt, status = %after.status, "lease expired");
+        Ok(Next::Done)
+    }
+
+    /// A workflow step's timer or deadline is due: propose the tick for the step and attempt
+    /// that are active now. Apply decides what the time means for the step; the tick names
+    /// both, so one proposed twice (here, or by the next leader) is refused the second time.
+    async fn advance_workflow(&self, id: Uuid) -> Result<Next, Failure> {
+        let Some(intent) = self.load(id)? else {
+            return Ok(Next::Stale);
+        };
+        let Some(step) = intent.workflow.as_ref().and_then(|w| w.active()) else {
+            return Ok(Next::Stale);
+        };
+        let (step_id, attempt) = (step.step_id.clone(), step.attempt);
+        let after = self
+            .write_intent(IntentCommand::AdvanceWorkflow {
+                intent_id: id,
+                step_id: step_id.clone(),
+                attempt,
+                at: Utc::now(),
+            })
+            .await?;
+        tracing::info!(step_id, attempt, status = %after.status, "workflow step ticked");
         Ok(Next::Done)
     }
 

@@ -428,6 +428,7 @@ pub(crate) fn kind_name(kind: DueKind) -> &'static str {
         DueKind::Reminder => "reminder",
         DueKind::WebhookDelivery => "webhook_delivery",
         DueKind::Purge => "purge",
+        DueKind::WorkflowStep => "workflow_step",
     }
 }
 

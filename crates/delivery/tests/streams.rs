@@ -54,6 +54,7 @@ async fn create(cluster: &Cluster) -> Uuid {
         escalate_to: None,
         human_task: None,
         deliver_at: None,
+        workflow: None,
     };
     let id = intent.id;
     write_intent(cluster, IntentCommand::Create { intent, at: now() }, None)

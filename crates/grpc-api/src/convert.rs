@@ -132,6 +132,11 @@ pub(crate) fn intent(i: &Intent) -> proto::Intent {
         envelope_json: map_text(&i.envelope),
         dead_lettered: i.dead_lettered,
         last_seq: i.last_seq,
+        workflow_json: i
+            .workflow
+            .as_ref()
+            .and_then(|w| serde_json::to_value(w).ok())
+            .map(|w| json_text(&w)),
     }
 }
 

@@ -9,7 +9,9 @@
 //! rather than sent as `null`, since `null` would not validate against those schemas.
 
 use chrono::SecondsFormat;
-use intentd_lifecycle::{Event, Intent, PendingWith, PendingWithKind, Status, Timestamp};
+use intentd_lifecycle::{
+    Event, Intent, PendingWith, PendingWithKind, Status, StepKind, Timestamp, Workflow,
+};
 use serde_json::{json, Map, Value};
 
 /// RFC 3339 in UTC with a `Z`, microsecond precision (what Python's `fromisoformat` reads).
@@ -77,7 +79,52 @@ pub(crate) fn intent(i: &Intent) -> Value {
             .map_or(Value::Null, |r| Value::from(r.as_str())),
     );
     m.insert("dead_lettered".into(), json!(i.dead_lettered));
+    put_some(&mut m, "workflow", i.workflow.as_ref().map(workflow));
     Value::Object(m)
+}
+
+/// A scenario workflow: the active step and every step with its spec and state, in the
+/// bundle's order.
+pub(crate) fn workflow(w: &Workflow) -> Value {
+    let steps: Vec<Value> = w
+        .steps
+        .iter()
+        .map(|s| {
+            let mut m = Map::new();
+            m.insert("step_id".into(), json!(s.step_id));
+            m.insert("kind".into(), json!(s.kind.name()));
+            match &s.kind {
+                StepKind::Agent { address } | StepKind::Human { address } => {
+                    m.insert("assigned_to".into(), json!(address));
+                }
+                StepKind::Reminder { to, .. } | StepKind::Escalation { to, .. } => {
+                    m.insert("assigned_to".into(), json!(to));
+                }
+                StepKind::Tool { tool_id } => {
+                    m.insert("tool_id".into(), json!(tool_id));
+                }
+                StepKind::Notification { message } => {
+                    put_some(&mut m, "message", message.clone());
+                }
+                StepKind::Delay { .. } | StepKind::Timeout { .. } => {}
+            }
+            put_some(&mut m, "seconds", s.kind.timer_seconds());
+            m.insert("state".into(), json!(s.state));
+            m.insert("attempt".into(), json!(s.attempt));
+            m.insert("max_retries".into(), json!(s.max_retries));
+            put_some(&mut m, "step_deadline_seconds", s.step_deadline_seconds);
+            put_some(&mut m, "human_task", s.human_task.clone());
+            m.insert("on_success".into(), json!(s.on_success));
+            m.insert("on_failure".into(), json!(s.on_failure));
+            put_some(&mut m, "started_at", s.started_at.as_ref().map(timestamp));
+            put_some(&mut m, "finished_at", s.finished_at.as_ref().map(timestamp));
+            put_some(&mut m, "deadline_at", s.deadline_at.as_ref().map(timestamp));
+            put_some(&mut m, "timer_at", s.timer_at.as_ref().map(timestamp));
+            put_some(&mut m, "outcome", s.outcome.clone());
+            Value::Object(m)
+        })
+        .collect();
+    json!({ "current_step": w.current, "steps": steps })
 }
 
 /// One lifecycle event, as the events list, the intent stream and resolve return it.
@@ -172,6 +219,7 @@ pub(crate) mod tests {
             inbox_owner: None,
             purge_at: None,
             earlier_cursors: Vec::new(),
+            workflow: None,
         }
     }
 

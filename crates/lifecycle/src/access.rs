@@ -355,6 +355,7 @@ mod tests {
             inbox_owner: None,
             purge_at: None,
             earlier_cursors: Vec::new(),
+            workflow: None,
         }
     }
 

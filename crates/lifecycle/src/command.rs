@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use crate::{
     AgentConfig, ApiKey, Retention, Subscription, Timestamp, WaitingReason, WebhookEvent,
-    WebhookOutcome,
+    WebhookOutcome, Workflow,
 };
 
 /// A change to the replicated state: the payload of one Raft log entry.
@@ -192,6 +192,10 @@ pub struct NewIntent {
     /// Delayed delivery (our extension of the create body): not enqueued before this time.
     #[serde(default)]
     pub deliver_at: Option<Timestamp>,
+    /// A scenario's workflow, validated and normalised at the edge; its first step decides
+    /// where the intent goes first.
+    #[serde(default)]
+    pub workflow: Option<Workflow>,
 }
 
 /// How the receiver resumes an intent (`POST /v1/intents/{id}/resume`).
@@ -325,6 +329,15 @@ pub enum IntentCommand {
         reason: Option<String>,
         at: Timestamp,
     },
+    /// A time of workflow step `step_id` (its timer or its deadline) is due: apply decides
+    /// what that means for the step. A compare-and-set on (current step, its attempt), so a
+    /// tick that lost a race or repeats after a leader change is refused and changes nothing.
+    AdvanceWorkflow {
+        intent_id: Uuid,
+        step_id: String,
+        attempt: u32,
+        at: Timestamp,
+    },
 }
 
 impl IntentCommand {
@@ -343,7 +356,8 @@ impl IntentCommand {
             | IntentCommand::Resolve { intent_id, .. }
             | IntentCommand::TimeOut { intent_id, .. }
             | IntentCommand::UpdateControls { intent_id, .. }
-            | IntentCommand::UpdatePolicy { intent_id, .. } => *intent_id,
+            | IntentCommand::UpdatePolicy { intent_id, .. }
+            | IntentCommand::AdvanceWorkflow { intent_id, .. } => *intent_id,
         }
     }
 
@@ -362,7 +376,8 @@ impl IntentCommand {
             | IntentCommand::Resolve { at, .. }
             | IntentCommand::TimeOut { at, .. }
             | IntentCommand::UpdateControls { at, .. }
-            | IntentCommand::UpdatePolicy { at, .. } => *at,
+            | IntentCommand::UpdatePolicy { at, .. }
+            | IntentCommand::AdvanceWorkflow { at, .. } => *at,
         }
     }
 }

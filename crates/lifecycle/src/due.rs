@@ -30,10 +30,12 @@ pub enum DueKind {
     WebhookDelivery,
     /// Propose `Purge`: a terminal intent's retention ran out (`Intent::purge_at`).
     Purge,
+    /// Propose `AdvanceWorkflow` for the intent's active step (its timer or its deadline).
+    WorkflowStep,
 }
 
 impl DueKind {
-    pub const ALL: [DueKind; 7] = [
+    pub const ALL: [DueKind; 8] = [
         DueKind::LeaseExpiry,
         DueKind::Deliver,
         DueKind::Release,
@@ -41,6 +43,7 @@ impl DueKind {
         DueKind::Reminder,
         DueKind::WebhookDelivery,
         DueKind::Purge,
+        DueKind::WorkflowStep,
     ];
 
     /// A stable one-byte code (storage keys).
@@ -53,6 +56,7 @@ impl DueKind {
             DueKind::Reminder => 5,
             DueKind::WebhookDelivery => 6,
             DueKind::Purge => 7,
+            DueKind::WorkflowStep => 8,
         }
     }
 

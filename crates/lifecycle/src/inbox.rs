@@ -81,6 +81,21 @@ impl Decision {
         }
     }
 
+    /// The decision an answer records: its `decision` (what approve/reject write), else its
+    /// `outcome` when that is one of a decision's names. A workflow's human step fails on a
+    /// reject and succeeds on anything else.
+    pub fn of_answer(answer: &Value) -> Option<Decision> {
+        match answer.get("decision").and_then(Value::as_str) {
+            Some("approve") => return Some(Decision::Approve),
+            Some("reject") => return Some(Decision::Reject),
+            _ => {}
+        }
+        let outcome = answer.get("outcome").and_then(Value::as_str)?;
+        [Decision::Approve, Decision::Reject]
+            .into_iter()
+            .find(|d| d.outcomes().iter().any(|n| n.eq_ignore_ascii_case(outcome)))
+    }
+
     /// Outcome names this decision may go by, preferred first.
     fn outcomes(self) -> &'static [&'static str] {
         match self {

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{Status, Timestamp, WaitingReason};
+use crate::{Status, Timestamp, WaitingReason, Workflow};
 
 /// A fresh intent id: a time-ordered UUID (version 7) rather than a random one. Intents and
 /// their events are keyed by id in the state machine's B-tree, so ids that grow with time add
@@ -112,6 +112,10 @@ pub struct Intent {
     /// too, without scanning the agent's queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_cursors: Vec<u64>,
+    /// The scenario workflow this intent runs, step by step (`None` for a plain intent).
+    /// `to_agent`, `human_task` and the reminder fields follow its active step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Workflow>,
 }
 
 /// A delivery handed to one consumer: until `expires_at` nobody else gets the intent.
@@ -149,6 +153,14 @@ pub enum EventType {
     /// The owner approved the current step of an intent already IN_PROGRESS; the status
     /// stays, but the approval (and its new `policy_generation`) must be on the record.
     StepApproved,
+    /// A workflow step became active (`details.step_id`, `attempt`); the status follows it.
+    WorkflowStepStarted,
+    /// A workflow step ended well (`details.step_id`, `outcome`).
+    WorkflowStepSucceeded,
+    /// A workflow step failed and will not run again (`details.step_id`, `error`).
+    WorkflowStepFailed,
+    /// A workflow step failed and starts again with the next attempt.
+    WorkflowStepRetried,
 }
 
 impl EventType {
@@ -172,6 +184,10 @@ impl EventType {
             EventType::ReminderSent => "intent.reminder_sent",
             EventType::Escalated => "intent.escalated",
             EventType::StepApproved => "intent.step_approved",
+            EventType::WorkflowStepStarted => "workflow.step_started",
+            EventType::WorkflowStepSucceeded => "workflow.step_succeeded",
+            EventType::WorkflowStepFailed => "workflow.step_failed",
+            EventType::WorkflowStepRetried => "workflow.step_retried",
         }
     }
 
@@ -202,6 +218,10 @@ impl EventType {
                 | EventType::ReminderSent
                 | EventType::Escalated
                 | EventType::StepApproved
+                | EventType::WorkflowStepStarted
+                | EventType::WorkflowStepSucceeded
+                | EventType::WorkflowStepFailed
+                | EventType::WorkflowStepRetried
         )
     }
 

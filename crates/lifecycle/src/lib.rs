@@ -20,6 +20,7 @@ mod retention;
 mod status;
 pub mod validate;
 pub mod webhook;
+pub mod workflow;
 
 pub use access::{hash_key, presented_secret, usable_key, AccessError, ApiKey, Role, KEY_REQUIRED};
 pub use address::{same_address, state_key, AddressError, AgentAddress};
@@ -38,6 +39,7 @@ pub use webhook::{
     Subscription, WebhookCounters, WebhookDelivery, WebhookDeliveryStatus, WebhookEvent,
     WebhookOutcome,
 };
+pub use workflow::{StepKind, StepState, Workflow, WorkflowStep};
 
 /// Timestamps are UTC instants; the proposer reads the clock, never apply.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

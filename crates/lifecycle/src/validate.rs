@@ -289,6 +289,7 @@ pub fn new_intent(req: IntentRequest, decided: Decided) -> Result<NewIntent, Val
         escalate_to: req.escalate_to,
         human_task: req.human_task.map(Value::Object),
         deliver_at,
+        workflow: None,
     })
 }
 

@@ -256,6 +256,7 @@ fn new_intent(id: Uuid, max_attempts: u32, deadline: Option<i64>) -> NewIntent {
         escalate_to: None,
         human_task: None,
         deliver_at: None,
+        workflow: None,
     }
 }
 
@@ -572,6 +573,9 @@ fn expected_due(i: &Intent) -> BTreeSet<(DueKind, DateTime<Utc>)> {
     }
     if let Some(t) = i.next_reminder_at {
         out.insert((DueKind::Reminder, t));
+    }
+    if let Some(t) = i.workflow.as_ref().and_then(Workflow::due_at) {
+        out.insert((DueKind::WorkflowStep, t));
     }
     out
 }
@@ -1973,4 +1977,501 @@ fn a_replayed_dead_letter_is_kept_like_any_ended_intent_from_the_replay() {
         .unwrap();
     assert!(!state.intents.contains_key(&id) && !state.dead.contains_key(&id));
     assert!(state.intents.contains_key(&Uuid::from_u128(3)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Workflows (issue 11): the walk over the steps, ticks as compare-and-set, and the invariant
+// that a running workflow has exactly one active step.
+
+const AGENT_B: &str = "agent://acme/prod/shipping";
+const LEAD: &str = "agent://acme/people/lead";
+
+fn agent_step(id: &str, address: &str) -> WorkflowStep {
+    WorkflowStep::new(
+        id.into(),
+        StepKind::Agent {
+            address: address.into(),
+        },
+    )
+}
+
+fn human_step(id: &str) -> WorkflowStep {
+    let mut s = WorkflowStep::new(
+        id.into(),
+        StepKind::Human {
+            address: LEAD.into(),
+        },
+    );
+    s.human_task = Some(json!({
+        "title": "Ship it?",
+        "allowed_outcomes": ["approved", "rejected"],
+    }));
+    s
+}
+
+fn timer_step(id: &str, kind: StepKind) -> WorkflowStep {
+    WorkflowStep::new(id.into(), kind)
+}
+
+fn workflow_intent(state: &mut MemState, n: u128, mut steps: Vec<WorkflowStep>) -> Uuid {
+    intentd_lifecycle::workflow::normalise(&mut steps).unwrap();
+    let mut new = new_intent(Uuid::from_u128(n), 3, None);
+    new.workflow = Some(Workflow::new(steps));
+    create_with(state, new)
+}
+
+fn wf(state: &MemState, id: Uuid) -> &Workflow {
+    state.intents[&id].workflow.as_ref().unwrap()
+}
+
+fn step_states(state: &MemState, id: Uuid) -> Vec<(String, StepState, u32)> {
+    wf(state, id)
+        .steps
+        .iter()
+        .map(|s| (s.step_id.clone(), s.state, s.attempt))
+        .collect()
+}
+
+fn tick(
+    state: &mut MemState,
+    id: Uuid,
+    step: &str,
+    attempt: u32,
+    at: i64,
+) -> Result<Reply, Rejection> {
+    state.intent_cmd(IntentCommand::AdvanceWorkflow {
+        intent_id: id,
+        step_id: step.into(),
+        attempt,
+        at: secs(at),
+    })
+}
+
+fn answer(
+    state: &mut MemState,
+    id: Uuid,
+    result: serde_json::Value,
+    at: i64,
+) -> Result<Reply, Rejection> {
+    state.intent_cmd(IntentCommand::Resume {
+        intent_id: id,
+        action: ResumeAction::Complete { result },
+        actor: "agent://acme/prod/any".into(),
+        at: secs(at),
+    })
+}
+
+#[test]
+fn an_agent_step_a_human_approval_and_a_timeout_run_in_turn() {
+    let mut state = MemState::default();
+    let id = workflow_intent(
+        &mut state,
+        500,
+        vec![
+            agent_step("charge", "agent://acme/prod/payments"),
+            human_step("approve"),
+            timer_step("settle", StepKind::Timeout { seconds: 60 }),
+        ],
+    );
+    // The first step is a plain delivery to its agent.
+    let i = &state.intents[&id];
+    assert_eq!(i.status, Status::Submitted);
+    assert_eq!(wf(&state, id).current.as_deref(), Some("charge"));
+    assert_eq!(state.queue.len(), 1);
+    deliver_at(&mut state, id, 1).unwrap();
+    resume_complete(&mut state, id, json!({"charged": true})).unwrap();
+
+    // The agent's result ends its step; the person's task is next, in the lead's inbox.
+    let i = &state.intents[&id];
+    assert_eq!(
+        (i.status, i.waiting_reason),
+        (Status::Waiting, Some(WaitingReason::WaitingForHuman))
+    );
+    assert_eq!(i.pending_with.as_ref().unwrap().reference, LEAD);
+    assert_eq!(state.threads[&id].owner, "acme/people/lead");
+    assert_eq!(state.threads[&id].status, ThreadStatus::Open);
+    assert_eq!(
+        wf(&state, id).step("charge").unwrap().outcome,
+        Some(json!({"charged": true}))
+    );
+    // The task's rules hold for the answer.
+    let before = state.clone();
+    assert!(answer(&mut state, id, json!({"outcome": "maybe"}), 6).is_err());
+    assert_eq!(state, before);
+    answer(
+        &mut state,
+        id,
+        json!({"outcome": "approved", "decision": "approve"}),
+        10,
+    )
+    .unwrap();
+
+    // The timeout waits for its time; an early or stale tick changes nothing.
+    let i = &state.intents[&id];
+    assert_eq!(i.waiting_reason, Some(WaitingReason::WaitingForTime));
+    assert_eq!(
+        i.pending_with.as_ref().unwrap().kind,
+        PendingWithKind::Internal
+    );
+    assert_eq!(state.threads[&id].status, ThreadStatus::Resolved);
+    assert_eq!(
+        state.due_of(id),
+        BTreeSet::from([(DueKind::WorkflowStep, secs(70))])
+    );
+    let before = state.clone();
+    // A timer step is not ended by an answer: the previous step's agent cannot skip it.
+    assert!(resume_complete(&mut state, id, json!({"charged": true})).is_err());
+    assert!(tick(&mut state, id, "settle", 1, 69).is_err());
+    assert!(tick(&mut state, id, "approve", 1, 70).is_err());
+    assert!(tick(&mut state, id, "settle", 2, 70).is_err());
+    assert_eq!(state, before);
+    tick(&mut state, id, "settle", 1, 70).unwrap();
+    let i = &state.intents[&id];
+    assert_eq!(i.status, Status::Failed);
+    assert_eq!(i.error.as_ref().unwrap()["code"], "step_timeout");
+    assert!(state.due_of(id).is_empty());
+    assert_eq!(
+        step_states(&state, id),
+        [
+            ("charge".into(), StepState::Succeeded, 1),
+            ("approve".into(), StepState::Succeeded, 1),
+            ("settle".into(), StepState::Failed, 1)
+        ]
+    );
+    // A repeat of the last tick (a new leader proposing it again) is refused.
+    let before = state.clone();
+    assert!(tick(&mut state, id, "settle", 1, 71).is_err());
+    assert_eq!(state, before);
+    let walk: Vec<String> = state
+        .event_types(id)
+        .into_iter()
+        .filter(|e| e.starts_with("workflow."))
+        .collect();
+    assert_eq!(
+        walk,
+        [
+            "workflow.step_started",
+            "workflow.step_succeeded",
+            "workflow.step_started",
+            "workflow.step_succeeded",
+            "workflow.step_started",
+            "workflow.step_failed",
+        ]
+    );
+}
+
+#[test]
+fn a_step_deadline_retries_then_follows_on_failure() {
+    let mut state = MemState::default();
+    let mut ship = agent_step("ship", AGENT_B);
+    ship.step_deadline_seconds = Some(10);
+    ship.max_retries = 1;
+    ship.on_success = Some("done".into());
+    ship.on_failure = Some("tell".into());
+    let tell = timer_step(
+        "tell",
+        StepKind::Notification {
+            message: Some(json!("late")),
+        },
+    );
+    let done = timer_step("done", StepKind::Delay { seconds: 5 });
+    let id = workflow_intent(&mut state, 501, vec![ship, done, tell]);
+    assert_eq!(state.intents[&id].to_agent, AGENT_B);
+    tick(&mut state, id, "ship", 1, 10).unwrap();
+    assert_eq!(
+        step_states(&state, id)[0],
+        ("ship".into(), StepState::Active, 2),
+        "the deadline started the retry"
+    );
+    // Never delivered, so the retry offers it again as it was: SUBMITTED, on a new cursor.
+    assert_eq!(state.intents[&id].status, Status::Submitted);
+    assert_eq!(state.intents[&id].delivery_attempt, 0);
+    assert_eq!(state.queue.len(), 2);
+    // The first attempt's tick comes again: stale.
+    assert!(tick(&mut state, id, "ship", 1, 20).is_err());
+    tick(&mut state, id, "ship", 2, 20).unwrap();
+    // Retries used up: on_failure runs the notification, which ends at once, and the
+    // workflow completes (the failure was handled).
+    let i = &state.intents[&id];
+    assert_eq!(i.status, Status::Completed);
+    assert_eq!(
+        step_states(&state, id),
+        [
+            ("ship".into(), StepState::Failed, 2),
+            ("done".into(), StepState::Pending, 0),
+            ("tell".into(), StepState::Succeeded, 1)
+        ]
+    );
+    assert!(state
+        .event_types(id)
+        .contains(&"workflow.step_retried".to_string()));
+}
+
+#[test]
+fn approve_current_step_advances_a_workflow() {
+    let mut state = MemState::default();
+    let id = workflow_intent(
+        &mut state,
+        502,
+        vec![human_step("approve"), agent_step("ship", AGENT_B)],
+    );
+    assert_eq!(state.intents[&id].status, Status::Waiting);
+    state
+        .intent_cmd(IntentCommand::Resume {
+            intent_id: id,
+            action: ResumeAction::ApproveCurrentStep {
+                expected_policy_generation: Some(0),
+                reason: Some("go".into()),
+            },
+            actor: "agent://acme/prod/sender".into(),
+            at: secs(3),
+        })
+        .unwrap();
+    let i = &state.intents[&id];
+    assert_eq!(i.status, Status::InProgress);
+    assert_eq!(i.policy_generation, 1);
+    assert_eq!(i.to_agent, AGENT_B);
+    assert_eq!(wf(&state, id).current.as_deref(), Some("ship"));
+    assert!(state
+        .queue
+        .contains_key(&("acme/prod/shipping".to_string(), 1)));
+    // The agent of the step fails it: no retries, no on_failure, the intent fails.
+    state
+        .intent_cmd(IntentCommand::Resume {
+            intent_id: id,
+            action: ResumeAction::Fail {
+                error: json!({"code": "no_stock"}),
+            },
+            actor: AGENT_B.into(),
+            at: secs(4),
+        })
+        .unwrap();
+    assert_eq!(state.intents[&id].status, Status::Failed);
+    assert_eq!(wf(&state, id).current, None);
+}
+
+#[test]
+fn a_reject_fails_the_human_step_and_cancel_skips_the_active_one() {
+    let mut state = MemState::default();
+    let mut approve = human_step("approve");
+    approve.on_failure = Some("wait".into());
+    let id = workflow_intent(
+        &mut state,
+        503,
+        vec![approve, timer_step("wait", StepKind::Delay { seconds: 30 })],
+    );
+    answer(
+        &mut state,
+        id,
+        json!({"outcome": "rejected", "decision": "reject"}),
+        2,
+    )
+    .unwrap();
+    assert_eq!(wf(&state, id).current.as_deref(), Some("wait"));
+    assert_eq!(state.intents[&id].status, Status::Waiting);
+    state
+        .intent_cmd(IntentCommand::Resolve {
+            intent_id: id,
+            resolution: Resolution::Canceled {
+                reason: "enough".into(),
+            },
+            actor: "agent://acme/prod/sender".into(),
+            at: secs(3),
+        })
+        .unwrap();
+    assert_eq!(
+        step_states(&state, id),
+        [
+            ("approve".into(), StepState::Failed, 1),
+            ("wait".into(), StepState::Skipped, 1)
+        ]
+    );
+    assert!(state.due_of(id).is_empty());
+}
+
+/// What happens to a workflow intent next, in the property test.
+#[derive(Debug, Clone)]
+enum WorkflowMove {
+    /// A tick for the step at this index (modulo the steps), this attempt, at this time.
+    Tick(usize, u32, i64),
+    /// The active step's agent or person answers.
+    Complete,
+    Reject,
+    Fail,
+    Approve,
+    Deliver,
+    Cancel,
+}
+
+fn workflow_move() -> impl Strategy<Value = WorkflowMove> {
+    prop_oneof![
+        4 => (0usize..5, 0u32..4, 0i64..200).prop_map(|(s, a, t)| WorkflowMove::Tick(s, a, t)),
+        2 => Just(WorkflowMove::Complete),
+        1 => Just(WorkflowMove::Reject),
+        1 => Just(WorkflowMove::Fail),
+        1 => Just(WorkflowMove::Approve),
+        1 => Just(WorkflowMove::Deliver),
+        1 => Just(WorkflowMove::Cancel),
+    ]
+}
+
+/// A step of a random workflow: its kind, deadline, retries and, for graphs, its edges
+/// (always forward, so the graph is acyclic as the edge guarantees).
+type StepSpec = (u8, Option<u64>, u32, Option<usize>, Option<usize>);
+
+fn workflow_step_spec() -> impl Strategy<Value = StepSpec> {
+    (
+        0u8..7,
+        prop::option::of(1u64..50),
+        0u32..3,
+        prop::option::of(1usize..5),
+        prop::option::of(1usize..5),
+    )
+}
+
+fn build_steps(specs: &[StepSpec], graph: bool) -> Vec<WorkflowStep> {
+    let n = specs.len();
+    let mut steps: Vec<WorkflowStep> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, deadline, retries, ok, ko))| {
+            let id = format!("s{i}");
+            let mut s = match kind {
+                0 => agent_step(&id, "agent://acme/prod/payments"),
+                1 => agent_step(&id, AGENT_B),
+                2 => human_step(&id),
+                3 => timer_step(&id, StepKind::Delay { seconds: 20 }),
+                4 => timer_step(&id, StepKind::Timeout { seconds: 30 }),
+                5 => timer_step(
+                    &id,
+                    StepKind::Reminder {
+                        seconds: 5,
+                        to: LEAD.into(),
+                    },
+                ),
+                _ => timer_step(&id, StepKind::Notification { message: None }),
+            };
+            s.step_deadline_seconds = *deadline;
+            s.max_retries = *retries;
+            if graph {
+                // Forward edges only; an edge past the end means "none".
+                s.on_success = ok
+                    .map(|d| i + d)
+                    .filter(|&j| j < n)
+                    .map(|j| format!("s{j}"));
+                s.on_failure = ko
+                    .map(|d| i + d)
+                    .filter(|&j| j < n)
+                    .map(|j| format!("s{j}"));
+            }
+            s
+        })
+        .collect();
+    if graph {
+        // Every step reachable: chain each unreached one from its predecessor's success.
+        for i in 1..n {
+            let id = format!("s{i}");
+            let reached = steps[..i].iter().any(|s| {
+                s.on_success.as_deref() == Some(&id) || s.on_failure.as_deref() == Some(&id)
+            });
+            if !reached {
+                steps[i - 1].on_success = Some(id);
+            }
+        }
+    }
+    steps
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Whatever answers and ticks arrive, in whatever order: a running workflow has exactly
+    /// one active step and `current` names it, a terminal intent has none, every rejected
+    /// command leaves the state as it was, and the event log stays legal and gapless.
+    #[test]
+    fn any_sequence_of_ticks_leaves_one_active_step_or_a_terminal_intent(
+        specs in prop::collection::vec(workflow_step_spec(), 1..6),
+        graph in any::<bool>(),
+        moves in prop::collection::vec(workflow_move(), 0..30),
+    ) {
+        let mut steps = build_steps(&specs, graph);
+        prop_assume!(intentd_lifecycle::workflow::normalise(&mut steps).is_ok());
+        let mut state = MemState::default();
+        let mut new = new_intent(Uuid::from_u128(600), 3, None);
+        new.workflow = Some(Workflow::new(steps));
+        let id = create_with(&mut state, new);
+        for (n, mv) in moves.iter().enumerate() {
+            let at = secs(n as i64 + 1);
+            let cmd = match mv {
+                WorkflowMove::Tick(s, attempt, t) => IntentCommand::AdvanceWorkflow {
+                    intent_id: id,
+                    step_id: format!("s{}", s % specs.len()),
+                    attempt: *attempt,
+                    at: secs(*t),
+                },
+                WorkflowMove::Complete => IntentCommand::Resume {
+                    intent_id: id,
+                    action: ResumeAction::Complete { result: json!({"outcome": "approved"}) },
+                    actor: "x".into(),
+                    at,
+                },
+                WorkflowMove::Reject => IntentCommand::Resume {
+                    intent_id: id,
+                    action: ResumeAction::Complete { result: json!({"outcome": "rejected", "decision": "reject"}) },
+                    actor: "x".into(),
+                    at,
+                },
+                WorkflowMove::Fail => IntentCommand::Resume {
+                    intent_id: id,
+                    action: ResumeAction::Fail { error: json!({"code": "x"}) },
+                    actor: "x".into(),
+                    at,
+                },
+                WorkflowMove::Approve => IntentCommand::Resume {
+                    intent_id: id,
+                    action: ResumeAction::ApproveCurrentStep { expected_policy_generation: None, reason: None },
+                    actor: "x".into(),
+                    at,
+                },
+                WorkflowMove::Deliver => IntentCommand::Deliver {
+                    intent_id: id,
+                    expected_attempt: state.intents[&id].delivery_attempt,
+                    consumer: "c".into(),
+                    lease_until: at + Duration::seconds(30),
+                    at,
+                },
+                WorkflowMove::Cancel => IntentCommand::Resolve {
+                    intent_id: id,
+                    resolution: Resolution::Canceled { reason: "r".into() },
+                    actor: "x".into(),
+                    at,
+                },
+            };
+            let before = state.clone();
+            if state.intent_cmd(cmd).is_err() {
+                prop_assert_eq!(&state, &before, "a refused command changed the state");
+            }
+            let i = &state.intents[&id];
+            let w = i.workflow.as_ref().unwrap();
+            let active: Vec<&str> = w.steps.iter().filter(|s| s.state == StepState::Active).map(|s| s.step_id.as_str()).collect();
+            if i.status.is_terminal() {
+                prop_assert!(active.is_empty(), "terminal with active steps {:?}", active);
+                prop_assert_eq!(w.current.as_deref(), None);
+            } else {
+                prop_assert_eq!(active.len(), 1, "steps {:?}", w.steps);
+                prop_assert_eq!(w.current.as_deref(), Some(active[0]));
+            }
+            prop_assert_eq!(state.due_of(id), expected_due(i));
+        }
+        let events = state.events_of(id);
+        let mut prev = Status::Created;
+        for (k, e) in events.iter().enumerate() {
+            prop_assert_eq!(e.seq, k as u64 + 1);
+            if k > 0 {
+                prop_assert!(allowed_step(prev, e), "{:?} after {:?}", e.event_type, prev);
+            }
+            prev = e.status;
+        }
+        prop_assert!(events.iter().filter(|e| e.event_type.is_terminal()).count() <= 1);
+    }
 }

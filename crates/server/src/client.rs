@@ -214,25 +214,7 @@ impl IntentsCmd {
                 &c.get(&format!("/v1/intents/{id}/events?since={since}"))
                     .await?,
             ),
-            IntentsAction::Watch { id, mut since } => loop {
-                let mut terminal = false;
-                let timed_out = c
-                    .sse(
-                        &format!("/v1/intents/{id}/events/stream?since={since}&wait_seconds=30"),
-                        |_, seq, event| {
-                            since = seq.unwrap_or(since).max(since);
-                            let status = event["status"].as_str().unwrap_or_default();
-                            terminal =
-                                matches!(status, "COMPLETED" | "FAILED" | "CANCELED" | "TIMED_OUT");
-                            println!("{event}");
-                            Ok(())
-                        },
-                    )
-                    .await?;
-                if terminal || !timed_out {
-                    break;
-                }
-            },
+            IntentsAction::Watch { id, since } => watch(c, &id, since).await?,
             IntentsAction::Resume { id, body } => print(
                 &c.post(
                     &format!("/v1/intents/{id}/resume"),
@@ -263,6 +245,95 @@ impl IntentsCmd {
                         .await?,
                 )
             }
+        }
+        Ok(())
+    }
+}
+
+/// Prints an intent's events after `since`, one JSON line each, until the terminal one
+/// (reconnecting after every `stream.timeout`).
+async fn watch(c: &Conn, id: &str, mut since: u64) -> anyhow::Result<()> {
+    loop {
+        let mut terminal = false;
+        let timed_out = c
+            .sse(
+                &format!("/v1/intents/{id}/events/stream?since={since}&wait_seconds=30"),
+                |_, seq, event| {
+                    since = seq.unwrap_or(since).max(since);
+                    let status = event["status"].as_str().unwrap_or_default();
+                    terminal = matches!(status, "COMPLETED" | "FAILED" | "CANCELED" | "TIMED_OUT");
+                    println!("{event}");
+                    Ok(())
+                },
+            )
+            .await?;
+        if terminal || !timed_out {
+            return Ok(());
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScenariosCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: ScenariosAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ScenariosAction {
+    /// Apply a scenario bundle (a JSON file, `-` for stdin): register its agents and start
+    /// its intent and workflow. Prints the answer.
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Then follow the intent's events (one JSON line each) until it is terminal.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Check a bundle without applying it and print the plan, or why it would be refused.
+    Validate { file: PathBuf },
+}
+
+fn read_bundle(file: &PathBuf) -> anyhow::Result<Value> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the bundle from stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))
+}
+
+impl ScenariosCmd {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = &self.conn;
+        match self.action {
+            ScenariosAction::Apply {
+                file,
+                idempotency_key,
+                watch: follow,
+            } => {
+                let bundle = read_bundle(&file)?;
+                let answer = c
+                    .post("/v1/scenarios/apply", &bundle, idempotency_key.as_deref())
+                    .await?;
+                if !follow {
+                    print(&answer);
+                    return Ok(());
+                }
+                // One line per record while watching, so the output stays line-oriented.
+                println!("{answer}");
+                let id = answer["intent_id"]
+                    .as_str()
+                    .context("the answer has no intent_id")?;
+                watch(c, id, 0).await?;
+            }
+            ScenariosAction::Validate { file } => print(
+                &c.post("/v1/scenarios/validate", &read_bundle(&file)?, None)
+                    .await?,
+            ),
         }
         Ok(())
     }

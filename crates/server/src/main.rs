@@ -39,6 +39,8 @@ enum Commands {
     Deliveries(client::DeliveriesCmd),
     /// Manage outbound webhook subscriptions.
     Webhooks(client::WebhooksCmd),
+    /// Apply (and watch) or validate scenario bundles and their workflows.
+    Scenarios(client::ScenariosCmd),
     /// Manage API keys (admin key required).
     Keys(client::KeysCmd),
     /// Inspect and change the cluster's membership (admin key required).
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
                 serve::run(config).await
             }
             Commands::Intents(cmd) => cmd.run().await,
+            Commands::Scenarios(cmd) => cmd.run().await,
             Commands::Agents(cmd) => cmd.run().await,
             Commands::Deliveries(cmd) => cmd.run().await,
             Commands::Webhooks(cmd) => cmd.run().await,

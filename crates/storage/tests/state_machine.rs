@@ -114,6 +114,7 @@ fn create_plain(id: Uuid) -> Command {
                 escalate_to: None,
                 human_task: None,
                 deliver_at: None,
+                workflow: None,
             },
             at: at(),
         },

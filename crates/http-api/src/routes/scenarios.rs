@@ -10,12 +10,18 @@
 //!   when unnamed); others are only named.
 //! - `humans[]` are registered with the `inbox` binding at their `contact` as the address,
 //!   so an intent addressed to them waits in their inbox for a decision.
-//! - The intent goes to the first workflow step's `assigned_to` (a role of `agents[]` or
-//!   `humans[]`, or an address), else to the first agent, else to the first human. The
-//!   step's `human_task` (when it `requires_approval` or is a `human_approval` step),
-//!   reminders and escalation apply when the intent does not set its own. intentd runs no
-//!   workflow engine: later steps are not run (a warning says so) and a `macro_id` is
-//!   refused (422). `escalate_to` may name a role too.
+//! - `workflow.steps` run whole, in the cluster (`docs/workflows-design.md`): each step
+//!   becomes a `WorkflowStep` of the intent's `Workflow` (lifecycle `apply/workflow.rs`
+//!   walks it, one replicated command per tick). A step is a person's when it
+//!   `requires_approval`, is a `human_approval` step, has a `human_task` or is assigned to
+//!   a `humans[]` role (an inbox task; its `human_task` rules are checked on the answer);
+//!   an agent's when `assigned_to` names one; a timer for `delay`/`timeout`/`reminder`/
+//!   `escalation` (`runtime_config.seconds`); instant for `notification`, and for a
+//!   `tool_id` with nobody assigned (intentd runs no tools; a warning says so). The graph is
+//!   checked here: unique ids, existing edge targets, every step reachable, no cycle (422
+//!   naming the cycle); with no edge named, the list order. A `macro_id` is refused (422).
+//! - The intent goes to the first step's owner (else the first agent, else the first
+//!   human). `escalate_to` may name a role, as may `assigned_to`.
 //! - `idempotency_key` (or the `Idempotency-Key` header) makes a repeat answer the first
 //!   intent with `idempotent: true`.
 //! - Bundles are copied as published (product pages, the seeds' repositories), and those
@@ -36,7 +42,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use intentd_delivery::intents::Written;
 use intentd_lifecycle::validate::{self, Decided, IntentRequest};
-use intentd_lifecycle::{AgentAddress, AgentConfig, Command, IntentCommand, NewIntent};
+use intentd_lifecycle::workflow;
+use intentd_lifecycle::{
+    AgentAddress, AgentConfig, Command, IntentCommand, NewIntent, StepKind, Workflow, WorkflowStep,
+};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -71,6 +80,8 @@ struct Plan {
     scenario_id: String,
     participants: Vec<Participant>,
     intent: IntentRequest,
+    /// The workflow the intent runs, when the bundle has steps.
+    workflow: Option<Workflow>,
     idempotency_key: Option<String>,
     warnings: Vec<String>,
 }
@@ -175,15 +186,25 @@ fn parse_human(
     })
 }
 
-/// The parts of the first workflow step that shape the intent.
-#[derive(Debug, Default)]
-struct FirstStep {
+/// A workflow step as the bundle gives it, before its roles are resolved.
+#[derive(Debug)]
+struct StepSpec {
+    at: String,
+    step_id: String,
+    runtime_type: Option<String>,
+    runtime_config: Map<String, Value>,
+    tool_id: Option<String>,
     assigned_to: Option<String>,
+    human: bool,
     human_task: Option<Map<String, Value>>,
+    step_deadline_seconds: Option<u64>,
+    max_retries: u32,
     remind_after_seconds: Option<u64>,
     remind_interval_seconds: Option<u64>,
     max_reminders: Option<u64>,
     escalate_to: Option<String>,
+    on_success: Option<String>,
+    on_failure: Option<String>,
 }
 
 const STEP_FIELDS: &[&str] = &[
@@ -213,9 +234,84 @@ const RUNTIME_TYPES: &[&str] = &[
     "notification",
 ];
 
-fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<FirstStep, ApiError> {
+fn parse_step(value: &Value, at: String, warnings: &mut Vec<String>) -> Result<StepSpec, ApiError> {
+    let s = Body::strict(value)?;
+    note_unknown(&s, STEP_FIELDS, &at, warnings);
+    let human_task = s
+        .object("human_task")?
+        .map(|t| known_human_task(t, &format!("{at}.human_task"), warnings))
+        .transpose()?;
+    let step_id = s.required_str("step_id")?;
+    check_len("workflow.steps[].step_id", step_id, 1, 100)?;
+    let runtime = s.str("runtime_type")?;
+    if let Some(r) = runtime {
+        if !RUNTIME_TYPES.contains(&r) {
+            return Err(ApiError::SchemaInvalid(format!(
+                "workflow.steps[].runtime_type {r:?} is not one of {}",
+                RUNTIME_TYPES.join(", ")
+            )));
+        }
+    }
+    let edge = |name: &str| -> Result<Option<String>, ApiError> {
+        let v = s.str(name)?;
+        if let Some(v) = v {
+            check_len(&format!("workflow.steps[].{name}"), v, 1, 100)?;
+        }
+        Ok(v.map(str::to_string))
+    };
+    let mut max_retries = 0;
+    if let Some(retry) = s.object("retry")? {
+        let retry = Value::Object(retry.clone());
+        let r = Body::strict(&retry)?;
+        note_unknown(
+            &r,
+            &["max_retries", "retry_delay_seconds"],
+            &format!("{at}.retry"),
+            warnings,
+        );
+        max_retries = u32::try_from(r.uint("max_retries", 0)?.unwrap_or(0)).map_err(|_| {
+            ApiError::SchemaInvalid("workflow.steps[].retry.max_retries is too large".into())
+        })?;
+        if r.uint("retry_delay_seconds", 1)?.is_some() {
+            warnings.push(format!(
+                "{at}.retry.retry_delay_seconds is not honoured: a retry starts at once"
+            ));
+        }
+    }
+    let tool_id = s.str("tool_id")?;
+    if let Some(t) = tool_id {
+        check_len("workflow.steps[].tool_id", t, 1, 255)?;
+    }
+    for name in ["assigned_to", "escalate_to"] {
+        if let Some(v) = s.str(name)? {
+            check_len(&format!("workflow.steps[].{name}"), v, 0, 383)?;
+        }
+    }
+    Ok(StepSpec {
+        human: s.bool("requires_approval")?.unwrap_or(false)
+            || runtime == Some("human_approval")
+            || human_task.is_some(),
+        at,
+        step_id: step_id.to_string(),
+        runtime_type: runtime.map(str::to_string),
+        runtime_config: s.object("runtime_config")?.cloned().unwrap_or_default(),
+        tool_id: tool_id.map(str::to_string),
+        assigned_to: s.str("assigned_to")?.map(str::to_string),
+        human_task,
+        step_deadline_seconds: s.uint("step_deadline_seconds", 1)?,
+        max_retries,
+        remind_after_seconds: s.uint("remind_after_seconds", 1)?,
+        remind_interval_seconds: s.uint("remind_interval_seconds", 1)?,
+        max_reminders: s.uint("max_reminders", 1)?,
+        escalate_to: s.str("escalate_to")?.map(str::to_string),
+        on_success: edge("on_success")?,
+        on_failure: edge("on_failure")?,
+    })
+}
+
+fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<Vec<StepSpec>, ApiError> {
     let Some(workflow) = b.object("workflow")? else {
-        return Ok(FirstStep::default());
+        return Ok(Vec::new());
     };
     let workflow = Value::Object(workflow.clone());
     let w = Body::strict(&workflow)?;
@@ -231,47 +327,169 @@ fn parse_workflow(b: &Body<'_>, warnings: &mut Vec<String>) -> Result<FirstStep,
             "workflow.steps needs at least one step".into(),
         ));
     }
-    let mut first = FirstStep::default();
-    for (i, step) in steps.iter().enumerate() {
-        let s = Body::strict(step)?;
-        let at = format!("workflow.steps[{i}]");
-        note_unknown(&s, STEP_FIELDS, &at, warnings);
-        let human_task = s
-            .object("human_task")?
-            .map(|t| known_human_task(t, &format!("{at}.human_task"), warnings))
-            .transpose()?;
-        let step_id = s.required_str("step_id")?;
-        check_len("workflow.steps[].step_id", step_id, 1, 100)?;
-        let runtime = s.str("runtime_type")?;
-        if let Some(r) = runtime {
-            if !RUNTIME_TYPES.contains(&r) {
-                return Err(ApiError::SchemaInvalid(format!(
-                    "workflow.steps[].runtime_type {r:?} is not one of {}",
-                    RUNTIME_TYPES.join(", ")
-                )));
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| parse_step(step, format!("workflow.steps[{i}]"), warnings))
+        .collect()
+}
+
+/// The seconds a timer step waits: `runtime_config.seconds` (or the `delay_seconds`,
+/// `timeout_seconds`, `after_seconds` spellings), else its `step_deadline_seconds` for a
+/// timeout, else none (it acts at once).
+fn timer_seconds(spec: &StepSpec) -> Result<u64, ApiError> {
+    for name in [
+        "seconds",
+        "delay_seconds",
+        "timeout_seconds",
+        "after_seconds",
+    ] {
+        match spec.runtime_config.get(name) {
+            None => continue,
+            Some(v) => {
+                return v.as_u64().ok_or_else(|| {
+                    ApiError::SchemaInvalid(format!(
+                        "{}.runtime_config.{name} must be an integer >= 0",
+                        spec.at
+                    ))
+                })
             }
         }
-        if i > 0 {
-            continue;
-        }
-        let approval =
-            s.bool("requires_approval")?.unwrap_or(false) || runtime == Some("human_approval");
-        first = FirstStep {
-            assigned_to: s.str("assigned_to")?.map(str::to_string),
-            human_task: if approval { human_task } else { None },
-            remind_after_seconds: s.uint("remind_after_seconds", 1)?,
-            remind_interval_seconds: s.uint("remind_interval_seconds", 1)?,
-            max_reminders: s.uint("max_reminders", 1)?,
-            escalate_to: s.str("escalate_to")?.map(str::to_string),
+    }
+    Ok(match spec.runtime_type.as_deref() {
+        Some("timeout") => spec.step_deadline_seconds.unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// The step's owner, when it is a person: a role of `humans[]`, or any step that asks for
+/// approval or has a human task.
+fn is_human_role(participants: &[Participant], name: &str) -> bool {
+    participants.iter().any(|p| {
+        p.role == name
+            && p.binding
+                .as_ref()
+                .is_some_and(|b| b.binding.mode() == "inbox")
+    })
+}
+
+/// Turns the bundle's steps into the workflow the intent runs: roles resolved to addresses,
+/// each step's kind decided, and the graph checked and normalised
+/// (`intentd_lifecycle::workflow::normalise`: unique ids, edges to existing steps, every step
+/// reachable, no cycle; list order when no step names an edge).
+fn build_workflow(
+    participants: &[Participant],
+    specs: Vec<StepSpec>,
+    warnings: &mut Vec<String>,
+) -> Result<Workflow, ApiError> {
+    let first_of = |inbox: bool| {
+        participants
+            .iter()
+            .find(|p| {
+                p.binding
+                    .as_ref()
+                    .is_some_and(|b| b.binding.mode() == "inbox")
+                    == inbox
+            })
+            .map(|p| format!("agent://{}", p.address))
+    };
+    let uri = |name: &str| resolve(participants, name).map(|a| format!("agent://{a}"));
+    let mut steps = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let human = spec.human
+            || spec
+                .assigned_to
+                .as_deref()
+                .is_some_and(|a| is_human_role(participants, a));
+        let kind = match spec.runtime_type.as_deref() {
+            Some(kind @ ("delay" | "timeout" | "reminder" | "escalation")) => {
+                let seconds = timer_seconds(&spec)?;
+                let target = |name: Option<&String>| -> Result<String, ApiError> {
+                    match name {
+                        Some(n) => uri(n),
+                        None => first_of(true).or_else(|| first_of(false)).ok_or_else(|| {
+                            ApiError::SchemaInvalid(format!(
+                                "{}: a {kind} step needs assigned_to or escalate_to",
+                                spec.at
+                            ))
+                        }),
+                    }
+                };
+                match kind {
+                    "delay" => StepKind::Delay { seconds },
+                    "timeout" => StepKind::Timeout { seconds },
+                    "reminder" => StepKind::Reminder {
+                        seconds,
+                        to: target(spec.assigned_to.as_ref())?,
+                    },
+                    _ => StepKind::Escalation {
+                        seconds,
+                        to: target(spec.escalate_to.as_ref().or(spec.assigned_to.as_ref()))?,
+                    },
+                }
+            }
+            Some("notification") => StepKind::Notification {
+                message: spec.runtime_config.get("message").cloned().or_else(|| {
+                    (!spec.runtime_config.is_empty())
+                        .then(|| Value::Object(spec.runtime_config.clone()))
+                }),
+            },
+            _ if human => {
+                let address = match &spec.assigned_to {
+                    Some(a) => uri(a)?,
+                    None => first_of(true).ok_or_else(|| {
+                        ApiError::SchemaInvalid(format!(
+                            "{}: a human step needs assigned_to or a humans[] entry",
+                            spec.at
+                        ))
+                    })?,
+                };
+                StepKind::Human { address }
+            }
+            _ => match (&spec.assigned_to, &spec.tool_id) {
+                (Some(a), _) => StepKind::Agent { address: uri(a)? },
+                (None, Some(tool_id)) => {
+                    warnings.push(format!(
+                        "{}: intentd does not execute tool {tool_id:?}; with no assigned_to the \
+                         step succeeds at once",
+                        spec.at
+                    ));
+                    StepKind::Tool {
+                        tool_id: tool_id.clone(),
+                    }
+                }
+                (None, None) => StepKind::Agent {
+                    address: first_of(false).or_else(|| first_of(true)).ok_or_else(|| {
+                        ApiError::SchemaInvalid(format!(
+                            "{}: the step names no assigned_to, tool_id or runtime_type, and the \
+                             bundle no agent",
+                            spec.at
+                        ))
+                    })?,
+                },
+            },
         };
+        let mut step = WorkflowStep::new(spec.step_id.clone(), kind);
+        if matches!(step.kind, StepKind::Human { .. }) {
+            let mut task = spec.human_task.clone().unwrap_or_default();
+            task.entry("title").or_insert_with(|| json!(spec.step_id));
+            validate::human_task(&task)?;
+            step.human_task = Some(Value::Object(task));
+            step.remind_after_seconds = spec.remind_after_seconds;
+            step.remind_interval_seconds = spec.remind_interval_seconds;
+            step.max_reminders = spec
+                .max_reminders
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+            step.escalate_to = spec.escalate_to.as_deref().map(uri).transpose()?;
+        }
+        step.step_deadline_seconds = spec.step_deadline_seconds;
+        step.max_retries = spec.max_retries;
+        step.on_success = spec.on_success;
+        step.on_failure = spec.on_failure;
+        steps.push(step);
     }
-    if steps.len() > 1 {
-        warnings.push(format!(
-            "intentd runs no workflow engine: only the first of {} steps shapes the intent",
-            steps.len()
-        ));
-    }
-    Ok(first)
+    workflow::normalise(&mut steps).map_err(|e| ApiError::SchemaInvalid(e.to_string()))?;
+    Ok(Workflow::new(steps))
 }
 
 /// A role of the bundle, or else an address as given.
@@ -337,7 +555,13 @@ fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
     for (n, h) in array(&b, "humans", 20)?.iter().enumerate() {
         participants.push(parse_human(h, &format!("humans[{n}]"), &mut warnings)?);
     }
-    let step = parse_workflow(&b, &mut warnings)?;
+    let specs = parse_workflow(&b, &mut warnings)?;
+    let workflow = if specs.is_empty() {
+        None
+    } else {
+        Some(build_workflow(&participants, specs, &mut warnings)?)
+    };
+    let first = workflow.as_ref().and_then(|w| w.steps.first());
 
     let spec = b.required_object("intent")?;
     let spec = Value::Object(spec.clone());
@@ -352,9 +576,13 @@ fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
     if let Some(e) = i.str("escalate_to")? {
         check_len("intent.escalate_to", e, 0, 383)?;
     }
-    let to_agent = match &step.assigned_to {
-        Some(name) => resolve(&participants, name)?,
-        None => participants
+    // The intent starts with its first step's owner; a timer or instant first step keeps it
+    // with the bundle's first participant until a step with an owner comes.
+    let to_agent = match first.map(|s| &s.kind) {
+        Some(StepKind::Agent { address } | StepKind::Human { address }) => {
+            crate::auth::bare(address).to_string()
+        }
+        _ => participants
             .first()
             .map(|p| p.address.clone())
             .ok_or_else(|| {
@@ -367,9 +595,7 @@ fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
     };
     let escalate_to = i
         .str("escalate_to")?
-        .map(str::to_string)
-        .or(step.escalate_to)
-        .map(|e| resolve(&participants, &e))
+        .map(|e| resolve(&participants, e))
         .transpose()?;
     let intent = IntentRequest {
         intent_type: Some(intent_type.to_string()),
@@ -379,22 +605,19 @@ fn parse_bundle(body: &Value) -> Result<Plan, ApiError> {
         reply_to: None,
         payload: Some(i.map().get("payload").cloned().unwrap_or_else(|| json!({}))),
         deadline_at: i.str("deadline_at")?.map(str::to_string),
-        remind_after_seconds: i
-            .uint("remind_after_seconds", 1)?
-            .or(step.remind_after_seconds),
-        remind_interval_seconds: i
-            .uint("remind_interval_seconds", 1)?
-            .or(step.remind_interval_seconds),
-        max_reminders: i.uint("max_reminders", 1)?.or(step.max_reminders),
+        remind_after_seconds: i.uint("remind_after_seconds", 1)?,
+        remind_interval_seconds: i.uint("remind_interval_seconds", 1)?,
+        max_reminders: i.uint("max_reminders", 1)?,
         escalate_to: escalate_to.map(|e| format!("agent://{e}")),
         max_delivery_attempts: i.uint("max_delivery_attempts", 1)?,
-        human_task: human_task.or(step.human_task),
+        human_task,
         deliver_at: None,
     };
     Ok(Plan {
         scenario_id: scenario_id.to_string(),
         participants,
         intent,
+        workflow,
         idempotency_key,
         warnings,
     })
@@ -421,7 +644,8 @@ fn new_intent(state: &AppState, caller: &Caller, plan: &Plan) -> Result<NewInten
         from_agent: caller.principal(),
         default_max_delivery_attempts,
     };
-    let intent = validate::new_intent(request, decided)?;
+    let mut intent = validate::new_intent(request, decided)?;
+    intent.workflow = plan.workflow.clone();
     let size = intent.payload.to_string().len();
     if size > state.config.max_intent_body_bytes {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -525,6 +749,7 @@ async fn apply(
         "agents": agents,
         "deadline_at": i.deadline_at.as_ref().map(views::timestamp),
         "created_at": views::timestamp(&i.created_at),
+        "workflow": i.workflow.as_ref().map(views::workflow),
         "warnings": plan.warnings,
     })))
 }
@@ -578,6 +803,7 @@ async fn validate_bundle(
                 "escalate_to": intent.escalate_to,
                 "max_delivery_attempts": intent.max_delivery_attempts,
             },
+            "workflow": intent.workflow.as_ref().map(views::workflow),
         },
     })))
 }
@@ -621,17 +847,124 @@ mod tests {
             plan.intent.to_agent.as_deref(),
             Some("agent://acme/people/lead")
         );
+        // The steps become the workflow the intent runs: a person's approval, then the
+        // deployer, in list order.
+        let wf = plan.workflow.as_ref().expect("a workflow");
+        let approve = &wf.steps[0];
         assert_eq!(
-            plan.intent.escalate_to.as_deref(),
+            approve.kind,
+            StepKind::Human {
+                address: "agent://acme/people/lead".into()
+            }
+        );
+        assert_eq!(approve.on_success.as_deref(), Some("deploy"));
+        assert_eq!(
+            approve.escalate_to.as_deref(),
             Some("agent://acme/prod/auditor")
         );
-        assert_eq!(plan.intent.remind_after_seconds, Some(60));
+        assert_eq!(approve.remind_after_seconds, Some(60));
         assert_eq!(
-            plan.intent.human_task.as_ref().unwrap()["title"],
+            approve.human_task.as_ref().unwrap()["title"],
             "Roll out nginx?"
         );
-        assert_eq!(plan.warnings.len(), 1);
+        assert_eq!(
+            wf.steps[1].kind,
+            StepKind::Agent {
+                address: "agent://acme/prod/deployer".into()
+            }
+        );
+        assert_eq!(wf.steps[1].on_success, None);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         assert_eq!(plan.intent.payload, Some(json!({"version": "1.27"})));
+    }
+
+    fn with_steps(steps: Value) -> Value {
+        json!({
+            "scenario_id": "wf.test.v1",
+            "agents": [{"role": "worker", "address": "acme/prod/worker", "delivery_mode": "stream"}],
+            "humans": [{"role": "lead", "contact": "acme/people/lead"}],
+            "workflow": {"steps": steps},
+            "intent": {"type": "ops.wf.v1"},
+        })
+    }
+
+    #[test]
+    fn broken_workflow_graphs_are_refused_with_a_clear_message() {
+        let cases = [
+            (
+                json!([{"step_id": "a", "assigned_to": "worker"}, {"step_id": "a", "assigned_to": "worker"}]),
+                "used twice",
+            ),
+            (
+                json!([{"step_id": "a", "assigned_to": "worker", "on_success": "nope"}]),
+                "not a step of this workflow",
+            ),
+            (
+                json!([{"step_id": "a", "assigned_to": "worker", "on_failure": "c"},
+                    {"step_id": "b", "assigned_to": "worker"},
+                    {"step_id": "c", "assigned_to": "worker"}]),
+                "cannot be reached",
+            ),
+            (
+                json!([{"step_id": "a", "assigned_to": "worker", "on_success": "b"},
+                    {"step_id": "b", "assigned_to": "lead", "on_failure": "a"}]),
+                "cycle: a -> b -> a",
+            ),
+            (
+                json!([{"step_id": "a", "runtime_type": "delay", "runtime_config": {"seconds": "x"}}]),
+                "runtime_config.seconds",
+            ),
+            (
+                json!([{"step_id": "a", "requires_approval": true, "human_task": {"title": "t", "task_type": "dance"}}]),
+                "task_type",
+            ),
+        ];
+        for (steps, message) in cases {
+            let err = parse_bundle(&with_steps(steps.clone())).unwrap_err();
+            assert_eq!(err.code(), "schema_invalid", "{steps}");
+            assert!(err.to_string().contains(message), "{steps}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_step_gets_its_kind() {
+        let plan = parse_bundle(&with_steps(json!([
+            {"step_id": "work", "assigned_to": "worker", "step_deadline_seconds": 30,
+             "retry": {"max_retries": 2}, "on_success": "ask", "on_failure": "tell"},
+            {"step_id": "ask", "runtime_type": "human_approval", "on_success": "wait"},
+            {"step_id": "wait", "runtime_type": "timeout", "runtime_config": {"seconds": 5}},
+            {"step_id": "tell", "runtime_type": "notification", "runtime_config": {"message": "late"}},
+        ])))
+        .unwrap();
+        let wf = plan.workflow.unwrap();
+        let kinds: Vec<&StepKind> = wf.steps.iter().map(|s| &s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                &StepKind::Agent {
+                    address: "agent://acme/prod/worker".into()
+                },
+                &StepKind::Human {
+                    address: "agent://acme/people/lead".into()
+                },
+                &StepKind::Timeout { seconds: 5 },
+                &StepKind::Notification {
+                    message: Some(json!("late"))
+                },
+            ]
+        );
+        assert_eq!(
+            (wf.steps[0].max_retries, wf.steps[0].step_deadline_seconds),
+            (2, Some(30))
+        );
+        // A human step without a task gets one titled by its id.
+        assert_eq!(wf.steps[1].human_task, Some(json!({"title": "ask"})));
+        // Edges named: an omitted one ends the workflow.
+        assert_eq!(wf.steps[2].on_success, None);
+        assert_eq!(
+            plan.intent.to_agent.as_deref(),
+            Some("agent://acme/prod/worker")
+        );
     }
 
     #[test]
@@ -778,19 +1111,21 @@ mod tests {
                 "intent.priority",
             ]
         );
-        // The workflow's own warning is still there, and nothing unknown reaches the intent.
-        assert_eq!(
-            plan.warnings.len(),
-            unknown.len() + 1,
-            "{:?}",
-            plan.warnings
-        );
-        let task = plan.intent.human_task.as_ref().unwrap();
+        // Nothing else is warned about, and nothing unknown reaches the workflow.
+        assert_eq!(plan.warnings.len(), unknown.len(), "{:?}", plan.warnings);
+        let wf = plan.workflow.as_ref().unwrap();
+        let task = wf.steps[0]
+            .human_task
+            .as_ref()
+            .unwrap()
+            .as_object()
+            .unwrap();
         assert!(!task.contains_key("priority"), "{task:?}");
         assert_eq!(task["title"], "Roll out nginx?");
         // The plan is the one the bundle without the unknown keys makes.
         let clean = parse_bundle(&bundle()).unwrap();
         assert_eq!(plan.participants, clean.participants);
         assert_eq!(plan.intent, clean.intent);
+        assert_eq!(plan.workflow, clean.workflow);
     }
 }

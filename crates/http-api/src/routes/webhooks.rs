@@ -82,6 +82,10 @@ const INTENT_EVENT_TYPES: &[&str] = &[
     "intent.reminder_sent",
     "intent.escalated",
     "intent.step_approved",
+    "workflow.step_started",
+    "workflow.step_succeeded",
+    "workflow.step_failed",
+    "workflow.step_retried",
 ];
 
 fn known_event_type(t: &str) -> bool {
@@ -691,7 +695,11 @@ mod tests {
             | EventType::LeaseExpired
             | EventType::ReminderSent
             | EventType::Escalated
-            | EventType::StepApproved => e.as_str(),
+            | EventType::StepApproved
+            | EventType::WorkflowStepStarted
+            | EventType::WorkflowStepSucceeded
+            | EventType::WorkflowStepFailed
+            | EventType::WorkflowStepRetried => e.as_str(),
         };
         for e in [
             EventType::Created,
@@ -712,9 +720,13 @@ mod tests {
             EventType::ReminderSent,
             EventType::Escalated,
             EventType::StepApproved,
+            EventType::WorkflowStepStarted,
+            EventType::WorkflowStepSucceeded,
+            EventType::WorkflowStepFailed,
+            EventType::WorkflowStepRetried,
         ] {
             assert!(INTENT_EVENT_TYPES.contains(&name(e)), "{}", e.as_str());
         }
-        assert_eq!(INTENT_EVENT_TYPES.len(), 18);
+        assert_eq!(INTENT_EVENT_TYPES.len(), 22);
     }
 }

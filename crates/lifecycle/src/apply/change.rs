@@ -180,6 +180,7 @@ impl Change {
     /// Drops the times that no longer apply to the intent's status, so that the due index
     /// (derived from them) holds only work the engine can still do.
     pub(super) fn normalize(&mut self) {
+        workflow::close(&mut self.intent, self.at);
         let i = &mut self.intent;
         if i.status != Status::Delivered {
             i.lease = None;
@@ -350,6 +351,10 @@ pub(super) fn due_of(i: &Intent) -> BTreeSet<DueEntry> {
     add(i.not_before, kind);
     add(i.deadline_at, DueKind::Deadline);
     add(i.next_reminder_at, DueKind::Reminder);
+    add(
+        i.workflow.as_ref().and_then(Workflow::due_at),
+        DueKind::WorkflowStep,
+    );
     out
 }
 
@@ -369,6 +374,15 @@ pub(super) fn event_json(e: &Event) -> Value {
 }
 
 pub(super) fn pending_with(intent: &Intent) -> Option<PendingWith> {
+    if let Some(step) = intent.workflow.as_ref().and_then(Workflow::active) {
+        if step.kind.timer_seconds().is_some() && !intent.status.is_terminal() {
+            // A timer step: the cluster itself holds the intent until the step's time.
+            return Some(PendingWith {
+                kind: PendingWithKind::Internal,
+                reference: format!("workflow_step:{}", step.step_id),
+            });
+        }
+    }
     let kind = match (intent.status, intent.waiting_reason) {
         (s, _) if s.is_terminal() || s == Status::Created => return None,
         (Status::Waiting, Some(WaitingReason::WaitingForHuman)) => PendingWithKind::Human,

@@ -100,10 +100,16 @@ pub(super) fn apply_intent(
             }
             change.enter(Status::Acknowledged, actor, Map::new())?;
         }
-        IntentCommand::Resume { action, actor, .. } => resume(&mut change, action, actor)?,
+        IntentCommand::Resume { action, actor, .. } => resume(&mut change, state, action, actor)?,
         IntentCommand::Resolve {
             resolution, actor, ..
         } => match resolution {
+            Resolution::Completed { result } if workflow::runs(&change.intent) => {
+                workflow::answered(&mut change, state, result)?
+            }
+            Resolution::Failed { error } if workflow::runs(&change.intent) => {
+                workflow::answered_failure(&mut change, state, error.clone())?
+            }
             Resolution::Completed { result } => complete(&mut change, result, actor)?,
             Resolution::Failed { error } => fail(&mut change, error, actor)?,
             Resolution::Canceled { reason } => {
@@ -168,6 +174,12 @@ pub(super) fn apply_intent(
             }));
             change.record(EventType::PolicyUpdated, actor, details);
         }
+        IntentCommand::AdvanceWorkflow {
+            step_id,
+            attempt,
+            at,
+            ..
+        } => workflow::tick(&mut change, state, step_id, *attempt, *at)?,
     }
     Ok(change.finish(state))
 }
@@ -220,6 +232,7 @@ pub(super) fn create(
         inbox_owner: None,
         purge_at: None,
         earlier_cursors: Vec::new(),
+        workflow: new.workflow.clone(),
     };
     let mut change = Change::new(intent, at);
     change.fresh = true;
@@ -231,7 +244,10 @@ pub(super) fn create(
         details.insert("replayed_from".into(), json!(from));
     }
     change.enter(Status::Submitted, &actor, details)?;
-    if is_inbox(config.as_ref()) || new.human_task.is_some() {
+    if new.workflow.is_some() {
+        // The first step decides where the intent goes (`apply/workflow.rs`).
+        workflow::start(&mut change, state)?;
+    } else if is_inbox(config.as_ref()) || new.human_task.is_some() {
         // A person answers: the intent waits in the receiver's inbox instead of a queue.
         change.intent.inbox_owner = Some(new.to_agent.clone());
         change.intent.waiting_reason = Some(WaitingReason::WaitingForHuman);
@@ -300,6 +316,7 @@ pub(super) fn replay(
         escalate_to: None,
         human_task: None,
         deliver_at: None,
+        workflow: None,
     };
     let mut applied = create(state, &new, at, Some(old.id))?;
     letter.replayed_as = Some(new_id);
@@ -493,15 +510,26 @@ pub(super) fn after(at: Timestamp, s: u64) -> Option<Timestamp> {
     at.checked_add_signed(d)
 }
 
+/// How a receiver's (or a person's) resume changes the intent. On a running workflow a
+/// complete or fail is the outcome of the active step, and an approval ends the step well.
 pub(super) fn resume(
     change: &mut Change,
+    state: &impl StateView,
     action: &ResumeAction,
     actor: &str,
 ) -> Result<(), Rejection> {
+    let in_workflow = workflow::runs(&change.intent);
     match action {
         ResumeAction::Complete { result } => {
             check_human_answer(&change.intent, result)?;
-            complete(change, result, actor)
+            if in_workflow {
+                workflow::answered(change, state, result)
+            } else {
+                complete(change, result, actor)
+            }
+        }
+        ResumeAction::Fail { error } if in_workflow => {
+            workflow::answered_failure(change, state, error.clone())
         }
         ResumeAction::Fail { error } => fail(change, error, actor),
         ResumeAction::Progress { details } => {
@@ -516,6 +544,23 @@ pub(super) fn resume(
             change.check(Status::Waiting)?;
             change.intent.waiting_reason = Some(*reason);
             change.enter(Status::Waiting, actor, details.clone())
+        }
+        ResumeAction::ApproveCurrentStep {
+            expected_policy_generation,
+            reason,
+        } if in_workflow => {
+            change.open(*expected_policy_generation)?;
+            change.intent.policy_generation += 1;
+            let generation = change.intent.policy_generation;
+            let details = obj(json!({
+                "approve_current_step": true,
+                "approved_in": change.intent.status,
+                "reason": reason,
+                "policy_generation": generation,
+            }));
+            change.record(EventType::StepApproved, actor, details);
+            let outcome = json!({ "approved_by": actor, "reason": reason });
+            workflow::step_succeeded(change, state, outcome)
         }
         ResumeAction::ApproveCurrentStep {
             expected_policy_generation,
@@ -585,6 +630,79 @@ pub(super) fn check_human_answer(intent: &Intent, result: &Value) -> Result<(), 
         let comment = result.get("comment").and_then(Value::as_str);
         if comment.is_none_or(|c| c.trim().is_empty()) {
             return Err(Rejection::Invalid("this task requires a comment".into()));
+        }
+    }
+    // A reject needs no evidence or form: only an answer that goes ahead must carry them.
+    if crate::inbox::Decision::of_answer(result) == Some(crate::inbox::Decision::Reject) {
+        return Ok(());
+    }
+    if task.get("evidence_required") == Some(&Value::Bool(true)) {
+        let evidence = result.get("data").and_then(|d| d.get("evidence"));
+        let empty = match evidence {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(_) => false,
+        };
+        if empty {
+            return Err(Rejection::Invalid(
+                "this task requires evidence: a non-empty data.evidence".into(),
+            ));
+        }
+    }
+    if let Some(Value::Object(schema)) = task.get("form_schema") {
+        check_form(schema, result.get("data").unwrap_or(&Value::Null))?;
+    }
+    Ok(())
+}
+
+/// The part of a task's `form_schema` (JSON Schema) intentd checks an answer's `data`
+/// against: the schema's `type: object`, its `required` keys and each listed property's
+/// `type` (and `enum`). A schema's other keywords are not checked; the form is the person's
+/// answer, and these are the rules a form asks for.
+fn check_form(schema: &Map<String, Value>, data: &Value) -> Result<(), Rejection> {
+    let refuse = |m: String| {
+        Err(Rejection::Invalid(format!(
+            "data does not match the task's form: {m}"
+        )))
+    };
+    let Value::Object(fields) = data else {
+        return refuse("data must be an object".into());
+    };
+    if let Some(Value::Array(required)) = schema.get("required") {
+        for name in required.iter().filter_map(Value::as_str) {
+            if !fields.contains_key(name) {
+                return refuse(format!("{name} is required"));
+            }
+        }
+    }
+    let Some(Value::Object(properties)) = schema.get("properties") else {
+        return Ok(());
+    };
+    for (name, value) in fields {
+        let Some(Value::Object(p)) = properties.get(name) else {
+            continue;
+        };
+        if let Some(Value::String(t)) = p.get("type") {
+            let ok = match t.as_str() {
+                "string" => value.is_string(),
+                "number" => value.is_number(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "boolean" => value.is_boolean(),
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "null" => value.is_null(),
+                _ => true,
+            };
+            if !ok {
+                return refuse(format!("{name} must be of type {t}"));
+            }
+        }
+        if let Some(Value::Array(allowed)) = p.get("enum") {
+            if !allowed.contains(value) {
+                return refuse(format!("{name} is not one of the allowed values"));
+            }
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ mod inbox;
 mod intent;
 mod retention;
 mod webhooks;
+mod workflow;
 
 use agents::*;
 use change::*;
@@ -33,7 +34,7 @@ use crate::{
     IdempotencyRecord, InboxChange, InboxChangeKind, InboxMessage, InboxThread, Intent,
     IntentCommand, Lease, NewIntent, PendingWith, PendingWithKind, Rejection, Resolution,
     ResumeAction, Status, Subscription, ThreadStatus, Timestamp, WaitingReason, WebhookDelivery,
-    WebhookDeliveryStatus, WebhookEvent, WebhookOutcome,
+    WebhookDeliveryStatus, WebhookEvent, WebhookOutcome, Workflow,
 };
 
 /// Read access to the replicated state, as much as [`apply`] needs.
