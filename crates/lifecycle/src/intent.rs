@@ -89,6 +89,17 @@ pub struct Intent {
     /// then whoever it was delegated or escalated to. `pending_with` follows it.
     #[serde(default)]
     pub inbox_owner: Option<String>,
+    /// Delivery attempts that do not count against `max_delivery_attempts`: leases that ended
+    /// while the agent was killed (the kill took them away; the agent never had its chance).
+    #[serde(default)]
+    pub uncounted_attempts: u32,
+}
+
+impl Intent {
+    /// The delivery attempts that count against `max_delivery_attempts`.
+    pub fn counted_attempts(&self) -> u32 {
+        self.delivery_attempt.saturating_sub(self.uncounted_attempts)
+    }
 }
 
 /// A delivery handed to one consumer: until `expires_at` nobody else gets the intent.
@@ -126,6 +137,11 @@ pub enum EventType {
     /// The owner approved the current step of an intent already IN_PROGRESS; the status
     /// stays, but the approval (and its new `policy_generation`) must be on the record.
     StepApproved,
+    /// The receiving agent is killed: the delivery waits (no lease, no attempt) until the
+    /// agent is resumed; the status stays.
+    DeliveryHeld,
+    /// The agent was resumed and the held intent is back on its queue; the status stays.
+    DeliveryReleased,
 }
 
 impl EventType {
@@ -149,6 +165,8 @@ impl EventType {
             EventType::ReminderSent => "intent.reminder_sent",
             EventType::Escalated => "intent.escalated",
             EventType::StepApproved => "intent.step_approved",
+            EventType::DeliveryHeld => "intent.delivery_held",
+            EventType::DeliveryReleased => "intent.delivery_released",
         }
     }
 
@@ -179,6 +197,8 @@ impl EventType {
                 | EventType::ReminderSent
                 | EventType::Escalated
                 | EventType::StepApproved
+                | EventType::DeliveryHeld
+                | EventType::DeliveryReleased
         )
     }
 

@@ -29,6 +29,9 @@ struct MemState {
     subs: BTreeMap<Uuid, Subscription>,
     webhook_events: BTreeMap<Uuid, WebhookEvent>,
     deliveries: BTreeMap<Uuid, WebhookDelivery>,
+    mesh: BTreeMap<String, mesh::MeshAgent>,
+    holds: BTreeSet<(String, Uuid)>,
+    mesh_events: BTreeMap<u64, mesh::MeshEvent>,
 }
 
 impl StateView for MemState {
@@ -84,6 +87,19 @@ impl StateView for MemState {
     }
     fn dead_letter(&self, id: &Uuid) -> Option<DeadLetter> {
         self.dead.get(id).cloned()
+    }
+    fn mesh_agent(&self, address: &str) -> Option<mesh::MeshAgent> {
+        self.mesh.get(address).cloned()
+    }
+    fn mesh_holds(&self, agent: &str) -> Vec<Uuid> {
+        self.holds
+            .iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+    fn mesh_event_cursor(&self) -> u64 {
+        self.mesh_events.keys().next_back().copied().unwrap_or(0)
     }
 }
 
@@ -155,6 +171,19 @@ impl MemState {
                 }
                 Write::WebhookDelivery(d) => {
                     self.deliveries.insert(d.delivery_id, *d);
+                }
+                Write::MeshAgent(a) => {
+                    self.mesh.insert(a.address.clone(), *a);
+                }
+                Write::MeshHold { agent, intent_id } => {
+                    assert!(self.holds.insert((agent, intent_id)), "held twice");
+                }
+                Write::MeshUnhold { agent, intent_id } => {
+                    self.holds.remove(&(agent, intent_id));
+                }
+                Write::MeshEvent(e) => {
+                    assert_eq!(e.seq, self.mesh_event_cursor() + 1, "mesh log gapless");
+                    self.mesh_events.insert(e.seq, *e);
                 }
             }
         }
@@ -1760,4 +1789,89 @@ fn idempotency_holds_across_any_skew_the_clock_fence_admits() {
             "skew {skew} ms: one key, two intents"
         );
     }
+}
+
+fn mesh_cmd(state: &mut MemState, kill: bool, at: i64) -> mesh::MeshAgent {
+    let event_id = Uuid::from_u128(9000 + at as u128);
+    let command = if kill {
+        Command::MeshKill {
+            address: RECEIVER.into(),
+            actor: "admin".into(),
+            reason: Some("misbehaving".into()),
+            event_id,
+            at: secs(at),
+        }
+    } else {
+        Command::MeshResume {
+            address: RECEIVER.into(),
+            actor: "admin".into(),
+            event_id,
+            at: secs(at),
+        }
+    };
+    match state.run(&command) {
+        Ok(Reply::Mesh(agent)) => *agent,
+        other => panic!("mesh command answered {other:?}"),
+    }
+}
+
+/// A kill holds every delivery (no lease, no attempt), takes a running lease away without
+/// counting it (an intent on its last attempt survives), and the resume puts the held
+/// intents back on the queue oldest first; nothing is failed or lost.
+#[test]
+fn a_kill_holds_deliveries_and_the_resume_releases_them_in_order() {
+    let mut state = MemState::default();
+    let leased = create_with(&mut state, new_intent(Uuid::from_u128(70), 1, None));
+    let fresh = create_with(&mut state, new_intent(Uuid::from_u128(71), 1, None));
+    deliver_at(&mut state, leased, 1).unwrap();
+
+    let agent = mesh_cmd(&mut state, true, 2);
+    assert!(agent.killed);
+    assert_eq!(agent.health, Some(mesh::Health::Killed));
+    // A repeated kill is a no-op: no second event.
+    mesh_cmd(&mut state, true, 3);
+    assert_eq!(state.mesh_events.len(), 1);
+
+    // Deliver to a killed agent is accepted as a hold: no lease, no attempt, an event.
+    let Ok(Reply::Intent { intent, .. }) = deliver_at(&mut state, fresh, 4) else {
+        panic!("the hold was refused");
+    };
+    assert!(intent.lease.is_none());
+    assert_eq!(intent.delivery_attempt, 0);
+    assert_eq!(intent.status, Status::Submitted);
+    assert!(deliver_at(&mut state, fresh, 5).is_err(), "held once only");
+
+    // The lease on the last attempt runs out while killed: held, not dead-lettered.
+    state
+        .intent_cmd(IntentCommand::ExpireLease {
+            intent_id: leased,
+            attempt: 1,
+            retry_at: secs(40),
+            at: secs(31),
+        })
+        .unwrap();
+    let i = &state.intents[&leased];
+    assert_eq!((i.status, i.counted_attempts()), (Status::Delivered, 0));
+    assert!(state.dead.is_empty());
+    assert!(state.due.is_empty(), "nothing for the engine while killed");
+    assert_eq!(state.mesh[RECEIVER].held, 2);
+    for id in [leased, fresh] {
+        let last = state.events_of(id).last().unwrap().clone();
+        assert_eq!(last.event_type, EventType::DeliveryHeld);
+        assert_eq!(last.details["reason"], "agent_killed");
+    }
+
+    let cursor = state.agent_cursor(RECEIVER);
+    let agent = mesh_cmd(&mut state, false, 50);
+    assert!(!agent.killed);
+    assert!(state.holds.is_empty());
+    assert_eq!(state.intents[&leased].agent_cursor, cursor + 1, "oldest first");
+    assert_eq!(state.intents[&fresh].agent_cursor, cursor + 2);
+    assert_eq!(state.mesh_events[&2].released, 2);
+    // The intent on its last attempt gets a real delivery again.
+    let Ok(Reply::Intent { intent, .. }) = deliver_at(&mut state, leased, 51) else {
+        panic!("the released intent was refused");
+    };
+    assert_eq!(intent.lease.as_ref().map(|l| l.attempt), Some(2));
+    assert_eq!(intent.status, Status::Delivered);
 }

@@ -10,12 +10,14 @@ mod agents;
 mod change;
 mod inbox;
 mod intent;
+mod mesh;
 mod webhooks;
 
 use agents::*;
 use change::*;
 use inbox::*;
 use intent::*;
+use mesh::{hold, killed};
 use webhooks::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +56,11 @@ pub trait StateView {
     fn webhook_delivery(&self, delivery_id: &Uuid) -> Option<WebhookDelivery>;
     fn webhook_deliveries(&self, event_id: &Uuid) -> Vec<WebhookDelivery>;
     fn dead_letter(&self, intent_id: &Uuid) -> Option<DeadLetter>;
+    fn mesh_agent(&self, address: &str) -> Option<crate::mesh::MeshAgent>;
+    /// The intents a kill of `agent` holds, oldest first.
+    fn mesh_holds(&self, agent: &str) -> Vec<Uuid>;
+    /// The newest `seq` of the mesh event log (0 if none yet).
+    fn mesh_event_cursor(&self) -> u64;
 }
 
 /// One change the state machine must store. Applying all writes of one command (together
@@ -107,6 +114,20 @@ pub enum Write {
     WebhookEvent(Box<WebhookEvent>),
     /// Stores a delivery; the store keeps the per-event index.
     WebhookDelivery(Box<WebhookDelivery>),
+    /// Stores (or replaces) an agent's mesh record.
+    MeshAgent(Box<crate::mesh::MeshAgent>),
+    /// A kill of `agent` holds `intent_id`.
+    MeshHold {
+        agent: String,
+        intent_id: Uuid,
+    },
+    /// The hold ended (absent is fine).
+    MeshUnhold {
+        agent: String,
+        intent_id: Uuid,
+    },
+    /// Appends to the mesh event log (`seq` is the next one).
+    MeshEvent(Box<crate::mesh::MeshEvent>),
 }
 
 /// What the proposer is told about an applied command.
@@ -129,6 +150,8 @@ pub enum Reply {
         deliveries: Vec<WebhookDelivery>,
     },
     WebhookDelivery(Box<WebhookDelivery>),
+    /// An agent's mesh record after a heartbeat, kill, resume or health change.
+    Mesh(Box<crate::mesh::MeshAgent>),
 }
 
 /// The effect of one accepted command.
@@ -347,6 +370,32 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
                 },
             })
         }
+        Command::MeshHeartbeat {
+            address,
+            metrics,
+            event_id,
+            at,
+        } => mesh::heartbeat(state, address, metrics.as_ref(), *event_id, *at),
+        Command::MeshKill {
+            address,
+            actor,
+            reason,
+            event_id,
+            at,
+        } => mesh::kill(state, address, actor, reason.as_deref(), *event_id, *at),
+        Command::MeshResume {
+            address,
+            actor,
+            event_id,
+            at,
+        } => mesh::resume(state, address, actor, *event_id, *at),
+        Command::MeshHealth {
+            address,
+            health,
+            reason,
+            event_id,
+            at,
+        } => mesh::set_health(state, address, *health, reason, *event_id, *at),
     }
 }
 
