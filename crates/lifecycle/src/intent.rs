@@ -98,7 +98,8 @@ pub struct Intent {
 impl Intent {
     /// The delivery attempts that count against `max_delivery_attempts`.
     pub fn counted_attempts(&self) -> u32 {
-        self.delivery_attempt.saturating_sub(self.uncounted_attempts)
+        self.delivery_attempt
+            .saturating_sub(self.uncounted_attempts)
     }
 }
 

@@ -1865,7 +1865,11 @@ fn a_kill_holds_deliveries_and_the_resume_releases_them_in_order() {
     let agent = mesh_cmd(&mut state, false, 50);
     assert!(!agent.killed);
     assert!(state.holds.is_empty());
-    assert_eq!(state.intents[&leased].agent_cursor, cursor + 1, "oldest first");
+    assert_eq!(
+        state.intents[&leased].agent_cursor,
+        cursor + 1,
+        "oldest first"
+    );
     assert_eq!(state.intents[&fresh].agent_cursor, cursor + 2);
     assert_eq!(state.mesh_events[&2].released, 2);
     // The intent on its last attempt gets a real delivery again.

@@ -23,6 +23,10 @@
 //! | `w` webhook event id (16)                       | WebhookEvent (JSON)           |
 //! | `v` webhook delivery id (16)                    | WebhookDelivery (JSON)        |
 //! | `r` event id (16) delivery id (16)              | empty: deliveries by event    |
+//! | `y` agent address                               | MeshAgent (JSON)              |
+//! | `b` agent len (u32 BE) agent intent id (16)     | empty: intents a kill holds   |
+//! | `j` seq (u64 BE)                                | MeshEvent (JSON)              |
+//! | `n` `mesh_events`                               | last mesh event seq (u64 BE)  |
 //! | `m` `last_applied` / `membership`               | JSON; never in a snapshot     |
 //!
 //! Agents and owners are stored normalized (without `agent://`), as `intentd_lifecycle` hands
@@ -57,8 +61,12 @@ pub(crate) const OWNER_SUBSCRIPTION: u8 = b'p';
 pub(crate) const WEBHOOK_EVENT: u8 = b'w';
 pub(crate) const WEBHOOK_DELIVERY: u8 = b'v';
 pub(crate) const EVENT_DELIVERY: u8 = b'r';
+pub(crate) const MESH_AGENT: u8 = b'y';
+pub(crate) const MESH_HOLD: u8 = b'b';
+pub(crate) const MESH_EVENT: u8 = b'j';
 
 pub(crate) const INTENT_COUNT: &[u8] = b"nintents";
+pub(crate) const MESH_EVENT_CURSOR: &[u8] = b"nmesh_events";
 pub(crate) const LAST_APPLIED: &[u8] = b"mlast_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"mmembership";
 
@@ -115,6 +123,27 @@ pub(crate) fn api_key_id(id: &Uuid) -> Vec<u8> {
 
 pub(crate) fn agent(address: &str) -> Vec<u8> {
     with(AGENT, &[address.as_bytes()])
+}
+
+pub(crate) fn mesh_agent(address: &str) -> Vec<u8> {
+    with(MESH_AGENT, &[address.as_bytes()])
+}
+
+pub(crate) fn mesh_holds_of(agent: &str) -> Vec<u8> {
+    with(
+        MESH_HOLD,
+        &[&(agent.len() as u32).to_be_bytes(), agent.as_bytes()],
+    )
+}
+
+pub(crate) fn mesh_hold(agent: &str, intent_id: &Uuid) -> Vec<u8> {
+    let mut k = mesh_holds_of(agent);
+    k.extend_from_slice(intent_id.as_bytes());
+    k
+}
+
+pub(crate) fn mesh_event(seq: u64) -> Vec<u8> {
+    with(MESH_EVENT, &[&seq.to_be_bytes()])
 }
 
 /// Milliseconds since the epoch, rounded up, 0 before the epoch.

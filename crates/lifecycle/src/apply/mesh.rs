@@ -13,7 +13,9 @@ fn record_of(state: &impl StateView, address: &str) -> MeshAgent {
 
 /// Whether deliveries to `to_agent` are held by a kill.
 pub(super) fn killed(state: &impl StateView, to_agent: &str) -> bool {
-    state.mesh_agent(state_key(to_agent)).is_some_and(|m| m.killed)
+    state
+        .mesh_agent(state_key(to_agent))
+        .is_some_and(|m| m.killed)
 }
 
 pub(super) fn heartbeat(
@@ -35,7 +37,15 @@ pub(super) fn heartbeat(
     // come from the leader's health sweep (`MeshHealth`).
     if !agent.killed && agent.health == Some(Health::Unreachable) {
         let reason = "a heartbeat arrived".to_string();
-        change_health(state, &mut agent, Health::Healthy, reason, event_id, at, &mut writes);
+        change_health(
+            state,
+            &mut agent,
+            Health::Healthy,
+            reason,
+            event_id,
+            at,
+            &mut writes,
+        );
     }
     writes.push(Write::MeshAgent(Box::new(agent.clone())));
     Ok(Applied {
@@ -61,7 +71,15 @@ pub(super) fn set_health(
     }
     let mut writes = Vec::new();
     if agent.health != Some(health) {
-        change_health(state, &mut agent, health, reason.to_string(), event_id, at, &mut writes);
+        change_health(
+            state,
+            &mut agent,
+            health,
+            reason.to_string(),
+            event_id,
+            at,
+            &mut writes,
+        );
         writes.push(Write::MeshAgent(Box::new(agent.clone())));
     }
     Ok(Applied {
