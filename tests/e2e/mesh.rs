@@ -155,6 +155,28 @@ async fn mesh_routes_answer_with_role_checks_and_clear_errors() {
             resumes.assert_ok(200)["events"].as_array().unwrap().len(),
             1
         );
+        // The live feed: every event from `since`, then `stream.timeout` with where to resume.
+        let feed = admin
+            .builder(
+                reqwest::Method::GET,
+                "/v1/mesh/events/stream?since=0&wait_seconds=0",
+            )
+            .send()
+            .await
+            .expect("mesh feed");
+        assert_eq!(feed.status(), 200);
+        let text = feed.text().await.expect("feed body");
+        let killed_at = text
+            .find("event: agent.killed\nid: 1\n")
+            .expect("kill in feed");
+        let resumed_at = text
+            .find("event: agent.resumed\nid: 2\n")
+            .expect("resume in feed");
+        assert!(killed_at < resumed_at, "{text}");
+        assert!(
+            text.ends_with("event: stream.timeout\ndata: {\"since\":2}\n\n"),
+            "{text}"
+        );
         admin
             .get("/v1/mesh/events?event_type=agent.exploded")
             .await
