@@ -75,6 +75,7 @@ pub async fn write_intent(
     command: IntentCommand,
     idempotency: Option<IdempotencyClaim>,
 ) -> Result<Written, DeliveryError> {
+    refuse_killed_sender(cluster, &command)?;
     let reply = cluster
         .write_committed(Command::Intent {
             command,
@@ -94,6 +95,28 @@ pub async fn write_intent(
         _ => Err(DeliveryError::Internal(
             "an intent command was answered without an intent".into(),
         )),
+    }
+}
+
+/// A killed agent cannot send: not a new intent from it, nor an acknowledgement, resume or
+/// resolution in its name (its leases were taken away with the kill). Read from the local
+/// replica, like the key itself; the kill's holds in apply are what keep deliveries safe.
+fn refuse_killed_sender(cluster: &Cluster, command: &IntentCommand) -> Result<(), DeliveryError> {
+    let sender = match command {
+        IntentCommand::Create { intent, .. } => &intent.from_agent,
+        IntentCommand::Acknowledge { actor, .. }
+        | IntentCommand::Resume { actor, .. }
+        | IntentCommand::Resolve { actor, .. } => actor,
+        _ => return Ok(()),
+    };
+    match cluster.reader().mesh_agent(sender)? {
+        Some(agent) if agent.killed => Err(AccessError::Forbidden(format!(
+            "agent agent://{} is killed (since {}): it cannot send until it is resumed",
+            agent.address,
+            agent.killed_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ))
+        .into()),
+        _ => Ok(()),
     }
 }
 

@@ -123,10 +123,18 @@ pub fn services(cluster: Cluster, config: GrpcConfig) -> Result<Routes, GrpcErro
             }
         }
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and grpcui ask v1, but Postman, older grpcurl and
+    // Python's grpcio-reflection client ask v1alpha and would get UNIMPLEMENTED.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| GrpcError::Setup(e.to_string()))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| GrpcError::Setup(e.to_string()))?;
     let max_request = config.max_request_bytes;
     let intent_service = proto::intent_service_server::IntentServiceServer::new(
@@ -138,7 +146,8 @@ pub fn services(cluster: Cluster, config: GrpcConfig) -> Result<Routes, GrpcErro
     Ok(Routes::new(intent_service)
         .add_service(cluster_service)
         .add_service(health)
-        .add_service(reflection))
+        .add_service(reflection)
+        .add_service(reflection_v1alpha))
 }
 
 /// How long open calls (mostly streams, which may have no idle limit) get to finish after

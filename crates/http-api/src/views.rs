@@ -210,6 +210,7 @@ pub(crate) mod tests {
             last_seq: 4,
             agent_cursor: 7,
             dead_lettered: false,
+            uncounted_attempts: 0,
             lease: None,
             not_before: None,
             deliver_at: None,

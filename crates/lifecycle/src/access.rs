@@ -346,6 +346,7 @@ mod tests {
             last_seq: 2,
             agent_cursor: 1,
             dead_lettered: false,
+            uncounted_attempts: 0,
             lease: None,
             not_before: None,
             deliver_at: None,

@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::mesh::{Health, HeartbeatMetrics};
 use crate::{
     AgentConfig, ApiKey, Retention, Subscription, Timestamp, WaitingReason, WebhookEvent,
     WebhookOutcome, Workflow,
@@ -101,6 +102,39 @@ pub enum Command {
         intent_id: Uuid,
         at: Timestamp,
     },
+    /// A heartbeat that reached the log (see `mesh::HEARTBEAT_COALESCE_SECS`), with the
+    /// metrics to fold into the agent's record. `event_id` names the health event it may
+    /// cause (an unreachable agent beating again).
+    MeshHeartbeat {
+        address: String,
+        metrics: Option<HeartbeatMetrics>,
+        event_id: Uuid,
+        at: Timestamp,
+    },
+    /// Blocks every delivery to the agent until a `MeshResume` (a kill of a killed agent
+    /// changes nothing).
+    MeshKill {
+        address: String,
+        actor: String,
+        reason: Option<String>,
+        event_id: Uuid,
+        at: Timestamp,
+    },
+    /// Ends a kill and puts the intents it held back on the agent's queue, in order.
+    MeshResume {
+        address: String,
+        actor: String,
+        event_id: Uuid,
+        at: Timestamp,
+    },
+    /// The leader's health sweep saw the agent's health change.
+    MeshHealth {
+        address: String,
+        health: Health,
+        reason: String,
+        event_id: Uuid,
+        at: Timestamp,
+    },
 }
 
 impl Command {
@@ -118,6 +152,10 @@ impl Command {
             | Command::WebhookDeliveryOutcome { at, .. }
             | Command::ReplayWebhookEvent { at, .. }
             | Command::Purge { at, .. } => Some(*at),
+            Command::MeshHeartbeat { at, .. }
+            | Command::MeshKill { at, .. }
+            | Command::MeshResume { at, .. }
+            | Command::MeshHealth { at, .. } => Some(*at),
             Command::PublishEvent { event } => Some(event.at),
             Command::PutApiKey { .. }
             | Command::RevokeApiKey { .. }

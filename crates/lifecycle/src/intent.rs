@@ -116,6 +116,18 @@ pub struct Intent {
     /// `to_agent`, `human_task` and the reminder fields follow its active step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<Workflow>,
+    /// Delivery attempts that do not count against `max_delivery_attempts`: leases that ended
+    /// while the agent was killed (the kill took them away; the agent never had its chance).
+    #[serde(default)]
+    pub uncounted_attempts: u32,
+}
+
+impl Intent {
+    /// The delivery attempts that count against `max_delivery_attempts`.
+    pub fn counted_attempts(&self) -> u32 {
+        self.delivery_attempt
+            .saturating_sub(self.uncounted_attempts)
+    }
 }
 
 /// A delivery handed to one consumer: until `expires_at` nobody else gets the intent.
@@ -161,6 +173,11 @@ pub enum EventType {
     WorkflowStepFailed,
     /// A workflow step failed and starts again with the next attempt.
     WorkflowStepRetried,
+    /// The receiving agent is killed: the delivery waits (no lease, no attempt) until the
+    /// agent is resumed; the status stays.
+    DeliveryHeld,
+    /// The agent was resumed and the held intent is back on its queue; the status stays.
+    DeliveryReleased,
 }
 
 impl EventType {
@@ -188,6 +205,8 @@ impl EventType {
             EventType::WorkflowStepSucceeded => "workflow.step_succeeded",
             EventType::WorkflowStepFailed => "workflow.step_failed",
             EventType::WorkflowStepRetried => "workflow.step_retried",
+            EventType::DeliveryHeld => "intent.delivery_held",
+            EventType::DeliveryReleased => "intent.delivery_released",
         }
     }
 
@@ -222,6 +241,8 @@ impl EventType {
                 | EventType::WorkflowStepSucceeded
                 | EventType::WorkflowStepFailed
                 | EventType::WorkflowStepRetried
+                | EventType::DeliveryHeld
+                | EventType::DeliveryReleased
         )
     }
 

@@ -16,6 +16,7 @@ mod due;
 pub mod inbox;
 mod intent;
 pub mod json;
+pub mod mesh;
 mod retention;
 mod status;
 pub mod validate;

@@ -32,6 +32,9 @@ struct MemState {
     retention: Retention,
     /// The newest feed `seq` of each owner (feed entries of purged threads are removed).
     feed_cursors: BTreeMap<String, u64>,
+    mesh: BTreeMap<String, mesh::MeshAgent>,
+    holds: BTreeSet<(String, Uuid)>,
+    mesh_events: BTreeMap<u64, mesh::MeshEvent>,
 }
 
 impl StateView for MemState {
@@ -87,6 +90,19 @@ impl StateView for MemState {
     }
     fn retention(&self) -> Retention {
         self.retention
+    }
+    fn mesh_agent(&self, address: &str) -> Option<mesh::MeshAgent> {
+        self.mesh.get(address).cloned()
+    }
+    fn mesh_holds(&self, agent: &str) -> Vec<Uuid> {
+        self.holds
+            .iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+    fn mesh_event_cursor(&self) -> u64 {
+        self.mesh_events.keys().next_back().copied().unwrap_or(0)
     }
 }
 
@@ -198,6 +214,19 @@ impl MemState {
                             });
                         }
                     }
+                }
+                Write::MeshAgent(a) => {
+                    self.mesh.insert(a.address.clone(), *a);
+                }
+                Write::MeshHold { agent, intent_id } => {
+                    assert!(self.holds.insert((agent, intent_id)), "held twice");
+                }
+                Write::MeshUnhold { agent, intent_id } => {
+                    self.holds.remove(&(agent, intent_id));
+                }
+                Write::MeshEvent(e) => {
+                    assert_eq!(e.seq, self.mesh_event_cursor() + 1, "mesh log gapless");
+                    self.mesh_events.insert(e.seq, *e);
                 }
             }
         }

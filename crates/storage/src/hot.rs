@@ -2,7 +2,7 @@
 //!
 //! Every create reads its sender's API key at the edge, and apply reads the target agent's
 //! registration and queue cursor, the owner's webhook subscriptions (a prefix scan) and the
-//! intent counter. Each of those was a sled lookup (a page-table walk and a node search) on
+//! intent counter (and, since the mesh, whether the agent is killed). Each of those was a sled lookup (a page-table walk and a node search) on
 //! every node for every write, while the families hold one record per agent, key or
 //! subscription, not per intent: they stay small however many intents are stored. So they are
 //! kept in a map beside the tree, and sled only stores them.
@@ -29,10 +29,11 @@ pub(crate) struct Hot {
     map: RwLock<Map>,
 }
 
-/// The families mirrored: per agent (registration, queue cursor, inbox cursor), per API key,
-/// per subscription, and the intent counter.
-const FAMILIES: [u8; 8] = [
+/// The families mirrored: per agent (registration, mesh record, queue cursor, inbox cursor),
+/// per API key, per subscription, and the counters.
+const FAMILIES: [u8; 9] = [
     keys::AGENT,
+    keys::MESH_AGENT,
     keys::CURSOR,
     keys::INBOX_CURSOR,
     keys::API_KEY,

@@ -27,6 +27,10 @@
 //! | `y` `retention`                                 | Retention (JSON)              |
 //! | `j` intent id (16) idempotency storage key      | empty: claims by intent       |
 //! | `f` thread id (16) owner len (u32 BE) owner seq | empty: feed entries by thread |
+//! | `z` agent address                               | MeshAgent (JSON)              |
+//! | `b` agent len (u32 BE) agent intent id (16)     | empty: intents a kill holds   |
+//! | `M` seq (u64 BE)                                | MeshEvent (JSON)              |
+//! | `n` `mesh_events`                               | last mesh event seq (u64 BE)  |
 //! | `m` `last_applied` / `membership`               | JSON; never in a snapshot     |
 //!
 //! Agents and owners are stored normalized (without `agent://`), as `intentd_lifecycle` hands
@@ -69,6 +73,10 @@ pub(crate) const EVENT_COUNT: &[u8] = b"nevents";
 pub(crate) const IDEMPOTENCY_COUNT: &[u8] = b"nidempotency";
 pub(crate) const DEAD_LETTER_COUNT: &[u8] = b"ndead_letters";
 pub(crate) const RETENTION: &[u8] = b"yretention";
+pub(crate) const MESH_AGENT: u8 = b'z';
+pub(crate) const MESH_HOLD: u8 = b'b';
+pub(crate) const MESH_EVENT: u8 = b'M';
+pub(crate) const MESH_EVENT_CURSOR: &[u8] = b"nmesh_events";
 pub(crate) const LAST_APPLIED: &[u8] = b"mlast_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"mmembership";
 
@@ -137,6 +145,27 @@ pub(crate) fn api_key_id(id: &Uuid) -> Vec<u8> {
 
 pub(crate) fn agent(address: &str) -> Vec<u8> {
     with(AGENT, &[address.as_bytes()])
+}
+
+pub(crate) fn mesh_agent(address: &str) -> Vec<u8> {
+    with(MESH_AGENT, &[address.as_bytes()])
+}
+
+pub(crate) fn mesh_holds_of(agent: &str) -> Vec<u8> {
+    with(
+        MESH_HOLD,
+        &[&(agent.len() as u32).to_be_bytes(), agent.as_bytes()],
+    )
+}
+
+pub(crate) fn mesh_hold(agent: &str, intent_id: &Uuid) -> Vec<u8> {
+    let mut k = mesh_holds_of(agent);
+    k.extend_from_slice(intent_id.as_bytes());
+    k
+}
+
+pub(crate) fn mesh_event(seq: u64) -> Vec<u8> {
+    with(MESH_EVENT, &[&seq.to_be_bytes()])
 }
 
 /// Milliseconds since the epoch, rounded up, 0 before the epoch.

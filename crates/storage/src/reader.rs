@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use intentd_lifecycle::mesh::{MeshAgent, MeshEvent};
 use intentd_lifecycle::{
     state_key as normalize, AgentConfig, ApiKey, DeadLetter, DueEntry, Event, InboxChange,
     InboxThread, Intent, Retention, Subscription, Timestamp, WebhookDelivery, WebhookEvent,
@@ -199,6 +200,53 @@ impl StateReader {
     /// when the queue holds entries it could not lease yet.
     pub fn watch_addressed_to(&self, agent: &str) -> Waiter {
         self.watch(WakeKey::Addressed(normalize(agent).to_string()))
+    }
+
+    /// Registers for mesh news: an agent's mesh record or a new mesh event.
+    pub fn watch_mesh(&self) -> Waiter {
+        self.watch(WakeKey::Mesh)
+    }
+
+    /// The mesh record of `address` (with or without `agent://`).
+    pub fn mesh_agent(&self, address: &str) -> Result<Option<MeshAgent>, StorageError> {
+        self.get(&keys::mesh_agent(normalize(address)))
+    }
+
+    /// Every mesh record, in byte order of the address.
+    pub fn mesh_agents(&self) -> Result<Vec<MeshAgent>, StorageError> {
+        self.values(&[keys::MESH_AGENT], usize::MAX)
+    }
+
+    /// How many intents a kill of `agent` holds now.
+    pub fn mesh_held(&self, agent: &str) -> usize {
+        self.shared
+            .tree()
+            .scan_prefix(keys::mesh_holds_of(normalize(agent)))
+            .count()
+    }
+
+    /// Mesh events with `seq > since`, oldest first, at most `limit`.
+    pub fn mesh_events(&self, since: u64, limit: usize) -> Result<Vec<MeshEvent>, StorageError> {
+        self.shared
+            .tree()
+            .range(keys::mesh_event(since.saturating_add(1))..)
+            .take_while(|r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.first() == Some(&keys::MESH_EVENT))
+            })
+            .take(limit)
+            .map(|r| decode(&r?.1))
+            .collect()
+    }
+
+    /// The newest mesh event's `seq` (0 if none).
+    pub fn mesh_event_cursor(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .shared
+            .tree()
+            .get(keys::MESH_EVENT_CURSOR)?
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0))
     }
 
     /// Registers for changes of intent `id`: its record or new events.

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use intentd_lifecycle::mesh::MeshAgent;
 use intentd_lifecycle::webhook::derived_id;
 use intentd_lifecycle::{
     state_key, AgentConfig, ApiKey, DeadLetter, DueKind, IdempotencyRecord, InboxThread, Intent,
@@ -825,6 +826,33 @@ impl<'a> BatchView<'a> {
                     self.put(keys::RETENTION.to_vec(), serde_json::to_vec(&retention)?);
                 }
                 Write::Purge(intent) => self.purge(&intent)?,
+                Write::MeshAgent(agent) => {
+                    self.touch(WakeKey::Mesh);
+                    // A resume changes what the agent's consumers may lease.
+                    self.touch(WakeKey::Addressed(agent.address.clone()));
+                    self.put(
+                        keys::mesh_agent(&agent.address),
+                        serde_json::to_vec(&agent)?,
+                    );
+                }
+                Write::MeshHold { agent, intent_id } => {
+                    self.put(keys::mesh_hold(&agent, &intent_id), Vec::new());
+                }
+                Write::MeshUnhold { agent, intent_id } => {
+                    self.remove(keys::mesh_hold(&agent, &intent_id));
+                }
+                Write::MeshEvent(event) => {
+                    self.touch(WakeKey::Mesh);
+                    let last = self
+                        .get(keys::MESH_EVENT_CURSOR)?
+                        .and_then(|v| keys::u64_value(&v))
+                        .unwrap_or(0);
+                    self.put(
+                        keys::MESH_EVENT_CURSOR.to_vec(),
+                        last.max(event.seq).to_be_bytes().to_vec(),
+                    );
+                    self.put(keys::mesh_event(event.seq), serde_json::to_vec(&event)?);
+                }
             }
         }
         Ok(())
@@ -892,6 +920,29 @@ impl StateView for BatchView<'_> {
 
     fn retention(&self) -> Retention {
         self.decode_or_fail(keys::RETENTION).unwrap_or_default()
+    }
+
+    fn mesh_agent(&self, address: &str) -> Option<MeshAgent> {
+        self.decode_or_fail(&keys::mesh_agent(address))
+    }
+
+    fn mesh_holds(&self, agent: &str) -> Vec<Uuid> {
+        match self.scan(&keys::mesh_holds_of(agent)) {
+            Ok(keys) => keys
+                .into_iter()
+                .filter_map(|(k, _)| keys::trailing_uuid(&k))
+                .collect(),
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn mesh_event_cursor(&self) -> u64 {
+        self.get_or_fail(keys::MESH_EVENT_CURSOR)
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0)
     }
 }
 

@@ -42,6 +42,8 @@ pub(crate) enum WakeKey {
     Addressed(String),
     /// An intent's record or its event log.
     Intent(Uuid),
+    /// The mesh: an agent's mesh record or the mesh event log (what the mesh feed reads).
+    Mesh,
 }
 
 type Shard = HashMap<WakeKey, watch::Sender<()>>;

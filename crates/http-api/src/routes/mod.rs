@@ -11,6 +11,7 @@ mod health;
 mod inbox;
 mod intents;
 mod keys;
+mod mesh;
 pub(crate) mod metrics;
 mod scenarios;
 mod webhooks;
@@ -40,6 +41,7 @@ pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
         .merge(metrics::router())
         .merge(keys::router())
         .merge(cluster::router())
+        .merge(mesh::router(config))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -86,10 +86,18 @@ const INTENT_EVENT_TYPES: &[&str] = &[
     "workflow.step_succeeded",
     "workflow.step_failed",
     "workflow.step_retried",
+    "intent.delivery_held",
+    "intent.delivery_released",
 ];
 
+/// The mesh's event types (`mesh::MeshEventType`), published to the agent's and the
+/// actor's subscriptions.
+const MESH_EVENT_TYPES: &[&str] = &["agent.killed", "agent.resumed", "agent.health_changed"];
+
 fn known_event_type(t: &str) -> bool {
-    SCHEMA_EVENT_TYPES.contains(&t) || INTENT_EVENT_TYPES.contains(&t)
+    SCHEMA_EVENT_TYPES.contains(&t)
+        || INTENT_EVENT_TYPES.contains(&t)
+        || MESH_EVENT_TYPES.contains(&t)
 }
 
 /// A subscription pattern: a known type, or a prefix ending in `*` that some known type has.
@@ -98,6 +106,7 @@ fn check_pattern(pattern: &str) -> Result<(), ApiError> {
         Some(prefix) => SCHEMA_EVENT_TYPES
             .iter()
             .chain(INTENT_EVENT_TYPES)
+            .chain(MESH_EVENT_TYPES)
             .any(|t| t.starts_with(prefix)),
         None => known_event_type(pattern),
     };
@@ -105,7 +114,7 @@ fn check_pattern(pattern: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::SchemaInvalid(format!(
-            "event type {pattern:?} is not one of {}, an intent.* lifecycle type, or a prefix \
+            "event type {pattern:?} is not one of {}, an intent.* lifecycle type, an agent.* mesh type, or a prefix \
              of them ending in *",
             SCHEMA_EVENT_TYPES.join(", ")
         )))
@@ -700,6 +709,7 @@ mod tests {
             | EventType::WorkflowStepSucceeded
             | EventType::WorkflowStepFailed
             | EventType::WorkflowStepRetried => e.as_str(),
+            EventType::DeliveryHeld | EventType::DeliveryReleased => e.as_str(),
         };
         for e in [
             EventType::Created,
@@ -724,9 +734,11 @@ mod tests {
             EventType::WorkflowStepSucceeded,
             EventType::WorkflowStepFailed,
             EventType::WorkflowStepRetried,
+            EventType::DeliveryHeld,
+            EventType::DeliveryReleased,
         ] {
             assert!(INTENT_EVENT_TYPES.contains(&name(e)), "{}", e.as_str());
         }
-        assert_eq!(INTENT_EVENT_TYPES.len(), 22);
+        assert_eq!(INTENT_EVENT_TYPES.len(), 24);
     }
 }

@@ -96,8 +96,14 @@ impl Change {
     /// Puts the intent on its agent's queue at a new cursor; an HTTP agent gets a push due
     /// at `at`.
     pub(super) fn enqueue(&mut self, state: &impl StateView, at: Timestamp) {
+        let cursor = state.agent_cursor(state_key(&self.intent.to_agent)) + 1;
+        self.enqueue_at(state, at, cursor);
+    }
+
+    /// `enqueue` at a cursor the caller chose: a command that enqueues several intents of
+    /// one agent (a resume) numbers them itself, since its own writes are not visible to it.
+    pub(super) fn enqueue_at(&mut self, state: &impl StateView, at: Timestamp, cursor: u64) {
         let agent = state_key(&self.intent.to_agent).to_string();
-        let cursor = state.agent_cursor(&agent) + 1;
         if self.intent.agent_cursor != 0 {
             self.intent.earlier_cursors.push(self.intent.agent_cursor);
         }

@@ -34,7 +34,13 @@ pub(super) fn apply_intent(
             consumer,
             lease_until,
             ..
-        } => deliver(&mut change, *expected_attempt, consumer, *lease_until)?,
+        } => {
+            let held = killed(state, &change.intent.to_agent);
+            deliver(&mut change, *expected_attempt, consumer, *lease_until, held)?;
+            if held {
+                hold(&mut change, state)?;
+            }
+        }
         IntentCommand::ExpireLease {
             attempt,
             retry_at,
@@ -223,6 +229,7 @@ pub(super) fn create(
         last_seq: 0,
         agent_cursor: 0,
         dead_lettered: false,
+        uncounted_attempts: 0,
         lease: None,
         not_before: None,
         deliver_at: new.deliver_at,
@@ -330,6 +337,7 @@ pub(super) fn deliver(
     expected_attempt: u32,
     consumer: &str,
     lease_until: Timestamp,
+    held: bool,
 ) -> Result<(), Rejection> {
     let intent = &change.intent;
     if intent.status.is_terminal() {
@@ -362,8 +370,12 @@ pub(super) fn deliver(
             "the intent is held back until its deliver_at".into(),
         ));
     }
-    if intent.delivery_attempt >= intent.max_delivery_attempts {
-        let attempts = intent.delivery_attempt;
+    if held {
+        // The receiver is killed: the caller parks the intent instead (no lease, no attempt).
+        return Ok(());
+    }
+    if intent.counted_attempts() >= intent.max_delivery_attempts {
+        let attempts = intent.counted_attempts();
         return dead_letter(
             change,
             format!("not acknowledged after {attempts} delivery attempts"),
@@ -410,7 +422,15 @@ pub(super) fn lease_lost(
     if released {
         details.insert("released".into(), json!(true));
     }
-    let attempts = change.intent.delivery_attempt;
+    if killed(state, &change.intent.to_agent) {
+        // The kill took this lease away, so the attempt does not count; the intent waits for
+        // the resume instead of going back on the queue.
+        details.insert("held".into(), json!(true));
+        change.record(EventType::LeaseExpired, "system", details);
+        change.intent.uncounted_attempts += 1;
+        return hold(change, state);
+    }
+    let attempts = change.intent.counted_attempts();
     let give_up = attempts >= change.intent.max_delivery_attempts || retry_at.is_none();
     if !give_up {
         details.insert("retry_at".into(), json!(retry_at));

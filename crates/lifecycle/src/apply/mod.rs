@@ -10,6 +10,7 @@ mod agents;
 mod change;
 mod inbox;
 mod intent;
+mod mesh;
 mod retention;
 mod webhooks;
 mod workflow;
@@ -18,6 +19,7 @@ use agents::*;
 use change::*;
 use inbox::*;
 use intent::*;
+use mesh::{hold, killed};
 use retention::*;
 use webhooks::*;
 
@@ -59,6 +61,11 @@ pub trait StateView {
     fn dead_letter(&self, intent_id: &Uuid) -> Option<DeadLetter>;
     /// The retention set by the last `SetRetention` (keep forever if none).
     fn retention(&self) -> crate::Retention;
+    fn mesh_agent(&self, address: &str) -> Option<crate::mesh::MeshAgent>;
+    /// The intents a kill of `agent` holds, oldest first.
+    fn mesh_holds(&self, agent: &str) -> Vec<Uuid>;
+    /// The newest `seq` of the mesh event log (0 if none yet).
+    fn mesh_event_cursor(&self) -> u64;
 }
 
 /// One change the state machine must store. Applying all writes of one command (together
@@ -120,6 +127,20 @@ pub enum Write {
     /// events with their deliveries and those deliveries' due entries. The store knows where
     /// each lives; the intent's own due entries come as `Undue` writes before it.
     Purge(Box<Intent>),
+    /// Stores (or replaces) an agent's mesh record.
+    MeshAgent(Box<crate::mesh::MeshAgent>),
+    /// A kill of `agent` holds `intent_id`.
+    MeshHold {
+        agent: String,
+        intent_id: Uuid,
+    },
+    /// The hold ended (absent is fine).
+    MeshUnhold {
+        agent: String,
+        intent_id: Uuid,
+    },
+    /// Appends to the mesh event log (`seq` is the next one).
+    MeshEvent(Box<crate::mesh::MeshEvent>),
 }
 
 /// What the proposer is told about an applied command.
@@ -142,6 +163,8 @@ pub enum Reply {
         deliveries: Vec<WebhookDelivery>,
     },
     WebhookDelivery(Box<WebhookDelivery>),
+    /// An agent's mesh record after a heartbeat, kill, resume or health change.
+    Mesh(Box<crate::mesh::MeshAgent>),
 }
 
 /// The effect of one accepted command.
@@ -362,6 +385,32 @@ pub fn apply(state: &impl StateView, command: &Command) -> Result<Applied, Rejec
         }
         Command::SetRetention { retention } => set_retention(state, retention),
         Command::Purge { intent_id, at } => purge(state, intent_id, *at),
+        Command::MeshHeartbeat {
+            address,
+            metrics,
+            event_id,
+            at,
+        } => mesh::heartbeat(state, address, metrics.as_ref(), *event_id, *at),
+        Command::MeshKill {
+            address,
+            actor,
+            reason,
+            event_id,
+            at,
+        } => mesh::kill(state, address, actor, reason.as_deref(), *event_id, *at),
+        Command::MeshResume {
+            address,
+            actor,
+            event_id,
+            at,
+        } => mesh::resume(state, address, actor, *event_id, *at),
+        Command::MeshHealth {
+            address,
+            health,
+            reason,
+            event_id,
+            at,
+        } => mesh::set_health(state, address, *health, reason, *event_id, *at),
     }
 }
 

@@ -12,8 +12,8 @@ pub(crate) fn agent_address(raw: &str) -> Result<String, ApiError> {
 
 /// One known agent: an address with a registration, a queue, an agent key, or several.
 #[derive(Debug, Clone, PartialEq)]
-struct AgentInfo {
-    address: String,
+pub(crate) struct AgentInfo {
+    pub(crate) address: String,
     created_at: Timestamp,
     config: Option<AgentConfig>,
 }
@@ -21,7 +21,7 @@ struct AgentInfo {
 /// An agent exists once it registered a binding, an agent key names it or an intent was sent
 /// to it. Its `created_at` is the earliest of its registration, the key's creation and its
 /// first queued intent.
-fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
+pub(crate) fn known_agents(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
     let reader = state.cluster.reader();
     let mut agents: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
     let mut configs: BTreeMap<String, AgentConfig> = BTreeMap::new();

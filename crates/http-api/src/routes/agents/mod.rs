@@ -16,8 +16,8 @@ mod directory;
 pub(crate) mod receive;
 mod stream;
 
-pub(crate) use binding::{parse_binding_fields, BindingRequest, BINDING_FIELDS};
-pub(crate) use directory::agent_address;
+pub(crate) use binding::{binding_view, parse_binding_fields, BindingRequest, BINDING_FIELDS};
+pub(crate) use directory::{agent_address, known_agents};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

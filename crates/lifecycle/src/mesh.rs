@@ -1,0 +1,189 @@
+//! Fleet governance (the mesh): what the cluster remembers of each agent's liveness and
+//! metrics, the kill switch, and the mesh event log.
+//!
+//! A kill is replicated state that apply itself obeys: a `Deliver` to a killed agent is
+//! accepted as a *hold* (the intent is parked, said so in its events, and no lease is given),
+//! and a lease that ends while its agent is killed parks the intent too, without counting
+//! the attempt. So no consumer anywhere (stream, poll, push, on any node, before or after a
+//! failover) can hand a killed agent anything, and nothing is lost or failed for it: the
+//! resume puts every parked intent back on the agent's queue in creation order.
+//!
+//! Heartbeats are observations, not decisions: see [`HEARTBEAT_COALESCE_SECS`] for which of
+//! them reach the log.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Timestamp;
+
+/// A heartbeat without metrics reaches the log only if the agent's last replicated
+/// heartbeat is at least this old. Liveness needs a resolution of seconds, not of every
+/// beat: an agent beating every second costs one entry per this many seconds, and an SDK
+/// beating at its default 30 s costs one entry per beat, as before.
+pub const HEARTBEAT_COALESCE_SECS: i64 = 10;
+
+/// An agent with no heartbeat for this long (and no open stream) is `unreachable`.
+pub const UNREACHABLE_AFTER_SECS: i64 = 90;
+
+/// The metrics an SDK may send with a heartbeat (`MeshClient.report_metric`), each optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatMetrics {
+    #[serde(default)]
+    pub intents_total: u64,
+    #[serde(default)]
+    pub intents_succeeded: u64,
+    #[serde(default)]
+    pub intents_failed: u64,
+    /// The average over this report's `intents_total` intents.
+    #[serde(default)]
+    pub avg_latency_ms: Option<f64>,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+}
+
+/// Every heartbeat's metrics folded together: counts and cost add up, the latency average
+/// is weighted by the intents each report covered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FoldedMetrics {
+    pub intents_total: u64,
+    pub intents_succeeded: u64,
+    pub intents_failed: u64,
+    pub avg_latency_ms: Option<f64>,
+    pub cost_usd: f64,
+    /// How many reports were folded in.
+    pub reports: u64,
+}
+
+impl FoldedMetrics {
+    pub fn fold(&mut self, m: &HeartbeatMetrics) {
+        if let Some(avg) = m.avg_latency_ms.filter(|a| a.is_finite()) {
+            let before = self.intents_total as f64;
+            let added = m.intents_total.max(1) as f64;
+            let old = self.avg_latency_ms.unwrap_or(0.0);
+            self.avg_latency_ms = Some(if self.avg_latency_ms.is_none() || before == 0.0 {
+                avg
+            } else {
+                (old * before + avg * added) / (before + added)
+            });
+        }
+        self.intents_total = self.intents_total.saturating_add(m.intents_total);
+        self.intents_succeeded = self.intents_succeeded.saturating_add(m.intents_succeeded);
+        self.intents_failed = self.intents_failed.saturating_add(m.intents_failed);
+        if let Some(c) = m.cost_usd.filter(|c| c.is_finite()) {
+            self.cost_usd += c;
+        }
+        self.reports += 1;
+    }
+}
+
+/// How an agent is doing, as the mesh API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unreachable,
+    Killed,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unreachable => "unreachable",
+            Health::Killed => "killed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        [
+            Health::Healthy,
+            Health::Degraded,
+            Health::Unreachable,
+            Health::Killed,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
+    }
+}
+
+/// The replicated mesh record of one agent (keyed by its normalized address).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshAgent {
+    pub address: String,
+    #[serde(default)]
+    pub killed: bool,
+    #[serde(default)]
+    pub killed_at: Option<Timestamp>,
+    #[serde(default)]
+    pub killed_by: Option<String>,
+    #[serde(default)]
+    pub kill_reason: Option<String>,
+    #[serde(default)]
+    pub resumed_at: Option<Timestamp>,
+    /// The newest heartbeat that reached the log.
+    #[serde(default)]
+    pub last_heartbeat_at: Option<Timestamp>,
+    #[serde(default)]
+    pub heartbeats: u64,
+    #[serde(default)]
+    pub metrics: FoldedMetrics,
+    /// The health last committed by a `MeshHealth` command (or a kill / resume).
+    #[serde(default)]
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub health_changed_at: Option<Timestamp>,
+    /// Intents parked while the agent is killed.
+    #[serde(default)]
+    pub held: u64,
+}
+
+/// What a mesh event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeshEventType {
+    #[serde(rename = "agent.killed")]
+    Killed,
+    #[serde(rename = "agent.resumed")]
+    Resumed,
+    #[serde(rename = "agent.health_changed")]
+    HealthChanged,
+}
+
+impl MeshEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshEventType::Killed => "agent.killed",
+            MeshEventType::Resumed => "agent.resumed",
+            MeshEventType::HealthChanged => "agent.health_changed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MeshEventType> {
+        [
+            MeshEventType::Killed,
+            MeshEventType::Resumed,
+            MeshEventType::HealthChanged,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+/// One entry of the mesh event log: kills, resumes and health changes, in log order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshEvent {
+    pub event_id: Uuid,
+    /// Position in the log, from 1, gapless.
+    pub seq: u64,
+    pub event_type: MeshEventType,
+    pub address: String,
+    pub actor: String,
+    pub at: Timestamp,
+    pub from_health: Option<Health>,
+    pub to_health: Option<Health>,
+    pub reason: Option<String>,
+    /// For a resume: how many parked intents went back on the queue.
+    #[serde(default)]
+    pub released: u64,
+}
