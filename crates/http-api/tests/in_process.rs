@@ -33,6 +33,7 @@ async fn node(config: ApiConfig) -> Node {
         request_timeout: Duration::from_secs(5),
         join: false,
         clock: Default::default(),
+        tls: None,
     };
     let cluster = intentd_consensus::start(config_node, log, sm, listener, std::future::pending())
         .await
