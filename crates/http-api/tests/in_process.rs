@@ -574,6 +574,7 @@ async fn serve_answers_on_a_bound_listener_and_stops_on_shutdown() {
         listener,
         n.app.clone(),
         intentd_http_api::ConnLimits::default(),
+        None,
         async move {
             let _ = stop_rx.await;
         },
