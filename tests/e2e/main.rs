@@ -17,3 +17,4 @@ mod grpc;
 mod intents;
 mod lifecycle;
 mod streams;
+mod tls;
