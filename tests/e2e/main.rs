@@ -20,4 +20,5 @@ mod lifecycle;
 mod mesh;
 mod retention;
 mod streams;
+mod tls;
 mod workflows;

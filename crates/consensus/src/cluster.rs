@@ -7,8 +7,12 @@ use std::time::Duration;
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
+
+use intentd_tls::tokio_rustls::server::TlsStream;
+use intentd_tls::{TlsAcceptor, TlsConnector};
 
 use intentd_lifecycle::{Command, Reply};
 use intentd_storage::{LogStore, Outcome, Proposal, StateMachine, StateReader};
@@ -64,6 +68,9 @@ pub struct NodeConfig {
     pub join: bool,
     /// How far this node's wall clock may stray from the others' before it is fenced.
     pub clock: ClockPolicy,
+    /// Mutual TLS of the internal plane: served connections must present a certificate of
+    /// the cluster CA, and peers are dialled the same way. `None`: plain TCP.
+    pub tls: Option<intentd_tls::MutualTls>,
 }
 
 /// What a node says about itself on `/health` and the cluster status calls.
@@ -111,6 +118,8 @@ pub(crate) struct Inner {
     /// Channels to peers for forwarding, keyed by node id and address so an address change
     /// after a membership change gets a fresh channel.
     peers: Mutex<HashMap<(u64, String), RaftInternalClient<Channel>>>,
+    /// The internal plane's client TLS for those channels, if the plane has TLS.
+    tls: Option<TlsConnector>,
     /// Every write of this node goes through it, to be coalesced with concurrent ones.
     proposer: Proposer,
     /// The highest log index this node has answered a client's write with. A write answered
@@ -164,7 +173,12 @@ pub async fn start(
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        NetworkFactory,
+        NetworkFactory {
+            tls: config
+                .tls
+                .as_ref()
+                .map(|tls| TlsConnector::from(Arc::clone(&tls.client))),
+        },
         log_store,
         state_machine,
     )
@@ -185,21 +199,24 @@ pub async fn start(
         membership_timeout: MEMBERSHIP_TIMEOUT,
         node: Arc::clone(&node),
     };
-    // Answers go out as several HTTP/2 frames; with Nagle on, the later ones wait for the
-    // peer's delayed ACK (40 ms), and every forwarded write and Raft round trip pays for it.
-    let incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
-    tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(
-                RaftInternalServer::new(service)
-                    .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "internal plane stopped");
+    let routes = tonic::service::Routes::new(
+        RaftInternalServer::new(service)
+            .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES),
+    );
+    match &config.tls {
+        None => {
+            // Answers go out as several HTTP/2 frames; with Nagle on, the later ones wait for
+            // the peer's delayed ACK (40 ms), and every forwarded write and Raft round trip
+            // pays for it.
+            let incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
+            tokio::spawn(serve_plane(routes, incoming, shutdown));
         }
-    });
+        Some(tls) => {
+            let acceptor = TlsAcceptor::from(Arc::clone(&tls.server));
+            let incoming = mutual_tls_incoming(raft_listener, acceptor);
+            tokio::spawn(serve_plane(routes, incoming, shutdown));
+        }
+    }
 
     let first = config.peers.keys().next().copied();
     let initialized = raft
@@ -230,6 +247,10 @@ pub async fn start(
             election_timeout: Duration::from_millis(t.election_max_ms),
             clock,
             peers: Mutex::new(HashMap::new()),
+            tls: config
+                .tls
+                .as_ref()
+                .map(|tls| TlsConnector::from(Arc::clone(&tls.client))),
             proposer,
             acknowledged: AtomicU64::new(0),
         }),
@@ -244,6 +265,78 @@ pub async fn start(
         Duration::from_millis(t.election_max_ms),
     ));
     Ok(cluster)
+}
+
+/// Serves the internal plane on `incoming` until `shutdown`.
+async fn serve_plane<S, IO>(
+    routes: tonic::service::Routes,
+    incoming: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    S: futures::Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    let served = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "internal plane stopped");
+    }
+}
+
+/// The internal plane's connections that completed the mutual TLS handshake: the client
+/// presented a certificate signed by the cluster CA. Handshakes run on their own tasks
+/// (bounded by [`intentd_tls::HANDSHAKE_TIMEOUT`]) so a slow or hostile client never holds
+/// up the next accept; a refused one is logged with its address and closed, before any
+/// Raft message of it is read.
+fn mutual_tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> impl futures::Stream<Item = Result<TlsStream<tokio::net::TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                // The server dropped the stream: it has stopped.
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting an internal-plane connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            // See the plain branch in `start`: every Raft round trip would wait on Nagle.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY on an internal-plane connection");
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let handshake = acceptor.accept(tcp);
+                match tokio::time::timeout(intentd_tls::HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "refused an internal-plane connection: no valid cluster certificate");
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused an internal-plane connection: TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Probes every member's clock each interval and keeps the fence in step with the verdict:
@@ -713,7 +806,8 @@ impl Cluster {
         if let Some(client) = peers.get(&(node_id, addr.clone())) {
             return Ok(client.clone());
         }
-        let client = RaftInternalClient::new(channel(&addr).map_err(ConsensusError::internal)?)
+        let channel = channel(&addr, self.inner.tls.as_ref()).map_err(ConsensusError::internal)?;
+        let client = RaftInternalClient::new(channel)
             .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES);
         peers.insert((node_id, addr), client.clone());
         Ok(client)

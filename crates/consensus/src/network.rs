@@ -1,6 +1,15 @@
-//! The Raft network over tonic: one lazily connected channel per peer.
+//! The Raft network over tonic: one lazily connected channel per peer, over mutual TLS when
+//! the node has a cluster certificate.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use intentd_tls::tokio_rustls::client::TlsStream;
+use intentd_tls::tokio_rustls::rustls::pki_types::ServerName;
+use intentd_tls::TlsConnector;
 
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -14,6 +23,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::TcpStream;
+use tonic::codegen::http::Uri;
+use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint};
 
 use intentd_storage::TypeConfig;
@@ -24,21 +36,72 @@ use crate::proto::{RaftPayload, SnapshotChunk};
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
 
+/// Why a channel to a peer could not even be built (reported on every call to it).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DialError {
+    #[error("peer address: {0}")]
+    Address(#[from] tonic::transport::Error),
+    #[error("peer address: {0}")]
+    Name(#[from] intentd_tls::TlsError),
+}
+
 /// Builds a channel that connects on first use, so a peer that is down at start-up costs
-/// nothing until Raft talks to it.
-pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// nothing until Raft talks to it. With `tls` the peer must present a certificate of the
+/// cluster CA that names `addr`'s host, and this node presents its own.
+pub(crate) fn channel(addr: &str, tls: Option<&TlsConnector>) -> Result<Channel, DialError> {
+    // The connect timeout covers the TLS handshake too: tonic times the whole connector.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(match tls {
+        None => endpoint.connect_lazy(),
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsDial {
+            tls: tls.clone(),
+            name: intentd_tls::server_name(addr)?,
+            addr: addr.to_owned(),
+        }),
+    })
+}
+
+/// Dials a peer over TCP (TCP_NODELAY, like the plain channel) and completes the client side
+/// of the mutual TLS handshake. A failure here is wrapped by tonic as a connect error, so the
+/// call counts as never sent (`never_sent`).
+#[derive(Clone)]
+struct TlsDial {
+    tls: TlsConnector,
+    name: ServerName<'static>,
+    addr: String,
+}
+
+impl Service<Uri> for TlsDial {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let dial = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&dial.addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = dial.tls.connect(dial.name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
 }
 
 /// Largest internal-plane message: a batch of entries of up to 128 KiB each, JSON-encoded.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-pub(crate) struct NetworkFactory;
+pub(crate) struct NetworkFactory {
+    /// The internal plane's client TLS (mutual), if the node has a cluster certificate.
+    pub(crate) tls: Option<TlsConnector>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
@@ -46,7 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            client: channel(&node.addr)
+            client: channel(&node.addr, self.tls.as_ref())
                 .map(|c| RaftInternalClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES)),
         }
     }
@@ -55,7 +118,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub(crate) struct PeerClient {
     target: u64,
     /// An address that does not even parse stays an error, reported on every call.
-    client: Result<RaftInternalClient<Channel>, tonic::transport::Error>,
+    client: Result<RaftInternalClient<Channel>, DialError>,
 }
 
 impl PeerClient {

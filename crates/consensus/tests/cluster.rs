@@ -6,10 +6,12 @@
 //! staying free between picking it and binding it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use intentd_consensus::{Cluster, ConsensusError, NodeConfig, RaftTimings};
 use intentd_lifecycle::{Command, IntentCommand, NewIntent, Rejection, Reply};
+use intentd_tls::MutualTls;
 use serde_json::json;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -35,6 +37,11 @@ impl Node {
 }
 
 async fn three_nodes() -> Vec<Node> {
+    three_nodes_with(|_| None).await
+}
+
+/// Three nodes whose internal plane uses `tls(id)` (mutual TLS, or plain when `None`).
+async fn three_nodes_with(tls: impl Fn(u64) -> Option<MutualTls>) -> Vec<Node> {
     // Logs show when a test fails (`RUST_LOG=debug` for more); each test initialises once.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -60,6 +67,7 @@ async fn three_nodes() -> Vec<Node> {
             request_timeout: Duration::from_secs(10),
             join: false,
             clock: Default::default(),
+            tls: tls(id),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
@@ -126,6 +134,37 @@ fn create(id: Uuid) -> Command {
         },
         idempotency: None,
     }
+}
+
+/// The cluster TLS of node `id` from the certificates `certs init` wrote into `dir`.
+fn mutual_tls(dir: &std::path::Path, id: u64) -> MutualTls {
+    let cert = intentd_tls::ReloadableCert::load(
+        &dir.join(format!("node{id}.pem")),
+        &dir.join(format!("node{id}.key")),
+    )
+    .unwrap();
+    MutualTls::new(&dir.join("ca.pem"), cert).unwrap()
+}
+
+/// Writes a fresh CA and certificates for nodes `ids` (reached at 127.0.0.1) into a new
+/// directory.
+fn certificates(ids: &[u64]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    intentd_tls::init_certs(&intentd_tls::CertsPlan {
+        dir: dir.path().to_owned(),
+        nodes: ids
+            .iter()
+            .map(|id| intentd_tls::NodeNames {
+                id: *id,
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+            })
+            .collect(),
+        days: 30,
+        force: false,
+        reuse_ca: false,
+    })
+    .unwrap();
+    dir
 }
 
 /// Every node of `nodes` but the one with id `id`.
@@ -318,4 +357,165 @@ async fn writes_racing_a_leader_loss_are_kept_refused_or_ambiguous() {
             );
         }
     }
+}
+
+/// Dials one internal-plane address over TLS with `config`, as a host that tries to talk to
+/// the cluster would.
+mod dial {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use hyper_util::rt::TokioIo;
+    use intentd_consensus::proto::raft_internal_client::RaftInternalClient;
+    use intentd_tls::tokio_rustls::client::TlsStream;
+    use intentd_tls::tokio_rustls::rustls::ClientConfig;
+    use tokio::net::TcpStream;
+    use tonic::codegen::http::Uri;
+    use tonic::codegen::Service;
+    use tonic::transport::{Channel, Endpoint};
+
+    #[derive(Clone)]
+    struct Dial {
+        addr: String,
+        config: Arc<ClientConfig>,
+    }
+
+    impl Service<Uri> for Dial {
+        type Response = TokioIo<TlsStream<TcpStream>>;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            let dial = self.clone();
+            Box::pin(async move {
+                let tcp = TcpStream::connect(&dial.addr).await?;
+                let name = intentd_tls::server_name(&dial.addr).unwrap();
+                let tls = intentd_tls::TlsConnector::from(dial.config)
+                    .connect(name, tcp)
+                    .await?;
+                Ok(TokioIo::new(tls))
+            })
+        }
+    }
+
+    pub fn client(addr: &str, config: Arc<ClientConfig>) -> RaftInternalClient<Channel> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector_lazy(Dial {
+                addr: addr.to_owned(),
+                config,
+            });
+        RaftInternalClient::new(channel)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_members_replicate_and_strangers_cannot_append_or_vote() {
+    use intentd_consensus::proto::{ClockProbe, RaftPayload};
+    use intentd_tls::tokio_rustls::rustls;
+
+    let certs = certificates(&[1, 2, 3]);
+    let foreign = certificates(&[9]);
+    let nodes = three_nodes_with(|id| Some(mutual_tls(certs.path(), id))).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader_id = leader(&all).await;
+
+    // A write through a follower is forwarded to the leader over the mutual TLS plane.
+    let follower = others(&nodes, leader_id)[0];
+    let id = Uuid::now_v7();
+    let reply = follower.cluster.write(create(id)).await.unwrap();
+    assert_eq!(created_id(&reply), id);
+    for node in &nodes {
+        node.cluster.write(create(Uuid::now_v7())).await.unwrap();
+    }
+    let term = nodes[0].cluster.status().term;
+    let addrs: Vec<String> = nodes[0].cluster.membership().nodes.into_values().collect();
+
+    // A member's certificate opens the plane: this is what the strangers below lack.
+    let member = mutual_tls(certs.path(), 2).client;
+    dial::client(&addrs[0], member)
+        .clock(ClockProbe {})
+        .await
+        .expect("a member's certificate is accepted");
+
+    // A stranger trusts the cluster's CA (so the refusal is the server's), but presents a
+    // certificate of another CA, or none.
+    let another_ca = MutualTls::new(
+        &certs.path().join("ca.pem"),
+        intentd_tls::ReloadableCert::load(
+            &foreign.path().join("node9.pem"),
+            &foreign.path().join("node9.key"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .client;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in intentd_tls::load_certs(&certs.path().join("ca.pem")).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let mut anonymous = rustls::ClientConfig::builder_with_provider(intentd_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    // A heartbeat of a leader in a far later term: accepted, it would depose the leader.
+    let append = openraft::raft::AppendEntriesRequest::<intentd_storage::TypeConfig> {
+        vote: openraft::Vote::new_committed(term + 100, 9),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let vote = openraft::raft::VoteRequest::<u64> {
+        vote: openraft::Vote::new(term + 100, 9),
+        last_log_id: None,
+    };
+    for (who, config) in [
+        ("another CA", another_ca),
+        ("no certificate", Arc::new(anonymous)),
+    ] {
+        for addr in &addrs {
+            let mut client = dial::client(addr, Arc::clone(&config));
+            let appended = client
+                .append_entries(RaftPayload {
+                    payload: serde_json::to_vec(&append).unwrap(),
+                })
+                .await;
+            assert!(
+                appended.is_err(),
+                "{who}: append on {addr} answered {appended:?}"
+            );
+            let voted = client
+                .vote(RaftPayload {
+                    payload: serde_json::to_vec(&vote).unwrap(),
+                })
+                .await;
+            assert!(voted.is_err(), "{who}: vote on {addr} answered {voted:?}");
+            let probed = client.clock(ClockProbe {}).await;
+            assert!(
+                probed.is_err(),
+                "{who}: clock on {addr} answered {probed:?}"
+            );
+        }
+    }
+    for node in &nodes {
+        assert_eq!(
+            node.cluster.status().term,
+            term,
+            "a stranger moved the term"
+        );
+    }
+    assert_eq!(leader(&all).await, leader_id);
+    nodes[0]
+        .cluster
+        .write(create(Uuid::now_v7()))
+        .await
+        .unwrap();
 }

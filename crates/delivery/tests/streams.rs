@@ -30,6 +30,7 @@ async fn node() -> (tempfile::TempDir, Cluster) {
         request_timeout: Duration::from_secs(5),
         join: false,
         clock: Default::default(),
+        tls: None,
     };
     let cluster = intentd_consensus::start(config, log, sm, listener, std::future::pending())
         .await

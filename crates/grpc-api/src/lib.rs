@@ -41,7 +41,7 @@ pub mod proto {
 
 /// Limits and defaults of the gRPC edge; the server fills it from the same configuration as
 /// the HTTP edge's, so both answer alike.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GrpcConfig {
     /// Largest encoded SendIntent request; bigger is RESOURCE_EXHAUSTED (HTTP: 413).
     pub max_intent_bytes: usize,
@@ -66,6 +66,10 @@ pub struct GrpcConfig {
     /// Open connections on the port (`--max-connections`); more are closed at once, which
     /// a client sees as UNAVAILABLE and retries.
     pub max_connections: usize,
+    /// TLS of the port (the same certificate as HTTPS); `None`: plain HTTP/2.
+    pub tls: Option<intentd_tls::TlsAcceptor>,
+    /// How long a client may take to finish the TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for GrpcConfig {
@@ -81,6 +85,8 @@ impl Default for GrpcConfig {
             stream_consumers: StreamConsumers::default(),
             preface_timeout: Duration::from_secs(10),
             max_connections: 16_384,
+            tls: None,
+            handshake_timeout: intentd_tls::HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -167,6 +173,8 @@ pub async fn serve(
     let limits = limits::Limits {
         preface_timeout: config.preface_timeout,
         max_connections: config.max_connections,
+        tls: config.tls.clone(),
+        handshake_timeout: config.handshake_timeout,
     };
     let routes = services(cluster, config)?;
     let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);

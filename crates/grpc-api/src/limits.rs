@@ -12,9 +12,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use intentd_tls::{Socket, TlsAcceptor};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// When a refusal was last logged (unix seconds).
@@ -23,24 +25,29 @@ static LAST_REFUSAL_WARNING: AtomicU64 = AtomicU64::new(0);
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4).
 const PREFACE_LEN: usize = 24;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Limits {
     pub(crate) preface_timeout: Duration,
     pub(crate) max_connections: usize,
+    /// Set when the port speaks TLS.
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) handshake_timeout: Duration,
 }
 
 /// The accepted connections of `listener`, at most `max_connections` open at once: one more
-/// is closed as soon as it is accepted (the client sees UNAVAILABLE and may retry).
+/// is closed as soon as it is accepted (the client sees UNAVAILABLE and may retry). Accepting
+/// stops when the server drops the stream.
 pub(crate) fn incoming(
     listener: TcpListener,
     limits: Limits,
 ) -> impl Stream<Item = Result<LimitedConn, io::Error>> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    futures::stream::unfold(
-        (listener, open, limits),
-        |(listener, open, limits)| async move {
-            loop {
-                let tcp = match listener.accept().await {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => tcp,
                     Err(e) => {
                         // Out of file descriptors, mostly: wait for some to close.
@@ -48,37 +55,60 @@ pub(crate) fn incoming(
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
-                };
-                let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-                    // One warning a second, not one per connection of a flood.
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    if LAST_REFUSAL_WARNING.fetch_max(now, Ordering::Relaxed) < now {
-                        tracing::warn!("refusing grpc connections: too many open connections");
-                    }
-                    continue;
-                };
-                // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK.
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+                },
+            };
+            let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+                // One warning a second, not one per connection of a flood.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if LAST_REFUSAL_WARNING.fetch_max(now, Ordering::Relaxed) < now {
+                    tracing::warn!("refusing grpc connections: too many open connections");
                 }
+                continue;
+            };
+            // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+            }
+            let with_tls = limits.tls.is_some();
+            let limits = limits.clone();
+            let tx = tx.clone();
+            let handshake = async move {
+                let socket = match &limits.tls {
+                    None => Socket::Plain(tcp),
+                    Some(tls) => {
+                        match intentd_tls::accept(tls, tcp, limits.handshake_timeout).await {
+                            Ok(socket) => socket,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "a grpc connection failed its TLS handshake");
+                                return;
+                            }
+                        }
+                    }
+                };
                 let conn = LimitedConn {
-                    tcp,
+                    tcp: socket,
                     _permit: permit,
                     preface: Some(Box::pin(tokio::time::sleep(limits.preface_timeout))),
                     read: 0,
                 };
-                return Some((Ok(conn), (listener, open, limits)));
+                let _ = tx.send(Ok(conn)).await;
+            };
+            if with_tls {
+                tokio::spawn(handshake);
+            } else {
+                handshake.await;
             }
-        },
-    )
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// An accepted connection holding its place under the cap, which must send the HTTP/2
 /// preface before its deadline.
 pub(crate) struct LimitedConn {
-    tcp: TcpStream,
+    tcp: Socket,
     _permit: OwnedSemaphorePermit,
     /// Until the preface is in: the time it must be in by.
     preface: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -89,7 +119,7 @@ impl Connected for LimitedConn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.tcp.connect_info()
+        self.tcp.tcp().connect_info()
     }
 }
 

@@ -15,6 +15,11 @@
 //!
 //! hyper's own refusals of a request it cannot parse (400, 414, 431) are written with an
 //! empty body; [`Watched`] swaps them for the API's JSON error on the way out.
+//!
+//! With TLS (HTTPS) the handshake comes first, under the connection's permit and its own
+//! `handshake_timeout`; every limit above then applies to the decrypted stream as it does to
+//! a plain one. The certificate is looked up per handshake, so a reload (SIGHUP) reaches new
+//! connections while open ones, SSE streams included, keep theirs.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +42,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
+use intentd_tls::{Socket, TlsAcceptor};
+
 use crate::error::ApiError;
 
 /// The bounds of the public HTTP port (`--http-*` flags).
@@ -51,6 +58,8 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// Open connections of this node; one more is answered 503 and closed.
     pub max_connections: usize,
+    /// From accepting a connection to the end of its TLS handshake (HTTPS only).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -60,6 +69,7 @@ impl Default for ConnLimits {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 16_384,
+            handshake_timeout: intentd_tls::HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -75,11 +85,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on an already bound listener until `shutdown` completes, plus at most
 /// [`SHUTDOWN_GRACE`] for the requests still open. Taking a bound listener lets tests bind
-/// port 0 and read the port before serving.
+/// port 0 and read the port before serving. With `tls` every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -113,6 +124,7 @@ pub async fn serve(
             Ok(permit) => {
                 tokio::spawn(connection(
                     tcp,
+                    tls.clone(),
                     permit,
                     app.clone(),
                     Arc::clone(&builder),
@@ -122,7 +134,7 @@ pub async fn serve(
             }
             Err(_) => match Arc::clone(&refusing).try_acquire_owned() {
                 Ok(permit) => {
-                    tokio::spawn(refuse(tcp, permit));
+                    tokio::spawn(refuse(tcp, tls.clone(), permit));
                 }
                 Err(_) => tracing::debug!("dropped a connection over the cap unanswered"),
             },
@@ -144,8 +156,9 @@ pub async fn serve(
 
 /// Answers a connection over the cap with a 503 and closes it. The request is read (and
 /// dropped) for a moment after the answer so that closing with unread bytes does not reset
-/// the connection before the client has read its 503.
-async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+/// the connection before the client has read its 503. An HTTPS client gets its 503 over
+/// TLS, the handshake included in the linger time.
+async fn refuse(tcp: TcpStream, tls: Option<TlsAcceptor>, _permit: OwnedSemaphorePermit) {
     let answer = ApiError::Unavailable {
         message: "this node has too many open connections; retry later or on another node".into(),
         retry_after_secs: 1,
@@ -155,6 +168,10 @@ async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
         tracing::warn!("refusing http connections: too many open connections");
     }
     let linger = async {
+        let mut tcp = match tls {
+            Some(tls) => intentd_tls::accept(&tls, tcp, REFUSAL_LINGER).await?,
+            None => Socket::Plain(tcp),
+        };
         tcp.write_all(&answer).await?;
         tcp.shutdown().await?;
         let mut sink = [0u8; 4096];
@@ -182,16 +199,27 @@ fn once_a_second(last: &AtomicU64) -> bool {
 /// Serves one connection until it ends, a limit closes it, or shutdown drains it.
 async fn connection(
     tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
     permit: OwnedSemaphorePermit,
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Arc<ConnLimits>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let socket = match tls {
+        None => Socket::Plain(tcp),
+        Some(tls) => match intentd_tls::accept(&tls, tcp, limits.handshake_timeout).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::debug!(error = %e, "an https connection failed its TLS handshake");
+                return;
+            }
+        },
+    };
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
     let phase = Arc::new(phase_tx);
     let io = Watched {
-        inner: tcp,
+        inner: socket,
         phase: Arc::clone(&phase),
         replacement: None,
     };
@@ -386,7 +414,7 @@ impl HttpBody for TimedBody {
 /// The connection's socket, watched: the first byte read while idle starts the header
 /// clock, and hyper's automatic answers to unparseable requests are replaced by JSON ones.
 struct Watched {
-    inner: TcpStream,
+    inner: Socket,
     phase: Arc<watch::Sender<Phase>>,
     /// A JSON answer standing in for hyper's empty one, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,

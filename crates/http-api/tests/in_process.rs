@@ -33,6 +33,7 @@ async fn node(config: ApiConfig) -> Node {
         request_timeout: Duration::from_secs(5),
         join: false,
         clock: Default::default(),
+        tls: None,
     };
     let cluster = intentd_consensus::start(config_node, log, sm, listener, std::future::pending())
         .await
@@ -573,6 +574,7 @@ async fn serve_answers_on_a_bound_listener_and_stops_on_shutdown() {
         listener,
         n.app.clone(),
         intentd_http_api::ConnLimits::default(),
+        None,
         async move {
             let _ = stop_rx.await;
         },

@@ -140,6 +140,28 @@ pub struct ServeArgs {
     /// 30d]. A replayed one is kept like any ended intent from the replay on.
     #[arg(long, env = "INTENTD_RETAIN_DEAD_LETTERS_FOR")]
     pub retain_dead_letters_for: Option<String>,
+    /// PEM certificate (chain) of the public ports: with --tls-key, HTTP is HTTPS and gRPC is
+    /// TLS. Reloaded on SIGHUP [default: plain TCP].
+    #[arg(long, env = "INTENTD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (mode 0600).
+    #[arg(long, env = "INTENTD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Longest time a client may take to finish the TLS handshake, in ms [default: 10000].
+    #[arg(long, env = "INTENTD_TLS_HANDSHAKE_TIMEOUT_MS")]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// PEM bundle of the cluster CA: with --cluster-cert and --cluster-key the internal plane
+    /// is mutual TLS, and only nodes with a certificate it signed may talk to this one
+    /// [default: plain TCP].
+    #[arg(long, env = "INTENTD_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate on the internal plane, signed by --cluster-ca and naming the
+    /// host of its Raft address. Reloaded on SIGHUP.
+    #[arg(long, env = "INTENTD_CLUSTER_CERT")]
+    pub cluster_cert: Option<PathBuf>,
+    /// PEM private key of --cluster-cert (mode 0600).
+    #[arg(long, env = "INTENTD_CLUSTER_KEY")]
+    pub cluster_key: Option<PathBuf>,
     /// TEST-ONLY (jepsen harness): acknowledge Raft log appends without fdatasync, so a power
     /// loss can lose acknowledged writes. Hidden; never use it outside the chaos harness.
     #[arg(long, hide = true)]
@@ -177,12 +199,33 @@ struct FileConfig {
     max_connections: Option<usize>,
     retain_terminal_for: Option<String>,
     retain_dead_letters_for: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_handshake_timeout_ms: Option<u64>,
+    cluster_ca: Option<PathBuf>,
+    cluster_cert: Option<PathBuf>,
+    cluster_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The certificate and key of the public ports (HTTPS, gRPC over TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The internal plane's mutual TLS: the cluster CA and this node's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The validated configuration of a node.
@@ -217,6 +260,10 @@ pub struct Config {
     pub unsafe_skip_log_fsync: bool,
     /// Bounds on what clients send and how many connections they hold (public ports).
     pub connections: ConnLimits,
+    /// TLS of the public ports; `None`: plain HTTP and gRPC.
+    pub tls: Option<PublicTls>,
+    /// Mutual TLS of the internal plane; `None`: plain.
+    pub cluster_tls: Option<ClusterTls>,
     /// How long ended intents are kept (0: forever); the leader makes it the cluster's.
     pub retention: Retention,
 }
@@ -305,7 +352,31 @@ impl ServeArgs {
                 DEFAULT_RETAIN_DEAD_LETTERS_SECS,
             )?,
         };
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(PublicTls { cert, key }),
+            _ => return Err(invalid("tls_cert", "tls_cert and tls_key go together")),
+        };
+        let cluster_tls = match (
+            self.cluster_ca.or(file.cluster_ca),
+            self.cluster_cert.or(file.cluster_cert),
+            self.cluster_key.or(file.cluster_key),
+        ) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(ClusterTls { ca, cert, key }),
+            _ => {
+                return Err(invalid(
+                    "cluster_ca",
+                    "cluster_ca, cluster_cert and cluster_key go together",
+                ))
+            }
+        };
         let config = Config {
+            tls,
+            cluster_tls,
             retention,
             data_dir: self
                 .data_dir
@@ -401,6 +472,11 @@ impl ServeArgs {
                         .max_connections
                         .or(file.max_connections)
                         .unwrap_or(defaults.max_connections),
+                    handshake_timeout: ms(
+                        self.tls_handshake_timeout_ms,
+                        file.tls_handshake_timeout_ms,
+                        defaults.handshake_timeout,
+                    ),
                 }
             },
         };
@@ -492,6 +568,7 @@ impl Config {
             ("header_timeout_ms", c.header_timeout),
             ("body_timeout_ms", c.body_timeout),
             ("idle_timeout_ms", c.idle_timeout),
+            ("tls_handshake_timeout_ms", c.handshake_timeout),
         ] {
             if value < Duration::from_millis(100) {
                 return Err(invalid(field, "must be at least 100"));
@@ -507,7 +584,7 @@ impl Config {
     /// The settings as a log line, without secrets.
     pub fn describe(&self) -> String {
         format!(
-            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?} header_timeout={:?} body_timeout={:?} idle_timeout={:?} max_connections={} retain_terminal_secs={} retain_dead_letters_secs={}",
+            "node_id={} data_dir={} http={} grpc={} raft={} peers={:?} join={} admin_key={} max_intent_bytes={} max_delivery_attempts={} request_timeout={:?} snapshot_after_logs={} snapshot_logs_to_keep={} delivery_allow_hosts=[{}] delivery_base_backoff={:?} delivery_max_backoff={:?} delivery_timeout={:?} ack_timeout_secs={} delivery_ca={} max_clock_offset={:?} header_timeout={:?} body_timeout={:?} idle_timeout={:?} max_connections={} retain_terminal_secs={} retain_dead_letters_secs={} tls={} cluster_tls={}",
             self.node_id,
             self.data_dir.display(),
             self.http_addr,
@@ -534,6 +611,14 @@ impl Config {
             self.connections.max_connections,
             self.retention.terminal_secs,
             self.retention.dead_letter_secs,
+            match &self.tls {
+                Some(tls) => format!("{}", tls.cert.display()),
+                None => "<off>".into(),
+            },
+            match &self.cluster_tls {
+                Some(tls) => format!("ca={},cert={}", tls.ca.display(), tls.cert.display()),
+                None => "<off>".into(),
+            },
         )
     }
 }
@@ -738,6 +823,60 @@ mod tests {
                     assert_eq!(field, "retain_dead_letters_for", "{bad}")
                 }
                 other => panic!("{bad:?}: accepted {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_settings_layer_and_come_in_whole_sets() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!((c.tls, c.cluster_tls), (None, None), "plain unless asked");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/intentd/node1.pem\"\ntls_key = \"/etc/intentd/node1.key\"\ncluster_ca = \"/etc/intentd/ca.pem\"\ncluster_cert = \"/etc/intentd/node1.pem\"\ncluster_key = \"/etc/intentd/node1.key\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            tls_cert: Some("/flag/cert.pem".into()),
+            tls_handshake_timeout_ms: Some(2500),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(
+            c.tls,
+            Some(PublicTls {
+                cert: "/flag/cert.pem".into(),
+                key: "/etc/intentd/node1.key".into()
+            })
+        );
+        assert_eq!(
+            c.cluster_tls.unwrap().ca,
+            PathBuf::from("/etc/intentd/ca.pem")
+        );
+        assert_eq!(c.connections.handshake_timeout, Duration::from_millis(2500));
+        for (args, field) in [
+            (
+                ServeArgs {
+                    tls_cert: Some("a.pem".into()),
+                    ..Default::default()
+                },
+                "tls_cert",
+            ),
+            (
+                ServeArgs {
+                    cluster_ca: Some("ca.pem".into()),
+                    cluster_cert: Some("n.pem".into()),
+                    ..Default::default()
+                },
+                "cluster_ca",
+            ),
+        ] {
+            match args.resolve() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: accepted {other:?}"),
             }
         }
     }

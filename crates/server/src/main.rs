@@ -1,6 +1,7 @@
 //! `intentd`: the server (`serve`) and a command-line client for its HTTP API.
 
 mod bench;
+mod certs;
 mod client;
 mod config;
 mod serve;
@@ -45,6 +46,8 @@ enum Commands {
     Keys(client::KeysCmd),
     /// Inspect and change the cluster's membership (admin key required).
     Cluster(client::ClusterCmd),
+    /// Generate TLS certificates: a cluster CA and one certificate per node.
+    Certs(certs::CertsCmd),
     /// Drive a closed-loop create load and print throughput and latency percentiles.
     Bench(bench::BenchCmd),
 }
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Commands::Keys(cmd) => cmd.run().await,
             Commands::Bench(cmd) => cmd.run().await,
             Commands::Cluster(cmd) => cmd.run().await,
+            Commands::Certs(cmd) => cmd.run(),
         }
     });
     match result {

@@ -16,6 +16,7 @@ use intentd_delivery::{Engine, EngineConfig, Metrics};
 use intentd_http_api::auth::{generate_key, hash_key};
 use intentd_http_api::ApiConfig;
 use intentd_lifecycle::{ApiKey, Command, Role};
+use intentd_tls::{MutualTls, ReloadableCert, TlsAcceptor};
 
 use crate::config::Config;
 
@@ -44,6 +45,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (log_store, state_machine) =
         intentd_storage::open(&config.data_dir, storage_options(&config))
             .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
+
+    // Certificates load before anything binds: a wrong path or a key that does not fit is a
+    // startup error naming the file.
+    let public_cert = match &config.tls {
+        Some(tls) => Some(
+            ReloadableCert::load(&tls.cert, &tls.key)
+                .context("loading the public TLS certificate")?,
+        ),
+        None => None,
+    };
+    let acceptor = |alpn: &[&[u8]]| -> anyhow::Result<Option<TlsAcceptor>> {
+        public_cert
+            .as_ref()
+            .map(|cert| {
+                intentd_tls::public_server_config(Arc::clone(cert), alpn).map(TlsAcceptor::from)
+            })
+            .transpose()
+            .context("configuring TLS of the public ports")
+    };
+    let http_tls = acceptor(&[b"h2", b"http/1.1"])?;
+    let grpc_tls = acceptor(&[b"h2"])?;
+    let cluster_tls = match &config.cluster_tls {
+        Some(tls) => {
+            let cert = ReloadableCert::load(&tls.cert, &tls.key)
+                .context("loading the cluster (internal plane) certificate")?;
+            Some(MutualTls::new(&tls.ca, cert).context("loading the cluster CA")?)
+        }
+        None => None,
+    };
+    let reloadable: Vec<Arc<ReloadableCert>> = public_cert
+        .iter()
+        .cloned()
+        .chain(cluster_tls.iter().map(|tls| Arc::clone(&tls.cert)))
+        .collect();
+    if !reloadable.is_empty() {
+        tokio::spawn(reload_on_sighup(reloadable));
+    }
 
     // Bind every listener before anything starts, so a taken port fails fast and clearly.
     let raft_listener = TcpListener::bind(config.raft_addr)
@@ -77,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_offset: config.max_clock_offset,
                 ..ClockPolicy::default()
             },
+            tls: cluster_tls,
         },
         log_store,
         state_machine,
@@ -131,6 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http_listener,
         api,
         config.connections.clone(),
+        http_tls,
         stopped(stop_rx.clone()),
     ));
     let grpc = tokio::spawn(intentd_grpc_api::serve(
@@ -143,11 +183,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stream_consumers,
             preface_timeout: config.connections.header_timeout,
             max_connections: config.connections.max_connections,
+            tls: grpc_tls,
+            handshake_timeout: config.connections.handshake_timeout,
             ..intentd_grpc_api::GrpcConfig::default()
         },
         stopped(stop_rx.clone()),
     ));
-    tracing::info!(http = %config.http_addr, grpc = %config.grpc_addr, raft = %config.raft_addr, "intentd is serving");
+    tracing::info!(
+        http = %config.http_addr,
+        grpc = %config.grpc_addr,
+        raft = %config.raft_addr,
+        tls = config.tls.is_some(),
+        cluster_tls = config.cluster_tls.is_some(),
+        "intentd is serving"
+    );
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -268,6 +317,33 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     writeln!(file, "{secret}")?;
     file.sync_all()?;
     Ok(())
+}
+
+/// Reads every certificate again on each SIGHUP. A certificate that loads serves every later
+/// handshake; open connections and streams keep the session they have. One that does not
+/// load (missing file, key that does not fit) is reported and the one in use stays.
+async fn reload_on_sighup(certs: Vec<Arc<ReloadableCert>>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates will not reload");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        for cert in &certs {
+            match cert.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %cert.cert_path().display(), "reloaded the TLS certificate")
+                }
+                Err(e) => tracing::warn!(
+                    cert = %cert.cert_path().display(),
+                    error = %e,
+                    "certificate reload failed; keeping the certificate in use"
+                ),
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -76,9 +76,25 @@ pub struct Api {
     http: reqwest::Client,
 }
 
+/// A client builder that also trusts the CA in `ca_pem` (the cluster CA of a TLS cluster).
+pub fn client_trusting(ca_pem: Option<&[u8]>) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder();
+    match ca_pem {
+        Some(pem) => {
+            builder.add_root_certificate(reqwest::Certificate::from_pem(pem).expect("ca pem"))
+        }
+        None => builder,
+    }
+}
+
 impl Api {
     pub fn new(base: &str, key: Option<&str>) -> Api {
-        let http = reqwest::Client::builder()
+        Api::trusting(base, key, None)
+    }
+
+    /// A client of an HTTPS server whose certificate `ca_pem` signed.
+    pub fn trusting(base: &str, key: Option<&str>, ca_pem: Option<&[u8]>) -> Api {
+        let http = client_trusting(ca_pem)
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");

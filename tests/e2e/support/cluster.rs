@@ -38,6 +38,9 @@ pub struct ClusterOptions {
     pub snapshot_logs_to_keep: Option<u64>,
     /// More `serve` arguments, appended as given (e.g. the delivery engine's settings).
     pub extra_args: Vec<String>,
+    /// TLS everywhere, from the files `intentd certs init` wrote here (`ca.pem`,
+    /// `node<ID>.pem`, `node<ID>.key`): HTTPS, gRPC over TLS and the mutual TLS plane.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -47,6 +50,7 @@ impl Default for ClusterOptions {
             snapshot_after_logs: None,
             snapshot_logs_to_keep: None,
             extra_args: Vec::new(),
+            tls_dir: None,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct Node {
     log_path: PathBuf,
     starts: u32,
     health_http: reqwest::Client,
+    /// The cluster CA (PEM) when the cluster runs TLS: clients trust it.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Node {
@@ -87,6 +93,10 @@ impl Node {
             .tempdir()
             .expect("create temp dir");
         let root = dir.path().to_path_buf();
+        let ca = opts
+            .tls_dir
+            .as_ref()
+            .map(|dir| std::fs::read(dir.join("ca.pem")).expect("read ca.pem"));
         Node {
             id,
             log_path: root.join("server.log"),
@@ -101,10 +111,11 @@ impl Node {
             opts,
             child: None,
             starts: 0,
-            health_http: reqwest::Client::builder()
+            health_http: super::api::client_trusting(ca.as_deref())
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("http client"),
+            ca,
         }
     }
 
@@ -113,12 +124,18 @@ impl Node {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
     }
 
     /// A client of this node that authenticates with the cluster's admin key.
     pub fn admin(&self) -> Api {
-        Api::new(&self.base_url(), Some(&self.admin_key))
+        Api::trusting(&self.base_url(), Some(&self.admin_key), self.ca.as_deref())
+    }
+
+    /// The process id of the running node (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
     }
 
     pub fn is_running(&self) -> bool {
@@ -173,6 +190,16 @@ impl Node {
             cmd.arg("--snapshot-logs-to-keep").arg(n.to_string());
         }
         cmd.args(&self.opts.extra_args);
+        if let Some(dir) = &self.opts.tls_dir {
+            let cert = dir.join(format!("node{}.pem", self.id));
+            let key = dir.join(format!("node{}.key", self.id));
+            cmd.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
+            cmd.arg("--cluster-ca").arg(dir.join("ca.pem"));
+            cmd.arg("--cluster-cert")
+                .arg(&cert)
+                .arg("--cluster-key")
+                .arg(&key);
+        }
         if self.join {
             cmd.arg("--join");
         }
