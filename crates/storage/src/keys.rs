@@ -328,6 +328,58 @@ pub(crate) fn uuid_value(v: &[u8]) -> Option<Uuid> {
 mod tests {
     use super::*;
 
+    /// Every record family has a leading byte of its own. Two features added on separate
+    /// branches once picked the same letters; a collision would mix their records silently.
+    #[test]
+    fn every_family_has_its_own_leading_byte() {
+        let families = [
+            INTENT,
+            EVENT,
+            IDEMPOTENCY,
+            QUEUE,
+            CURSOR,
+            API_KEY,
+            API_KEY_ID,
+            META,
+            AGENT,
+            DUE,
+            DEAD_LETTER,
+            THREAD,
+            OWNER_THREAD,
+            INBOX_CHANGE,
+            INBOX_CURSOR,
+            SUBSCRIPTION,
+            OWNER_SUBSCRIPTION,
+            WEBHOOK_EVENT,
+            WEBHOOK_DELIVERY,
+            EVENT_DELIVERY,
+            INTENT_CLAIM,
+            THREAD_CHANGE,
+            MESH_AGENT,
+            MESH_HOLD,
+            MESH_EVENT,
+            // The single keys: counters under `n`, settings under `y`, metadata under `m`.
+            INTENT_COUNT[0],
+            RETENTION[0],
+        ];
+        let distinct: std::collections::BTreeSet<u8> = families.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            families.len(),
+            "a leading byte is used twice"
+        );
+        for key in [
+            INTENT_COUNT,
+            EVENT_COUNT,
+            IDEMPOTENCY_COUNT,
+            DEAD_LETTER_COUNT,
+            MESH_EVENT_CURSOR,
+        ] {
+            assert_eq!(key[0], b'n', "{key:?}");
+        }
+        assert_eq!([LAST_APPLIED[0], MEMBERSHIP[0]], [META, META]);
+    }
+
     #[test]
     fn due_keys_sort_by_time_and_round_up() {
         let t = |ms: i64, extra_ns: u32| {
