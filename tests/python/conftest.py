@@ -118,6 +118,17 @@ class Server:
         return key
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Stops a server the way an operator would (SIGTERM), killing it if it overruns."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _wait_ready(server: Server) -> None:
     deadline = time.monotonic() + READY_DEADLINE_S
     last = "no answer yet"
@@ -170,13 +181,7 @@ def run_intentd(tmp_path: Path, extra_args: Sequence[str] = ()) -> Iterator[Serv
         _wait_ready(srv)
         yield srv
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         log.close()
 
 
@@ -306,12 +311,5 @@ def run_cluster(tmp_path: Path, n: int = 3) -> Iterator[list[Node]]:
         yield nodes
     finally:
         for node in nodes:
-            process = node.server.process
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_DEADLINE_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(node.server.process)
             node.log.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ import pytest
 from axme import AxmeClient, AxmeClientConfig
 from axme.exceptions import AxmeHttpError
 
-from conftest import PAYMENTS, STOP_DEADLINE_S, Server, _free_ports, intentd_bin
+from conftest import PAYMENTS, Server, _free_ports, intentd_bin, stop_process
 
 ADDRESS = PAYMENTS.removeprefix("agent://")
 DEADLINE_S = 60.0
@@ -117,14 +116,7 @@ def _three_nodes(tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
             yield nodes
         finally:
             for node in nodes:
-                p = node["process"]
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-                    try:
-                        p.wait(timeout=STOP_DEADLINE_S)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
+                stop_process(node["process"])
 
 
 def _leader(nodes: list[dict[str, Any]], among: list[dict[str, Any]]) -> dict[str, Any]:
