@@ -63,7 +63,8 @@ pub(crate) async fn sweep(cluster: Cluster) {
                     }
                     if let Some(at) = agent.unreachable_at(now) {
                         let wait = (at - now).to_std().unwrap_or_default();
-                        next = Some(next.map_or(started + wait, |n: Instant| n.min(started + wait)));
+                        next =
+                            Some(next.map_or(started + wait, |n: Instant| n.min(started + wait)));
                     }
                 }
             }
@@ -131,7 +132,11 @@ mod tests {
             last_heartbeat_at: Some(now),
             ..MeshAgent::default()
         };
-        assert_eq!(due_change(&agent, now), None, "a fine new agent adds no event");
+        assert_eq!(
+            due_change(&agent, now),
+            None,
+            "a fine new agent adds no event"
+        );
         agent.metrics.intents_total = 4;
         agent.metrics.intents_failed = 3;
         assert_eq!(due_change(&agent, now).unwrap().0, Health::Degraded);
@@ -142,6 +147,10 @@ mod tests {
         let later = now + chrono::Duration::hours(1);
         assert_eq!(due_change(&agent, later).unwrap().0, Health::Unreachable);
         agent.killed = true;
-        assert_eq!(due_change(&agent, later), None, "kills set a killed agent's health");
+        assert_eq!(
+            due_change(&agent, later),
+            None,
+            "kills set a killed agent's health"
+        );
     }
 }

@@ -175,7 +175,10 @@ impl MeshAgent {
                 ),
             ));
         }
-        Some((Health::Healthy, "heartbeating, most reported intents succeed".into()))
+        Some((
+            Health::Healthy,
+            "heartbeating, most reported intents succeed".into(),
+        ))
     }
 
     /// When, with no news, [`MeshAgent::observed_health`] turns `unreachable`: the instant the
@@ -264,7 +267,10 @@ mod tests {
         let silent = beat_at(UNREACHABLE_AFTER_SECS, now);
         let (health, reason) = silent.observed_health(now).unwrap();
         assert_eq!(health, Health::Unreachable);
-        assert_eq!(reason, format!("no heartbeat for {UNREACHABLE_AFTER_SECS} s"));
+        assert_eq!(
+            reason,
+            format!("no heartbeat for {UNREACHABLE_AFTER_SECS} s")
+        );
         assert_eq!(silent.unreachable_at(now), None, "already there");
 
         let mut failing = beat_at(1, now);
@@ -282,6 +288,10 @@ mod tests {
         killed.killed = true;
         assert_eq!(killed.observed_health(now), None);
         assert_eq!(killed.unreachable_at(now), None);
-        assert_eq!(MeshAgent::default().observed_health(now), None, "never beat");
+        assert_eq!(
+            MeshAgent::default().observed_health(now),
+            None,
+            "never beat"
+        );
     }
 }
