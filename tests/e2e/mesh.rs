@@ -329,7 +329,11 @@ async fn the_health_sweep_commits_changes_that_survive_a_leader_change() {
             .await;
         let event = listed.assert_ok(200)["events"][0].clone();
         assert_eq!(event["actor"], json!("system"), "{event}");
-        assert_eq!(event["reason"], json!("8 of 10 reported intents failed"), "{event}");
+        assert_eq!(
+            event["reason"],
+            json!("8 of 10 reported intents failed"),
+            "{event}"
+        );
 
         cluster.node_mut(leader).kill();
         let others: Vec<u64> = [1u64, 2, 3].into_iter().filter(|&n| n != leader).collect();
