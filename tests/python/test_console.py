@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -125,7 +126,12 @@ def dead_letter(server: Server, admin: dict[str, str]) -> str:
 def create(server: Server, admin: dict[str, str], intent_type: str) -> str:
     r = httpx.post(
         f"{server.base_url}/v1/intents",
-        json={"intent_type": intent_type, "to_agent": PAYMENTS, "payload": {"amount_cents": 4200}},
+        json={
+            "intent_type": intent_type,
+            "correlation_id": str(uuid.uuid4()),
+            "to_agent": PAYMENTS,
+            "payload": {"amount_cents": 4200},
+        },
         headers=admin,
         timeout=15,
     )
@@ -178,7 +184,7 @@ def test_console_signs_in_follows_intents_and_steers_the_mesh(server: Server, br
     browser.find_element(By.CSS_SELECTOR, 'a[data-view="deliveries"]').click()
     dead_row = wait_for(browser, "the dead letter", visible(f'tr[data-dead-letter="{dead_id}"]'))
     dead_row.find_element(By.CSS_SELECTOR, "button.inspect").click()
-    wait_for(browser, "the delivery detail", lambda d: dead_id[:8] in d.find_element(By.ID, "delivery-title").text)
+    wait_for(browser, "the delivery detail", lambda d: dead_id[-8:] in d.find_element(By.ID, "delivery-title").text)
     wait_for(browser, "its attempts", visible('#delivery-body li[data-event-type]'))
     dead_row = browser.find_element(By.CSS_SELECTOR, f'tr[data-dead-letter="{dead_id}"]')
     dead_row.find_element(By.CSS_SELECTOR, "button.replay").click()
@@ -215,7 +221,10 @@ def test_console_signs_in_follows_intents_and_steers_the_mesh(server: Server, br
     browser.find_element(By.CSS_SELECTOR, 'a[data-view="cluster"]').click()
     wait_for(browser, "the cluster facts", lambda d: "leader" in d.find_element(By.ID, "cluster-facts").text)
     wait_for(browser, "a membership row", visible('#members-table tr[data-node="1"]'))
-    wait_for(browser, "the throughput chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-throughput polyline"))
+    wait_for(
+        browser, "a throughput line of two samples",
+        lambda d: " " in (d.find_element(By.CSS_SELECTOR, "#chart-throughput polyline").get_attribute("points") or ""),
+    )
     browser.save_screenshot(str(out / "06-cluster.png"))
 
     # Back on the intents view with the replay's new intent listed (it arrived live).

@@ -47,7 +47,9 @@ function el(tag, attrs, ...children) {
 
 function bare(address) { return String(address || '').replace(/^agent:\/\//, ''); }
 
-function short(id) { return String(id || '').slice(0, 8); }
+// UUIDv7 ids begin with their creation time, so ids made the same minute share a prefix:
+// the random tail is what tells them apart at a glance.
+function short(id) { return id ? `…${String(id).slice(-8)}` : ''; }
 
 function fmtTime(iso) {
   if (!iso) return '';
@@ -580,7 +582,7 @@ function total(metrics, name, pred) {
 function onStatus(data) {
   state.lastStatus = data;
   const n = data.node;
-  $('#node-line').textContent = `node ${n.node_id} · ${n.role} · leader ${n.leader_id ?? 'none'} · term ${n.term}`;
+  $('#node-line').textContent = `node ${n.node_id} (${n.role}) · leader ${n.leader_id ?? 'none known'} · term ${n.term} · applied ${n.last_applied}`;
   const m = parseMetrics(data.metrics || '');
   const sample = {
     t: new Date(data.at).getTime(),
