@@ -175,6 +175,7 @@ async fn admin_intent_listing_filters_and_the_feed_follows_and_resumes() {
         assert_eq!(quiet[0].event(), "stream.timeout");
 
         // After a restart the node cannot prove it has the events after an old cursor.
+        server.stop().await;
         server.restart().await;
         let admin: Api = server.admin();
         let reset = SseStream::open_ok(

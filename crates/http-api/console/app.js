@@ -266,12 +266,13 @@ function showView(name) {
 
 function readFilter() {
   const f = new FormData($('#intent-filter'));
-  const after = f.get('created_after');
+  const iso = (name) => (f.get(name) ? new Date(f.get(name)).toISOString() : '');
   return {
     status: f.get('status') || '',
     intent_type: (f.get('intent_type') || '').trim(),
     agent: (f.get('agent') || '').trim(),
-    created_after: after ? new Date(after).toISOString() : '',
+    created_after: iso('created_after'),
+    created_before: iso('created_before'),
   };
 }
 
@@ -281,6 +282,7 @@ function matchesFilter(i) {
   if (f.intent_type && i.intent_type !== f.intent_type) return false;
   if (f.agent && bare(i.to_agent) !== bare(f.agent) && bare(i.from_agent) !== bare(f.agent)) return false;
   if (f.created_after && new Date(i.created_at) < new Date(f.created_after)) return false;
+  if (f.created_before && new Date(i.created_at) >= new Date(f.created_before)) return false;
   return true;
 }
 
@@ -633,7 +635,10 @@ function renderCluster(data) {
     const nid = Number(id);
     const role = mem.voters.includes(nid) ? (nid === n.leader_id ? 'voter, leader' : 'voter') : 'learner';
     const peer = peers[id];
-    const offset = nid === n.node_id ? 'this node' : peer ? JSON.stringify(peer) : 'no sample';
+    const offset = nid === n.node_id ? 'this node'
+      : peer && peer.offset_ms !== null && peer.offset_ms !== undefined
+        ? `${peer.offset_ms.toFixed(1)} ms ± ${(peer.uncertainty_ms || 0).toFixed(1)} (${peer.verdict})`
+        : 'no sample yet';
     return el('tr', { 'data-node': id }, el('td', {}, id), el('td', { class: 'mono' }, addr), el('td', {}, role),
       el('td', { class: 'mono wrap' }, offset));
   }));
