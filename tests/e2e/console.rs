@@ -63,7 +63,10 @@ async fn the_console_is_served_with_a_strict_policy() {
             .starts_with("text/html"));
         let html = page.text().await.unwrap();
         assert!(html.contains("<label for=\"api-key\">"), "the login form");
-        for (path, kind) in [("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")] {
+        for (path, kind) in [
+            ("/ui/app.js", "text/javascript"),
+            ("/ui/app.css", "text/css"),
+        ] {
             let asset = http
                 .get(format!("{}{path}", server.base_url()))
                 .send()
@@ -108,12 +111,20 @@ async fn admin_intent_listing_filters_and_the_feed_follows_and_resumes() {
 
         let listing = admin.get("/v1/admin/intents").await;
         let body = listing.assert_ok(200).clone();
-        assert_eq!(ids(&body), vec![second.clone(), first.clone()], "newest first");
+        assert_eq!(
+            ids(&body),
+            vec![second.clone(), first.clone()],
+            "newest first"
+        );
         assert_eq!(body["next_before"], Value::Null, "everything was listed");
         let cursor = body["cursor"].as_u64().expect("cursor");
-        let by_type = admin.get("/v1/admin/intents?intent_type=ledger.post.v1").await;
+        let by_type = admin
+            .get("/v1/admin/intents?intent_type=ledger.post.v1")
+            .await;
         assert_eq!(ids(by_type.assert_ok(200)), vec![second.clone()]);
-        let by_agent = admin.get("/v1/admin/intents?agent=acme/prod/payments").await;
+        let by_agent = admin
+            .get("/v1/admin/intents?agent=acme/prod/payments")
+            .await;
         assert_eq!(ids(by_agent.assert_ok(200)), vec![first.clone()]);
         let by_status = admin.get("/v1/admin/intents?status=completed").await;
         assert!(ids(by_status.assert_ok(200)).is_empty());
@@ -159,7 +170,11 @@ async fn admin_intent_listing_filters_and_the_feed_follows_and_resumes() {
         )
         .await;
         let frame = resumed.next(FRAME).await.expect("a frame");
-        assert_eq!(frame.json()["intent"]["intent_id"], json!(fourth), "{frame:?}");
+        assert_eq!(
+            frame.json()["intent"]["intent_id"],
+            json!(fourth),
+            "{frame:?}"
+        );
         drop(resumed);
 
         // Quiet: the feed ends with stream.timeout and the cursor to resume from.
@@ -191,7 +206,11 @@ async fn admin_intent_listing_filters_and_the_feed_follows_and_resumes() {
         let horizon = reset[0].json()["horizon"].as_u64().expect("horizon");
         assert!(horizon > cursor, "{reset:?}");
         let listing = admin.get("/v1/admin/intents").await;
-        assert_eq!(ids(listing.assert_ok(200)).len(), 4, "the reload lists everything");
+        assert_eq!(
+            ids(listing.assert_ok(200)).len(),
+            4,
+            "the reload lists everything"
+        );
     })
     .await;
 }
