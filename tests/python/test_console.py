@@ -86,6 +86,20 @@ def visible(css: str) -> Callable[[WebDriver], Any]:
     return check
 
 
+def click(driver: WebDriver, what: str, css: str, text: str | None = None) -> None:
+    """Clicks the first element matching `css` (with `text`, if given) once it is shown; a
+    list re-rendered under the click (a live update) makes it find the element again."""
+
+    def attempt(d: WebDriver) -> bool:
+        found = d.find_elements(By.CSS_SELECTOR, css)
+        if not found or not found[0].is_displayed() or (text is not None and found[0].text != text):
+            return False
+        found[0].click()
+        return True
+
+    wait_for(driver, what, attempt)
+
+
 def api_until(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,12 +183,14 @@ def test_console_signs_in_follows_intents_and_steers_the_mesh(server: Server, br
 
     # An intent created elsewhere appears without a reload, pushed by the feed.
     intent_id = create(server, admin, "payment.charge.v1")
-    row = wait_for(browser, "the new intent's row", visible(f'tr[data-intent-id="{intent_id}"]'))
-    assert "payment.charge.v1" in row.text
+    wait_for(
+        browser, "the new intent's row",
+        lambda d: "payment.charge.v1" in d.find_element(By.CSS_SELECTOR, f'tr[data-intent-id="{intent_id}"]').text,
+    )
     browser.save_screenshot(str(out / "02-intents.png"))
 
     # Its timeline: facts and every event, kept live.
-    row.find_element(By.CSS_SELECTOR, "button.open-intent").click()
+    click(browser, "the intent's timeline button", f'tr[data-intent-id="{intent_id}"] button.open-intent')
     wait_for(browser, "the timeline", visible(f'#timeline[data-intent-id="{intent_id}"]'))
     wait_for(browser, "the created event", visible('#timeline-events li[data-event-type="intent.created"]'))
     assert "payment.charge.v1" in browser.find_element(By.ID, "timeline-title").text
@@ -182,12 +198,10 @@ def test_console_signs_in_follows_intents_and_steers_the_mesh(server: Server, br
 
     # Dead letters: inspect, then replay; the replay is a new intent that shows up live.
     browser.find_element(By.CSS_SELECTOR, 'a[data-view="deliveries"]').click()
-    dead_row = wait_for(browser, "the dead letter", visible(f'tr[data-dead-letter="{dead_id}"]'))
-    dead_row.find_element(By.CSS_SELECTOR, "button.inspect").click()
+    click(browser, "the dead letter's inspect button", f'tr[data-dead-letter="{dead_id}"] button.inspect')
     wait_for(browser, "the delivery detail", lambda d: dead_id[-8:] in d.find_element(By.ID, "delivery-title").text)
     wait_for(browser, "its attempts", visible('#delivery-body li[data-event-type]'))
-    dead_row = browser.find_element(By.CSS_SELECTOR, f'tr[data-dead-letter="{dead_id}"]')
-    dead_row.find_element(By.CSS_SELECTOR, "button.replay").click()
+    click(browser, "the dead letter's replay button", f'tr[data-dead-letter="{dead_id}"] button.replay')
     wait_for(browser, "the replayed mark", visible(f'tr[data-dead-letter="{dead_id}"][data-replayed="yes"]'))
     browser.save_screenshot(str(out / "04-dead-letters.png"))
     detail = httpx.get(f"{server.base_url}/v1/deliveries/{dead_id}", headers=admin, timeout=15).json()
@@ -198,18 +212,14 @@ def test_console_signs_in_follows_intents_and_steers_the_mesh(server: Server, br
     browser.find_element(By.CSS_SELECTOR, 'a[data-view="agents"]').click()
     agent_row = f'tr[data-agent="{ADDRESS}"]'
     wait_for(browser, "the agent's row", visible(f'{agent_row}[data-health="healthy"]'))
-    browser.find_element(By.CSS_SELECTOR, f"{agent_row} button.kill").click()
-    confirm = wait_for(
-        browser, "the kill confirmation",
-        lambda d: (b := d.find_element(By.CSS_SELECTOR, f"{agent_row} button.kill")).text == "Confirm kill" and b,
-    )
-    confirm.click()
+    click(browser, "the kill button", f"{agent_row} button.kill", "Kill")
+    click(browser, "the kill confirmation", f"{agent_row} button.kill", "Confirm kill")
     wait_for(browser, "the killed agent", visible(f'{agent_row}[data-health="killed"]'))
     wait_for(browser, "the kill in the mesh events", visible('#mesh-events li[data-event-type="agent.killed"]'))
     agent = httpx.get(f"{server.base_url}/v1/mesh/agents/{ADDRESS}", headers=admin, timeout=15).json()
     assert agent["agent"]["killed"] is True, agent
     browser.save_screenshot(str(out / "05-agents-killed.png"))
-    browser.find_element(By.CSS_SELECTOR, f"{agent_row} button.resume").click()
+    click(browser, "the resume button", f"{agent_row} button.resume")
     wait_for(browser, "the resumed agent", visible(f'{agent_row}[data-health="healthy"]'))
     agent = httpx.get(f"{server.base_url}/v1/mesh/agents/{ADDRESS}", headers=admin, timeout=15).json()
     assert agent["agent"]["killed"] is False, agent

@@ -22,7 +22,7 @@ const state = {
   samples: [],
   lastStatus: null,
   live: 0,
-  armed: null, // the kill button waiting for its confirmation
+  armed: null, // the agent whose kill waits for its confirmation (kept across re-renders)
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -433,12 +433,14 @@ function meshEventItem(e) {
 async function loadAgents() {
   let body;
   try { body = await api('/v1/mesh/agents?limit=1000'); } catch (e) { toast(`Agents: ${e.message}`); return; }
-  state.armed = null;
   fill($('#agents-table tbody'), body.agents.map((a) => {
+    const armed = state.armed === a.address_id;
     const action = a.killed
-      ? el('button', { type: 'button', class: 'primary resume', onclick: () => meshAction(a, 'resume') }, 'Resume')
-      : el('button', { type: 'button', class: 'danger kill', 'aria-describedby': null,
-        onclick: (ev) => armKill(ev.currentTarget, a) }, 'Kill');
+      ? el('button', { type: 'button', class: 'primary resume', 'aria-label': `Resume ${a.address_id}`,
+        onclick: () => meshAction(a, 'resume') }, 'Resume')
+      : el('button', { type: 'button', class: armed ? 'danger kill armed' : 'danger kill',
+        'aria-label': `${armed ? 'Confirm the kill of' : 'Kill'} ${a.address_id}`,
+        onclick: (ev) => armKill(ev.currentTarget, a) }, armed ? 'Confirm kill' : 'Kill');
     return el('tr', { 'data-agent': a.address_id, 'data-health': a.health },
       el('th', { scope: 'row', class: 'mono' }, a.address_id),
       el('td', {}, badge(a.health)),
@@ -455,9 +457,10 @@ async function loadAgents() {
 
 /** A kill asks twice: the first press turns the button into its confirmation. */
 function armKill(button, agent) {
-  if (state.armed === button) { meshAction(agent, 'kill'); return; }
-  state.armed = button;
+  if (state.armed === agent.address_id) { state.armed = null; meshAction(agent, 'kill'); return; }
+  state.armed = agent.address_id;
   button.textContent = 'Confirm kill';
+  button.setAttribute('aria-label', `Confirm the kill of ${agent.address_id}`);
   button.classList.add('armed');
   toast(`Press "Confirm kill" to stop all deliveries to and from ${agent.address_id}.`);
 }
@@ -488,8 +491,10 @@ async function loadDeadLetters() {
       el('td', { class: 'wrap' }, dead.reason || ''),
       el('td', { class: 'mono replayed-as' }, dead.replayed_as ? short(dead.replayed_as) : ''),
       el('td', {},
-        el('button', { type: 'button', class: 'inspect', onclick: () => inspectDelivery(d.intent_id) }, 'Inspect'), ' ',
+        el('button', { type: 'button', class: 'inspect', 'aria-label': `Inspect the delivery of ${d.intent_id}`,
+          onclick: () => inspectDelivery(d.intent_id) }, 'Inspect'), ' ',
         el('button', { type: 'button', class: 'primary replay', disabled: Boolean(dead.replayed_as),
+          'aria-label': `Replay ${d.intent_id} as a new intent`,
           onclick: () => replayDelivery(d.intent_id) }, 'Replay')));
   });
   fill($('#dead-letters-table tbody'), rows);
@@ -547,7 +552,8 @@ async function loadWebhooks() {
     el('td', {}, badge(a.status)),
     el('td', {}, String(a.attempts)),
     el('td', { class: 'wrap' }, a.last_error || (a.next_attempt_at ? `next ${relative(a.next_attempt_at)}` : '')),
-    el('td', {}, el('button', { type: 'button', class: 'replay', onclick: () => replayWebhook(a.event_id) }, 'Replay')))));
+    el('td', {}, el('button', { type: 'button', class: 'replay', 'aria-label': `Replay event ${a.event_id}`,
+      onclick: () => replayWebhook(a.event_id) }, 'Replay')))));
 }
 
 async function replayWebhook(eventId) {

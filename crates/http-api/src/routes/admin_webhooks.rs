@@ -66,7 +66,7 @@ async fn overview(
             attempts.push((event.at, d, event.event_type));
         }
     }
-    attempts.sort_by(|a, b| b.0.cmp(&a.0));
+    attempts.sort_by_key(|a| std::cmp::Reverse(a.0));
     let recent: Vec<Value> = attempts
         .iter()
         .take(limit)
