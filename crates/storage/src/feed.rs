@@ -77,9 +77,10 @@ impl Feed {
         }
     }
 
-    /// Up to `limit` events of entries after `since`, oldest first, never splitting an
-    /// entry's events (so the last index returned is a complete cursor) unless one entry
-    /// alone has more than `limit`.
+    /// The events of entries after `since`, oldest first: whole entries only, stopping at the
+    /// first entry boundary once `limit` events are collected (so one large entry, a
+    /// coalesced batch of many commands, comes whole even beyond `limit`). The last index
+    /// returned is therefore always a complete cursor.
     pub(crate) fn after(&self, since: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedGone> {
         let ring = self.ring();
         if since < ring.horizon {
@@ -88,16 +89,12 @@ impl Feed {
             });
         }
         let start = ring.entries.partition_point(|e| e.index <= since);
-        let mut out: Vec<FeedEntry> = ring
-            .entries
-            .range(start..)
-            .take(limit + 1)
-            .copied()
-            .collect();
-        if out.len() > limit {
-            let cut = out[limit].index;
-            let whole = out.iter().take(limit).take_while(|e| e.index < cut).count();
-            out.truncate(if whole == 0 { limit } else { whole });
+        let mut out: Vec<FeedEntry> = Vec::new();
+        for e in ring.entries.range(start..) {
+            if out.len() >= limit && out.last().is_some_and(|last| last.index != e.index) {
+                break;
+            }
+            out.push(*e);
         }
         Ok(out)
     }
@@ -116,7 +113,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_after_a_cursor_without_splitting_an_entry() {
+    fn reads_whole_entries_after_a_cursor() {
         let feed = Feed::default();
         feed.reset(10);
         feed.record(vec![entry(11, 1), entry(11, 2), entry(12, 1), entry(13, 1)]);
@@ -135,14 +132,10 @@ mod tests {
             feed.after(10, 3).unwrap(),
             vec![entry(11, 1), entry(11, 2), entry(12, 1)]
         );
-        // A limit that falls inside an entry ends at the last whole one.
+        // A limit that falls inside an entry still ends at its last event.
+        assert_eq!(feed.after(10, 1).unwrap(), vec![entry(11, 1), entry(11, 2)]);
         assert_eq!(feed.after(10, 2).unwrap(), vec![entry(11, 1), entry(11, 2)]);
         assert_eq!(feed.after(11, 1).unwrap(), vec![entry(12, 1)]);
-        assert_eq!(
-            feed.after(10, 1).unwrap(),
-            vec![entry(11, 1)],
-            "one entry too big"
-        );
         assert_eq!(feed.after(9, 10), Err(FeedGone { horizon: 10 }));
     }
 

@@ -254,9 +254,10 @@ impl StateReader {
         self.watch(WakeKey::Feed)
     }
 
-    /// The node's recent intent events of entries after log index `since`, oldest first, at
-    /// most `limit`, never ending inside an entry's events unless one entry alone has more
-    /// (see `crate::feed`). [`FeedGone`] when this node cannot prove it has them all.
+    /// The node's recent intent events of entries after log index `since`, oldest first:
+    /// whole entries, about `limit` events (an entry is never split, so the last index is a
+    /// complete cursor; see `crate::feed`). [`FeedGone`] when this node cannot prove it has
+    /// them all.
     pub fn intent_feed(&self, since: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedGone> {
         self.shared.feed().after(since, limit)
     }

@@ -39,7 +39,7 @@ use crate::{sse, views, AppState};
 pub(crate) const MAX_SCAN: usize = 20_000;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 500;
-/// Feed events read per step; the feed never ends a step inside one log entry.
+/// Feed events read per step (whole log entries, so a step may carry more).
 const FEED_BATCH: usize = 256;
 /// Events a detail answer carries at most (an intent's log is short; a looping workflow's
 /// is cut to its newest).
