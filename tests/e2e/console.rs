@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 use crate::support::{intent_body, within, Api, Server, SseStream, PAYMENTS};
@@ -248,6 +249,61 @@ async fn the_webhook_overview_and_the_status_stream_answer_admins() {
             rest.last().map(|f| f.event().to_string()),
             Some("stream.timeout".into()),
             "{rest:?}"
+        );
+    })
+    .await;
+}
+
+/// Under concurrent creates the proposer coalesces many commands into one log entry; the
+/// feed still carries every event of every intent, in log order, each entry whole (its
+/// index is the `id` of its last frame only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feed_carries_every_event_of_coalesced_entries() {
+    within(Duration::from_secs(120), async {
+        let server = Server::start().await;
+        let admin = server.admin();
+        let cursor = admin.get("/v1/admin/intents?limit=1").await.assert_ok(200)["cursor"]
+            .as_u64()
+            .expect("cursor");
+        let mut feed = SseStream::open_ok(
+            &admin,
+            &format!("/v1/admin/intents/stream?since={cursor}&wait_seconds=30"),
+            &[],
+        )
+        .await;
+        const N: usize = 400;
+        let creates = (0..N).map(|_| {
+            let admin = admin.clone();
+            async move { admin.create_ok(&intent_body(PAYMENTS)).await }
+        });
+        let created: std::collections::BTreeSet<String> = futures::stream::iter(creates)
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let mut submitted = std::collections::BTreeSet::new();
+        let mut last_cursor = cursor;
+        let mut frames_per_id = std::collections::BTreeMap::<u64, usize>::new();
+        while submitted.len() < N {
+            let frame = feed.next(FRAME).await.expect("the feed stayed open");
+            let data = frame.json();
+            let at = data["cursor"].as_u64().expect("cursor");
+            assert!(at >= last_cursor, "log order: {at} after {last_cursor}");
+            *frames_per_id.entry(at).or_default() += 1;
+            if let Some(id) = &frame.id {
+                assert_eq!(id.parse::<u64>().unwrap(), at, "an id is its entry's index");
+                last_cursor = at;
+            }
+            if data["event"]["event_type"] == "intent.submitted" {
+                submitted.insert(data["intent"]["intent_id"].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(
+            submitted, created,
+            "every created intent came through the feed"
+        );
+        assert!(
+            frames_per_id.values().any(|&n| n > 2),
+            "some entry carried several creates: {frames_per_id:?}"
         );
     })
     .await;
