@@ -12,12 +12,12 @@ use axum::routing::post;
 use axum::Router;
 use intentd_consensus::{Cluster, NodeConfig, RaftTimings};
 use intentd_delivery::backoff::Backoff;
-use intentd_delivery::intents::{now, write_intent};
 use intentd_delivery::{signing, AllowList, Engine, EngineConfig, Metrics};
 use intentd_lifecycle::{
     AgentConfig, Binding, Command, EventType, Intent, IntentCommand, NewIntent, Status,
     Subscription, WebhookDeliveryStatus, WebhookEvent,
 };
+use intentd_operations::intents::{now, write_intent};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use uuid::Uuid;

@@ -2,11 +2,11 @@
 //! a `Deliver` lease that outlives the push, the signed POST, and the outcome as a command.
 
 use chrono::Utc;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use intentd_lifecycle::{Binding, Intent, IntentCommand, Resolution, Status, Timestamp};
+use intentd_lifecycle::{Binding, IntentCommand, Resolution, Status};
+use intentd_operations::view::{self, Handed};
 
 use super::due_loop::Next;
 use super::{Engine, Failure};
@@ -73,7 +73,8 @@ impl Engine {
         };
         let attempt = lease.attempt;
         let message_id = format!("{id}:{attempt}");
-        let body = serde_json::to_vec(&push_body(&delivered)).unwrap_or_default();
+        let body =
+            serde_json::to_vec(&view::delivery(&delivered, Handed::Pushed)).unwrap_or_default();
         let started = Instant::now();
         let outcome = self
             .shared
@@ -142,26 +143,4 @@ impl Engine {
         }
         Ok(Next::Done)
     }
-}
-
-/// The JSON body of an intent push: the intent as the agent stream shows it, plus the
-/// attempt, so receivers can dedupe on (`intent_id`, `delivery_attempt`).
-fn push_body(intent: &Intent) -> Value {
-    let ts = |t: &Timestamp| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    json!({
-        "type": format!("intent.{}", intent.status.as_str().to_ascii_lowercase()),
-        "intent_id": intent.id,
-        "status": intent.status.as_str(),
-        "intent_type": intent.intent_type,
-        "correlation_id": intent.correlation_id,
-        "from_agent": intent.from_agent,
-        "to_agent": intent.to_agent,
-        "reply_to": intent.reply_to,
-        "payload": intent.payload,
-        "delivery_attempt": intent.delivery_attempt,
-        "max_delivery_attempts": intent.max_delivery_attempts,
-        "created_at": ts(&intent.created_at),
-        "deadline_at": intent.deadline_at.as_ref().map(ts),
-        "lease_expires_at": intent.lease.as_ref().map(|l| ts(&l.expires_at)),
-    })
 }

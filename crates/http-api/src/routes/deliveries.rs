@@ -25,11 +25,11 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use intentd_delivery::intents::change_scope;
 use intentd_lifecycle::agent::is_http;
 use intentd_lifecycle::{
     same_address, DeadLetter, Event, Intent, IntentCommand, Status, Timestamp,
 };
+use intentd_operations::change::change_scope;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;

@@ -33,13 +33,14 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use intentd_delivery::intents::{change_scope, Written};
 use intentd_lifecycle::inbox::{outcome_for, Decision};
 use intentd_lifecycle::webhook::derived_id;
 use intentd_lifecycle::{
     same_address, Command, Event, InboxChange, InboxChangeKind, InboxThread, Intent, IntentCommand,
     ResumeAction, Status, ThreadStatus, Timestamp, WaitingReason,
 };
+use intentd_operations::change::change_scope;
+use intentd_operations::intents::Written;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;

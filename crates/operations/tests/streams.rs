@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use intentd_consensus::{Cluster, NodeConfig, RaftTimings};
-use intentd_delivery::intents::{now, write_intent};
-use intentd_delivery::{
+use intentd_lifecycle::{EventType, IntentCommand, NewIntent, Resolution, Status};
+use intentd_operations::intents::{now, write_intent};
+use intentd_operations::{
     agent_deliveries, intent_events, Delivery, StatusFilter, StreamConsumers, StreamOptions, Watch,
 };
-use intentd_lifecycle::{EventType, IntentCommand, NewIntent, Resolution, Status};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -81,7 +81,7 @@ async fn next<T>(stream: &mut (impl futures::Stream<Item = T> + Unpin)) -> Optio
 /// The next delivery of either stream, with the stream it came from (0 or 1).
 async fn next_of_two<S>(streams: &mut [S; 2]) -> (usize, Delivery)
 where
-    S: futures::Stream<Item = Result<Watch<Delivery>, intentd_delivery::DeliveryError>> + Unpin,
+    S: futures::Stream<Item = Result<Watch<Delivery>, intentd_operations::OperationsError>> + Unpin,
 {
     let [a, b] = streams;
     let (which, item) = tokio::time::timeout(ITEM, async {
