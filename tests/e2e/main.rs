@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod fidelity;
 mod grpc;
+mod harness;
 mod intents;
 mod lifecycle;
 mod mesh;
