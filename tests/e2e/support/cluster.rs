@@ -117,8 +117,11 @@ impl Node {
             opts,
             child: None,
             starts: 0,
+            // No connection kept between probes: an idle one would hold one of the server's
+            // connection places (`--max-connections`) for as long as the node lives.
             health_http: super::api::client_trusting(ca.as_deref())
                 .timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("http client"),
             ca,
