@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use intentd_consensus::Cluster;
-use intentd_lifecycle::validate::{self, Decided, ValidationError};
+use intentd_lifecycle::validate::{self, ValidationError};
 use intentd_lifecycle::{ApiKey, IdempotencyClaim, Intent, IntentCommand, ResumeAction, Timestamp};
-use intentd_operations::intents::{load_intent, now, terminal_event, write_intent, Written};
+use intentd_operations::intents::{
+    decide_new, load_intent, now, terminal_event, write_intent, Written,
+};
 use intentd_operations::Change;
 use intentd_operations::{
     agent_deliveries, intent_events, Delivery, StatusFilter, StreamOptions, Watch,
@@ -108,16 +110,12 @@ impl IntentApi {
         // means one request on both edges.
         let body = intent_request.to_json();
         let at = now();
-        let default_attempts = intentd_operations::intents::default_max_delivery_attempts(
+        let decided = decide_new(
             &self.cluster,
-            intent_request.to_agent.as_deref(),
+            &caller,
+            &intent_request,
             self.config.default_max_delivery_attempts,
         )?;
-        let decided = Decided {
-            id: intentd_lifecycle::new_intent_id(),
-            from_agent: caller.sender_of_new(intent_request.from_agent.as_deref()),
-            default_max_delivery_attempts: default_attempts,
-        };
         let intent = validate::new_intent(intent_request, decided)?;
         let claim = self.claim(caller.principal(), key.as_deref(), &body, at)?;
         let written =

@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use intentd_consensus::Cluster;
+use intentd_lifecycle::validate::{Decided, IntentRequest};
 use intentd_lifecycle::{
     hash_key, usable_key, AccessError, ApiKey, Command, Event, IdempotencyClaim, Intent,
     IntentCommand, Reply, Timestamp, KEY_REQUIRED,
@@ -164,4 +165,26 @@ pub fn default_max_delivery_attempts(
         None => None,
     };
     Ok(configured.unwrap_or(server_default))
+}
+
+/// What a create decides at the edge before the contract's rules run
+/// (`intentd_lifecycle::validate::new_intent`): a fresh time-ordered id, the sender as the
+/// caller's key allows it to be named (admin keys may name one; the others send as their
+/// principal, which makes them the intent's owner), and the delivery attempts when the
+/// request names none. Both edges create with it, so one request is one intent either way.
+pub fn decide_new(
+    cluster: &Cluster,
+    caller: &ApiKey,
+    request: &IntentRequest,
+    server_default_attempts: u32,
+) -> Result<Decided, OperationsError> {
+    Ok(Decided {
+        id: intentd_lifecycle::new_intent_id(),
+        from_agent: caller.sender_of_new(request.from_agent.as_deref()),
+        default_max_delivery_attempts: default_max_delivery_attempts(
+            cluster,
+            request.to_agent.as_deref(),
+            server_default_attempts,
+        )?,
+    })
 }

@@ -5,9 +5,9 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use intentd_lifecycle::validate::{self, Decided, IntentRequest, ResumeVerb};
+use intentd_lifecycle::validate::{self, IntentRequest, ResumeVerb};
 use intentd_lifecycle::{ApiKey, Intent, IntentCommand, Resolution, ResumeAction};
-use intentd_operations::intents::{terminal_event, Written};
+use intentd_operations::intents::{decide_new, terminal_event, Written};
 use serde_json::{json, Map, Value};
 
 use super::{begin_change, claim, load_intent, now, propose_change, write_intent};
@@ -206,14 +206,13 @@ async fn create_intent(
     let req = parse_create(&body)?;
     let at = now();
     // Only admin keys may name the sender (the field is deprecated in the contract but still
-    // honoured for operators relaying on behalf); the others send as their principal, which
-    // is what makes them the intent's owner.
-    let default_attempts = default_max_delivery_attempts(&state, req.to_agent.as_deref())?;
-    let decided = Decided {
-        id: intentd_lifecycle::new_intent_id(),
-        from_agent: caller.key.sender_of_new(req.from_agent.as_deref()),
-        default_max_delivery_attempts: default_attempts,
-    };
+    // honoured for operators relaying on behalf).
+    let decided = decide_new(
+        &state.cluster,
+        &caller.key,
+        &req,
+        state.config.default_max_delivery_attempts,
+    )?;
     let intent = validate::new_intent(req, decided)?;
     let claim = claim(&state, caller.principal(), key, &body, at);
     let written = write_intent(&state, IntentCommand::Create { intent, at }, claim).await?;
@@ -395,6 +394,7 @@ async fn update_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use intentd_lifecycle::validate::Decided;
     use intentd_lifecycle::WaitingReason;
     use uuid::Uuid;
 
