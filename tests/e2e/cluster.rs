@@ -558,7 +558,7 @@ async fn membership_changes_under_load_lose_nothing() {
         load.wait_acked(50, Duration::from_secs(60), "before adding")
             .await;
 
-        let new = cluster.spawn_joining_node();
+        let new = cluster.spawn_joining_node().await;
         cluster.note(&format!("started node {new} with --join"));
         assert_eq!(new, 4);
         let raft_addr = cluster.node(new).raft_addr.to_string();

@@ -16,6 +16,7 @@ mod durability;
 mod errors;
 mod fidelity;
 mod grpc;
+mod harness;
 mod intents;
 mod lifecycle;
 mod mesh;

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use intentd_consensus::{Cluster, ConsensusError, NodeConfig, RaftTimings};
+use intentd_consensus::{Cluster, ConsensusError};
 use intentd_lifecycle::{Command, IntentCommand, NewIntent, Rejection, Reply};
+use intentd_test_support::new_intent;
+use intentd_test_support::node::NodeSpec;
 use intentd_tls::MutualTls;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -58,24 +60,17 @@ async fn three_nodes_with(tls: impl Fn(u64) -> Option<MutualTls>) -> Vec<Node> {
     }
     let mut nodes = Vec::new();
     for (id, listener) in listeners {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, sm) = intentd_storage::open(dir.path(), Default::default()).unwrap();
-        let config = NodeConfig {
+        let spec = NodeSpec {
             node_id: id,
             peers: peers.clone(),
-            timings: RaftTimings::default(),
             request_timeout: Duration::from_secs(10),
-            join: false,
-            clock: Default::default(),
             tls: tls(id),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let cluster = intentd_consensus::start(config, log, sm, listener, shutdown)
-            .await
-            .unwrap();
+        let (dir, cluster) = intentd_test_support::node::start(spec, listener, shutdown).await;
         nodes.push(Node {
             cluster,
             stop: Some(stop),
@@ -115,20 +110,9 @@ fn create(id: Uuid) -> Command {
             intent: NewIntent {
                 id,
                 intent_type: "test.forwarded.v1".into(),
-                correlation_id: Uuid::new_v4(),
-                from_agent: "agent://intentd/keys/test".into(),
                 to_agent: "agent://acme/prod/worker".into(),
-                reply_to: None,
                 payload: json!({"n": 1}),
-                max_delivery_attempts: 5,
-                deadline_at: None,
-                remind_after_seconds: None,
-                remind_interval_seconds: None,
-                max_reminders: None,
-                escalate_to: None,
-                human_task: None,
-                deliver_at: None,
-                workflow: None,
+                ..new_intent("agent://acme/prod/worker")
             },
             at: chrono::Utc::now(),
         },

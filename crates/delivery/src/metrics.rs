@@ -15,7 +15,7 @@ use std::time::Duration;
 use intentd_consensus::Cluster;
 use intentd_lifecycle::DueKind;
 
-use crate::StreamConsumers;
+use intentd_operations::StreamConsumers;
 
 /// Bucket bounds (seconds) of the latency histograms: a commit is a round trip plus an
 /// fdatasync, from below a millisecond on one node to seconds under an election.

@@ -2,7 +2,6 @@
 //! receiver on 127.0.0.1: retries with backoff until the receiver recovers, signed pushes,
 //! and a fresh engine picking up a lease expiry that its predecessor left in the index.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,14 +9,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use intentd_consensus::{Cluster, NodeConfig, RaftTimings};
+use intentd_consensus::Cluster;
 use intentd_delivery::backoff::Backoff;
-use intentd_delivery::intents::{now, write_intent};
 use intentd_delivery::{signing, AllowList, Engine, EngineConfig, Metrics};
 use intentd_lifecycle::{
-    AgentConfig, Binding, Command, EventType, Intent, IntentCommand, NewIntent, Status,
-    Subscription, WebhookDeliveryStatus, WebhookEvent,
+    AgentConfig, Binding, Command, EventType, Intent, IntentCommand, Status, Subscription,
+    WebhookDeliveryStatus, WebhookEvent,
 };
+use intentd_operations::intents::{now, write_intent};
+use intentd_test_support::new_intent;
+use intentd_test_support::node::single as node;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -25,26 +26,6 @@ use uuid::Uuid;
 /// Bounds every wait: a stuck engine fails the test instead of hanging it.
 const LIMIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "whsec_c2VjcmV0LWZvci10aGUtZW5naW5lLXRlc3Q=";
-
-async fn node() -> (tempfile::TempDir, Cluster) {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, sm) = intentd_storage::open(dir.path(), Default::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let config = NodeConfig {
-        node_id: 1,
-        peers: BTreeMap::from([(1, addr)]),
-        timings: RaftTimings::default(),
-        request_timeout: Duration::from_secs(5),
-        join: false,
-        clock: Default::default(),
-        tls: None,
-    };
-    let cluster = intentd_consensus::start(config, log, sm, listener, std::future::pending())
-        .await
-        .unwrap();
-    (dir, cluster)
-}
 
 fn engine_config() -> EngineConfig {
     EngineConfig {
@@ -73,24 +54,7 @@ fn start_engine(
 }
 
 async fn create(cluster: &Cluster, to_agent: &str) -> Uuid {
-    let intent = NewIntent {
-        id: Uuid::new_v4(),
-        intent_type: "payment.charge.v1".into(),
-        correlation_id: Uuid::new_v4(),
-        from_agent: "agent://intentd/keys/test".into(),
-        to_agent: to_agent.into(),
-        reply_to: None,
-        payload: json!({"amount_cents": 1}),
-        max_delivery_attempts: 5,
-        deadline_at: None,
-        remind_after_seconds: None,
-        remind_interval_seconds: None,
-        max_reminders: None,
-        escalate_to: None,
-        human_task: None,
-        deliver_at: None,
-        workflow: None,
-    };
+    let intent = new_intent(to_agent);
     let id = intent.id;
     write_intent(cluster, IntentCommand::Create { intent, at: now() }, None)
         .await

@@ -12,5 +12,5 @@ use crate::GrpcError;
 pub(crate) async fn caller(cluster: &Cluster, metadata: &MetadataMap) -> Result<ApiKey, GrpcError> {
     let get = |name: &str| metadata.get(name).map(|v| v.to_str().unwrap_or(""));
     let secret = presented_secret(get("x-api-key"), get("authorization"));
-    Ok(intentd_delivery::intents::authenticate(cluster, secret).await?)
+    Ok(intentd_operations::intents::authenticate(cluster, secret).await?)
 }

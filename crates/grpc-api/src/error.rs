@@ -9,9 +9,9 @@
 //! details go to the log, never to the client.
 
 use intentd_consensus::ConsensusError;
-use intentd_delivery::DeliveryError;
 use intentd_lifecycle::validate::ValidationError;
 use intentd_lifecycle::{AccessError, Rejection};
+use intentd_operations::OperationsError;
 use intentd_storage::StorageError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -23,7 +23,7 @@ const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
     #[error(transparent)]
-    Delivery(#[from] DeliveryError),
+    Operation(#[from] OperationsError),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     /// The request message is larger than the call accepts.
@@ -36,25 +36,25 @@ pub enum GrpcError {
 
 impl From<AccessError> for GrpcError {
     fn from(e: AccessError) -> Self {
-        GrpcError::Delivery(e.into())
+        GrpcError::Operation(e.into())
     }
 }
 
 impl From<ConsensusError> for GrpcError {
     fn from(e: ConsensusError) -> Self {
-        GrpcError::Delivery(e.into())
+        GrpcError::Operation(e.into())
     }
 }
 
 impl From<Rejection> for GrpcError {
     fn from(e: Rejection) -> Self {
-        GrpcError::Delivery(e.into())
+        GrpcError::Operation(e.into())
     }
 }
 
 impl From<StorageError> for GrpcError {
     fn from(e: StorageError) -> Self {
-        GrpcError::Delivery(e.into())
+        GrpcError::Operation(e.into())
     }
 }
 
@@ -114,45 +114,45 @@ fn classify(error: GrpcError) -> Parts {
         }
         GrpcError::TooLarge(m) => return parts(Code::ResourceExhausted, "payload_too_large", m),
         GrpcError::Setup(detail) => return internal(detail),
-        GrpcError::Delivery(e) => e,
+        GrpcError::Operation(e) => e,
     };
     let unavailable = |message: &str, secs: u64| Parts {
         retry_after_secs: Some(secs.max(1)),
         ..parts(Code::Unavailable, "unavailable", message)
     };
     match delivery {
-        DeliveryError::Access(AccessError::Unauthenticated(m)) => {
+        OperationsError::Access(AccessError::Unauthenticated(m)) => {
             parts(Code::Unauthenticated, "auth_failed", m)
         }
-        DeliveryError::Access(AccessError::Forbidden(m)) => {
+        OperationsError::Access(AccessError::Forbidden(m)) => {
             parts(Code::PermissionDenied, "forbidden", m)
         }
-        DeliveryError::Consensus(ConsensusError::Rejected(r)) => rejection(r),
-        DeliveryError::Consensus(ConsensusError::Unavailable { retry_after_secs }) => unavailable(
+        OperationsError::Consensus(ConsensusError::Rejected(r)) => rejection(r),
+        OperationsError::Consensus(ConsensusError::Unavailable { retry_after_secs }) => unavailable(
             "the cluster has no leader or no quorum right now",
             retry_after_secs,
         ),
         // Safe to retry only because every write that matters carries an idempotency key or
         // a compare-and-set; the message says so for the ones that do not.
-        DeliveryError::Consensus(ConsensusError::Ambiguous) => unavailable(
+        OperationsError::Consensus(ConsensusError::Ambiguous) => unavailable(
             "leadership changed while the request was committing; it may or may not have \
              been applied; retry with the same idempotency_key",
             RETRY_AFTER_SECS,
         ),
-        DeliveryError::Consensus(ConsensusError::ClockUnsynchronized(detail)) => unavailable(
+        OperationsError::Consensus(ConsensusError::ClockUnsynchronized(detail)) => unavailable(
             &format!("this node may not accept writes right now: clock not synchronized ({detail}); retry"),
             RETRY_AFTER_SECS,
         ),
-        DeliveryError::Consensus(ConsensusError::Refused(m)) => {
+        OperationsError::Consensus(ConsensusError::Refused(m)) => {
             parts(Code::FailedPrecondition, "refused", m)
         }
-        DeliveryError::Consensus(ConsensusError::Internal(detail)) => internal(detail),
-        DeliveryError::Storage(e) => internal(format!("storage: {e}")),
-        DeliveryError::ShuttingDown => unavailable(
+        OperationsError::Consensus(ConsensusError::Internal(detail)) => internal(detail),
+        OperationsError::Storage(e) => internal(format!("storage: {e}")),
+        OperationsError::ShuttingDown => unavailable(
             "this node is shutting down; retry elsewhere",
             RETRY_AFTER_SECS,
         ),
-        DeliveryError::Internal(detail) => internal(detail),
+        OperationsError::Internal(detail) => internal(detail),
     }
 }
 

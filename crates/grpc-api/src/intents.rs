@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use intentd_consensus::Cluster;
-use intentd_delivery::intents::{
-    change_scope, load_intent, now, terminal_event, write_intent, Written,
+use intentd_lifecycle::validate::{self, ValidationError};
+use intentd_lifecycle::{ApiKey, IdempotencyClaim, Intent, IntentCommand, ResumeAction, Timestamp};
+use intentd_operations::intents::{
+    decide_new, load_intent, now, terminal_event, write_intent, Written,
 };
-use intentd_delivery::{
+use intentd_operations::Change;
+use intentd_operations::{
     agent_deliveries, intent_events, Delivery, StatusFilter, StreamOptions, Watch,
 };
-use intentd_lifecycle::validate::{self, Decided, ValidationError};
-use intentd_lifecycle::{ApiKey, IdempotencyClaim, Intent, IntentCommand, ResumeAction, Timestamp};
 use prost::Message as _;
 use serde_json::{json, Map, Value};
 use tonic::{Request, Response, Status};
@@ -61,6 +62,8 @@ impl IntentApi {
         auth::caller(&self.cluster, request.metadata()).await
     }
 
+    /// The claim of a create's idempotency key (`intentd_operations::claim`), the key checked
+    /// by the rule HTTP's header follows.
     fn claim(
         &self,
         scope: String,
@@ -68,21 +71,25 @@ impl IntentApi {
         request: &Value,
         at: Timestamp,
     ) -> Result<Option<IdempotencyClaim>, GrpcError> {
-        let ttl = chrono::Duration::from_std(self.config.idempotency_ttl)
-            .unwrap_or_else(|_| chrono::Duration::days(1));
-        Ok(key
-            .map(validate::idempotency_key)
-            .transpose()?
-            .map(|key| IdempotencyClaim::new(scope, key, request, at, ttl)))
+        let key = idempotency_key(key)?;
+        Ok(intentd_operations::claim(
+            scope,
+            key,
+            request,
+            at,
+            self.config.idempotency_ttl,
+        ))
     }
 
-    /// Loads the intent a receiver's change targets and checks the caller is its receiver. The
-    /// check is on the local replica: `to_agent` never changes, so a lagging replica cannot
-    /// answer wrong.
-    async fn authorize_receiver(&self, caller: &ApiKey, id: Uuid) -> Result<Intent, GrpcError> {
-        let intent = load_intent(&self.cluster, id, false).await?;
-        caller.require_receiver_of(&intent)?;
-        Ok(intent)
+    /// The claim of a change's idempotency key, in the change's scope.
+    fn change_claim(
+        &self,
+        change: &Change<'_>,
+        key: Option<&str>,
+        request: &Value,
+    ) -> Result<Option<IdempotencyClaim>, GrpcError> {
+        let key = idempotency_key(key)?;
+        Ok(change.claim(key, request, self.config.idempotency_ttl))
     }
 
     async fn send(
@@ -103,16 +110,12 @@ impl IntentApi {
         // means one request on both edges.
         let body = intent_request.to_json();
         let at = now();
-        let default_attempts = intentd_delivery::intents::default_max_delivery_attempts(
+        let decided = decide_new(
             &self.cluster,
-            intent_request.to_agent.as_deref(),
+            &caller,
+            &intent_request,
             self.config.default_max_delivery_attempts,
         )?;
-        let decided = Decided {
-            id: intentd_lifecycle::new_intent_id(),
-            from_agent: caller.sender_of_new(intent_request.from_agent.as_deref()),
-            default_max_delivery_attempts: default_attempts,
-        };
         let intent = validate::new_intent(intent_request, decided)?;
         let claim = self.claim(caller.principal(), key.as_deref(), &body, at)?;
         let written =
@@ -218,23 +221,22 @@ impl IntentApi {
             }
         }
         let resolution = validate::resolution(&status, result, error, req.reason)?;
-        let intent = load_intent(&self.cluster, id, false).await?;
-        caller.require_resolver_of(&intent)?;
-        let at = now();
-        let scope = change_scope(&caller, "resolve", id);
-        let claim = self.claim(
-            scope,
+        let change = Change::begin(&self.cluster, &caller, "resolve", id, |intent| {
+            caller.require_resolver_of(intent)
+        })
+        .await?;
+        let claim = self.change_claim(
+            &change,
             req.idempotency_key.as_deref(),
             &Value::Object(body),
-            at,
         )?;
         let command = IntentCommand::Resolve {
             intent_id: id,
             resolution,
             actor: caller.acting_as(req.actor.as_deref()),
-            at,
+            at: change.at,
         };
-        let written = write_intent(&self.cluster, command, claim).await?;
+        let written = change.propose(command, claim).await?;
         let event = terminal_event(&self.cluster, &written).await?;
         let intent = &written.intent;
         tracing::info!(intent_id = %id, status = %intent.status, replayed = written.replayed, "intent resolved over grpc");
@@ -256,19 +258,19 @@ impl IntentApi {
         if let Some(a) = &req.actor {
             validate::actor(a)?;
         }
-        let intent = load_intent(&self.cluster, id, false).await?;
-        caller.require_resumer_of(&intent, &action)?;
-        let at = now();
-        let scope = change_scope(&caller, "resume", id);
+        let change = Change::begin(&self.cluster, &caller, "resume", id, |intent| {
+            caller.require_resumer_of(intent, &action)
+        })
+        .await?;
         let body = json!({ "action": action_json(&action)?, "actor": req.actor });
-        let claim = self.claim(scope, req.idempotency_key.as_deref(), &body, at)?;
+        let claim = self.change_claim(&change, req.idempotency_key.as_deref(), &body)?;
         let command = IntentCommand::Resume {
             intent_id: id,
             action,
             actor: caller.acting_as(req.actor.as_deref()),
-            at,
+            at: change.at,
         };
-        let written = write_intent(&self.cluster, command, claim).await?;
+        let written = change.propose(command, claim).await?;
         tracing::info!(intent_id = %id, status = %written.intent.status, replayed = written.replayed, "intent resumed over grpc");
         Ok(applied(&written))
     }
@@ -325,19 +327,27 @@ impl IntentApi {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
         let id = intent_id(&req.intent_id)?;
-        self.authorize_receiver(&caller, id).await?;
+        let change = Change::begin(&self.cluster, &caller, "ack", id, |intent| {
+            caller.require_receiver_of(intent)
+        })
+        .await?;
         let command = IntentCommand::Acknowledge {
             intent_id: id,
             attempt: req.delivery_attempt,
             actor: caller.principal(),
-            at: now(),
+            at: change.at,
         };
-        let written = write_intent(&self.cluster, command, None).await?;
+        let written = change.propose(command, None).await?;
         tracing::info!(intent_id = %id, attempt = req.delivery_attempt, "delivery acknowledged over grpc");
         Ok(proto::AckResponse {
             intent: Some(convert::intent(&written.intent)),
         })
     }
+}
+
+/// An idempotency key as sent, checked by the rule HTTP's header follows.
+fn idempotency_key(raw: Option<&str>) -> Result<Option<String>, ValidationError> {
+    raw.map(validate::idempotency_key).transpose()
 }
 
 /// The typed resume forms, checked by the same rules as HTTP's JSON forms.
@@ -375,8 +385,9 @@ fn resume_action(action: Option<Action>) -> Result<ResumeAction, ValidationError
 
 /// The action as JSON, for the idempotency hash of a resume.
 fn action_json(action: &ResumeAction) -> Result<Value, GrpcError> {
-    serde_json::to_value(action)
-        .map_err(|e| GrpcError::Delivery(intentd_delivery::DeliveryError::Internal(e.to_string())))
+    serde_json::to_value(action).map_err(|e| {
+        GrpcError::Operation(intentd_operations::OperationsError::Internal(e.to_string()))
+    })
 }
 
 fn applied(written: &Written) -> proto::ResumeIntentResponse {

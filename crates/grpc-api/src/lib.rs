@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use intentd_consensus::Cluster;
-use intentd_delivery::StreamConsumers;
+use intentd_operations::StreamConsumers;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -78,7 +78,7 @@ impl Default for GrpcConfig {
             max_intent_bytes: 128 * 1024,
             max_request_bytes: 1024 * 1024,
             default_max_delivery_attempts: 5,
-            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            idempotency_ttl: intentd_operations::DEFAULT_IDEMPOTENCY_TTL,
             stream_batch: 100,
             max_events_per_page: 1000,
             default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,

@@ -7,7 +7,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use intentd_lifecycle::{presented_secret, ApiKey, Intent, ResumeAction};
+use intentd_lifecycle::{presented_secret, ApiKey, Intent};
 use rand::RngCore;
 
 use crate::error::ApiError;
@@ -47,7 +47,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = intentd_delivery::intents::authenticate(&state.cluster, secret(parts)).await?;
+        let key = intentd_operations::intents::authenticate(&state.cluster, secret(parts)).await?;
         Ok(Caller { key })
     }
 }
@@ -68,22 +68,6 @@ impl Caller {
 
     pub(crate) fn require_receiver_of(&self, intent: &Intent) -> Result<(), ApiError> {
         Ok(self.key.require_receiver_of(intent)?)
-    }
-
-    pub(crate) fn require_resolver_of(&self, intent: &Intent) -> Result<(), ApiError> {
-        Ok(self.key.require_resolver_of(intent)?)
-    }
-
-    pub(crate) fn require_governor_of(&self, intent: &Intent) -> Result<(), ApiError> {
-        Ok(self.key.require_governor_of(intent)?)
-    }
-
-    pub(crate) fn require_resumer_of(
-        &self,
-        intent: &Intent,
-        action: &ResumeAction,
-    ) -> Result<(), ApiError> {
-        Ok(self.key.require_resumer_of(intent, action)?)
     }
 
     pub(crate) fn require_observer_of(&self, intent: &Intent) -> Result<(), ApiError> {

@@ -11,9 +11,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use intentd_consensus::ConsensusError;
-use intentd_delivery::DeliveryError;
 use intentd_lifecycle::validate::ValidationError;
 use intentd_lifecycle::{AccessError, Rejection};
+use intentd_operations::OperationsError;
 use intentd_storage::StorageError;
 use serde_json::{json, Map, Value};
 
@@ -259,17 +259,17 @@ impl From<AccessError> for ApiError {
     }
 }
 
-impl From<DeliveryError> for ApiError {
-    fn from(error: DeliveryError) -> Self {
+impl From<OperationsError> for ApiError {
+    fn from(error: OperationsError) -> Self {
         match error {
-            DeliveryError::Access(e) => e.into(),
-            DeliveryError::Consensus(e) => e.into(),
-            DeliveryError::Storage(e) => e.into(),
-            DeliveryError::ShuttingDown => ApiError::Unavailable {
+            OperationsError::Access(e) => e.into(),
+            OperationsError::Consensus(e) => e.into(),
+            OperationsError::Storage(e) => e.into(),
+            OperationsError::ShuttingDown => ApiError::Unavailable {
                 message: "this node is shutting down".into(),
                 retry_after_secs: 1,
             },
-            DeliveryError::Internal(detail) => ApiError::Internal(detail),
+            OperationsError::Internal(detail) => ApiError::Internal(detail),
         }
     }
 }

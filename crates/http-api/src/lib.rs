@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use axum::Router;
 use intentd_consensus::Cluster;
-use intentd_delivery::{AllowList, Metrics, StreamConsumers};
+use intentd_delivery::{AllowList, Metrics};
+use intentd_operations::StreamConsumers;
 
 pub use conn::{serve, ConnLimits};
 pub use error::ApiError;
@@ -65,7 +66,7 @@ impl Default for ApiConfig {
             max_intent_body_bytes: 128 * 1024,
             max_request_body_bytes: 1024 * 1024,
             default_max_delivery_attempts: 5,
-            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            idempotency_ttl: intentd_operations::DEFAULT_IDEMPOTENCY_TTL,
             stream_batch: 100,
             max_events_per_page: 1000,
             default_ack_timeout_secs: intentd_lifecycle::agent::DEFAULT_ACK_TIMEOUT_SECS,

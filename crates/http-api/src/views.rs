@@ -8,15 +8,15 @@
 //! Optional fields whose schema type is a plain string or object are left out when unset
 //! rather than sent as `null`, since `null` would not validate against those schemas.
 
-use chrono::SecondsFormat;
 use intentd_lifecycle::{
     Event, Intent, PendingWith, PendingWithKind, Status, StepKind, Timestamp, Workflow,
 };
+use intentd_operations::view::Handed;
 use serde_json::{json, Map, Value};
 
 /// RFC 3339 in UTC with a `Z`, microsecond precision (what Python's `fromisoformat` reads).
 pub(crate) fn timestamp(t: &Timestamp) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    intentd_operations::view::timestamp(t)
 }
 
 fn put_some<T: Into<Value>>(map: &mut Map<String, Value>, key: &str, value: Option<T>) {
@@ -144,29 +144,15 @@ pub(crate) fn event(e: &Event) -> Value {
     })
 }
 
-/// The SSE event name for an agent-stream delivery: `intent.` and the status in lower case.
+/// The SSE event name for an agent-stream delivery (the shared delivery type).
 pub(crate) fn delivery_event_name(status: Status) -> String {
-    format!("intent.{}", status.as_str().to_ascii_lowercase())
+    intentd_operations::view::delivery_type(status)
 }
 
-/// One delivery on an agent's stream. `seq` is the agent's queue cursor, not the intent's
-/// event seq: the SDK resumes `listen()` with the highest `seq` it saw.
+/// One delivery on an agent's stream, in the shape every path shares
+/// (`intentd_operations::view`).
 pub(crate) fn delivery(i: &Intent, cursor: u64) -> Value {
-    json!({
-        "intent_id": i.id,
-        "seq": cursor,
-        "status": i.status.as_str(),
-        "intent_type": i.intent_type,
-        "correlation_id": i.correlation_id,
-        "from_agent": i.from_agent,
-        "to_agent": i.to_agent,
-        "reply_to": i.reply_to,
-        "payload": i.payload,
-        "delivery_attempt": i.delivery_attempt,
-        "max_delivery_attempts": i.max_delivery_attempts,
-        "created_at": timestamp(&i.created_at),
-        "deadline_at": i.deadline_at.as_ref().map(timestamp),
-    })
+    intentd_operations::view::delivery(i, Handed::Queued { cursor })
 }
 
 #[cfg(test)]

@@ -2,13 +2,12 @@
 //! check routing, extractors and the SSE loops together. The end-to-end suite against the
 //! binary and the official SDK lives in the workspace's `tests/`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use intentd_consensus::{Cluster, NodeConfig, RaftTimings};
+use intentd_consensus::Cluster;
 use intentd_http_api::{app, auth, ApiConfig};
 use intentd_lifecycle::{ApiKey, Command, Role};
 use serde_json::{json, Value};
@@ -22,22 +21,7 @@ struct Node {
 }
 
 async fn node(config: ApiConfig) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, sm) = intentd_storage::open(dir.path(), Default::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let config_node = NodeConfig {
-        node_id: 1,
-        peers: BTreeMap::from([(1, addr)]),
-        timings: RaftTimings::default(),
-        request_timeout: Duration::from_secs(5),
-        join: false,
-        clock: Default::default(),
-        tls: None,
-    };
-    let cluster = intentd_consensus::start(config_node, log, sm, listener, std::future::pending())
-        .await
-        .unwrap();
+    let (dir, cluster) = intentd_test_support::node::single().await;
     let admin = auth::generate_key();
     cluster
         .write(Command::PutApiKey {

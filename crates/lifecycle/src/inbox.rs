@@ -127,6 +127,63 @@ pub fn outcome_for(decision: Decision, human_task: Option<&Value>) -> String {
         .unwrap_or_else(|| names[0].to_string())
 }
 
+/// Which messages of a thread a delete names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageSelection {
+    /// These messages, each of which must be in the thread.
+    Ids(Vec<Uuid>),
+    /// The newest this many the caller may delete that are not deleted yet.
+    Newest(usize),
+}
+
+/// Why a delete may not go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteRefusal {
+    #[error("message {0} is not in this thread")]
+    NotInThread(Uuid),
+    #[error("message {0} is not yours; mode both deletes others' messages")]
+    NotYours(Uuid),
+}
+
+/// The messages a delete by `actor` removes now, or why it may not. `others` lets it remove
+/// anyone's messages (the `both` mode), otherwise only the actor's own. Messages already
+/// deleted are not removed (nor counted) again, and a message named twice counts once.
+pub fn messages_to_delete(
+    thread: &InboxThread,
+    selection: &MessageSelection,
+    others: bool,
+    actor: &str,
+) -> Result<Vec<Uuid>, DeleteRefusal> {
+    let mine = |author: &str| crate::same_address(author, actor);
+    match selection {
+        MessageSelection::Ids(ids) => {
+            let mut chosen = Vec::new();
+            for id in ids {
+                let message = thread
+                    .messages
+                    .iter()
+                    .find(|m| m.message_id == *id)
+                    .ok_or(DeleteRefusal::NotInThread(*id))?;
+                if !others && !mine(&message.author) {
+                    return Err(DeleteRefusal::NotYours(*id));
+                }
+                if !message.deleted && !chosen.contains(id) {
+                    chosen.push(*id);
+                }
+            }
+            Ok(chosen)
+        }
+        MessageSelection::Newest(n) => Ok(thread
+            .messages
+            .iter()
+            .rev()
+            .filter(|m| !m.deleted && (others || mine(&m.author)))
+            .take(*n)
+            .map(|m| m.message_id)
+            .collect()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

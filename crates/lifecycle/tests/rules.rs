@@ -271,21 +271,12 @@ fn t0() -> DateTime<Utc> {
 fn new_intent(id: Uuid, max_attempts: u32, deadline: Option<i64>) -> NewIntent {
     NewIntent {
         id,
-        intent_type: "payment.charge.v1".into(),
         correlation_id: Uuid::from_u128(7),
         from_agent: "agent://acme/prod/sender".into(),
-        to_agent: "agent://acme/prod/payments".into(),
-        reply_to: None,
         payload: json!({"amount": 10}),
         max_delivery_attempts: max_attempts,
         deadline_at: deadline.map(|s| t0() + Duration::seconds(s)),
-        remind_after_seconds: None,
-        remind_interval_seconds: None,
-        max_reminders: None,
-        escalate_to: None,
-        human_task: None,
-        deliver_at: None,
-        workflow: None,
+        ..intentd_test_support::new_intent("agent://acme/prod/payments")
     }
 }
 

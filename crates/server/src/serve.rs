@@ -152,7 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // One per node: its HTTP and gRPC streams of an address take turns with each other.
-    let stream_consumers = intentd_delivery::StreamConsumers::default();
+    let stream_consumers = intentd_operations::StreamConsumers::default();
     metrics.bind_streams(&stream_consumers);
     let api = intentd_http_api::app(
         cluster.clone(),

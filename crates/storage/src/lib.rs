@@ -14,11 +14,13 @@
 //! (the `sm` module docs give the reasoning). Business rules live only in
 //! `intentd_lifecycle::apply`; this crate stores what it decides.
 
+mod capture;
 mod error;
 mod feed;
 mod fsutil;
 mod hot;
 mod keys;
+mod live;
 mod proposal;
 mod reader;
 mod sm;

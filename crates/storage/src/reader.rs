@@ -20,7 +20,7 @@ pub struct RecordCounts {
     pub idempotency_records: u64,
     pub dead_letters: u64,
 }
-use crate::sm::SmShared;
+use crate::live::SmShared;
 use crate::wake::{Waiter, WakeKey};
 use crate::{FeedEntry, FeedGone, StorageError};
 

@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -41,12 +41,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::capture::Capture;
 use crate::feed::{Feed, FeedEntry};
 use crate::fsutil::{self, DirLock};
 use crate::hot::Hot;
+use crate::live::SmShared;
 use crate::reader::StateReader;
 use crate::snapshot::{self, Meta};
-use crate::wake::{Notifier, WakeKey};
+use crate::wake::WakeKey;
 use crate::{keys, Outcome, Response, StorageError, StorageOptions, TypeConfig};
 
 const CURRENT_TREE: &[u8] = b"current_tree";
@@ -56,74 +58,6 @@ const TREE_PREFIX: &str = "state-";
 const LOAD_BATCH: usize = 4096;
 
 type Membership = StoredMembership<u64, BasicNode>;
-
-pub(crate) struct SmShared {
-    db: sled::Db,
-    /// The live state tree, swapped whole by an install.
-    tree: RwLock<(String, sled::Tree)>,
-    /// The live tree's small, hot record families, in memory (see [`crate::hot`]).
-    hot: Hot,
-    /// Serialises everything that writes the live tree or must see it still: apply, the
-    /// iteration of a snapshot build, the switch of an install.
-    apply_lock: Mutex<()>,
-    /// Held by a snapshot build for its whole scan and by an install's switch of trees, so
-    /// the tree being scanned is never dropped under the scan. Taken before `apply_lock`.
-    scan_lock: Mutex<()>,
-    /// While a build scans: the values its keys had when it started, for those that applies
-    /// changed since (see [`SmShared::build_blocking`]).
-    capture: Mutex<Option<Capture>>,
-    /// Index of the last applied entry, for readers that must not touch sled.
-    applied: AtomicU64,
-    /// Bumped after each applied batch is visible.
-    watch: watch::Sender<u64>,
-    /// Wakes the waiters of the keys each applied batch wrote, after it is visible.
-    wakes: Arc<Notifier>,
-    /// The newest intent events across all intents, for the admin-wide live view.
-    feed: Feed,
-    snap_dir: PathBuf,
-    /// Local counter that makes snapshot file names and ids unique.
-    snap_seq: AtomicU64,
-    /// The newest complete snapshot. Its lock also orders renames and deletions of snapshot
-    /// files.
-    current: Mutex<Option<(Meta, snapshot::SnapFile)>>,
-    _lock: Arc<DirLock>,
-}
-
-/// The pre-images a snapshot build needs to see the state at its start while applies go on.
-#[derive(Debug, Default)]
-struct Capture {
-    /// The last key the scan has passed: changes to keys at or before it are not its concern
-    /// (the scan already wrote their value as of the start).
-    scanned: Option<Vec<u8>>,
-    /// Keys ahead of the scan that applies changed since the start, with their value then
-    /// (`None`: the key did not exist).
-    before: HashMap<Vec<u8>, Option<sled::IVec>>,
-}
-
-impl Capture {
-    /// Remembers what `tree` holds under `keys` before an apply changes them, for keys the
-    /// scan has yet to reach and that no earlier apply already changed.
-    fn preserve<'k>(
-        &mut self,
-        tree: &sled::Tree,
-        keys: impl Iterator<Item = &'k Vec<u8>>,
-    ) -> Result<(), StorageError> {
-        for key in keys {
-            let passed = self.scanned.as_deref().is_some_and(|s| key.as_slice() <= s);
-            if passed || key.first() == Some(&keys::META) || self.before.contains_key(key) {
-                continue;
-            }
-            self.before.insert(key.clone(), tree.get(key)?);
-        }
-        Ok(())
-    }
-
-    /// What the snapshot holds for `key`, which the scan just read as `now`.
-    fn at_start(&mut self, key: &[u8], now: sled::IVec) -> Option<sled::IVec> {
-        self.scanned = Some(key.to_vec());
-        self.before.remove(key).unwrap_or(Some(now))
-    }
-}
 
 /// Clears the capture when the build that set it up ends, however it ends.
 struct CaptureEnd<'a>(&'a Mutex<Option<Capture>>);
@@ -158,43 +92,6 @@ fn read_applied(tree: &sled::Tree) -> Result<(Option<LogId<u64>>, Membership), S
 }
 
 impl SmShared {
-    pub(crate) fn tree(&self) -> sled::Tree {
-        self.tree
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
-    }
-
-    pub(crate) fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn hot(&self) -> &Hot {
-        &self.hot
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.watch.subscribe()
-    }
-
-    pub(crate) fn wakes(&self) -> &Arc<Notifier> {
-        &self.wakes
-    }
-
-    pub(crate) fn feed(&self) -> &Feed {
-        &self.feed
-    }
-
-    /// Announces `last` on the applied-index watch. Called only after the batch (or the
-    /// installed tree) is visible to readers, so a waiter that saw the announcement and then
-    /// reads finds everything up to it. The per-key wake-ups keep the same order.
-    fn publish(&self, last: Option<LogId<u64>>) {
-        let index = last.map_or(0, |l| l.index);
-        self.applied.store(index, Ordering::Release);
-        self.watch.send_replace(index);
-    }
-
     /// Applies one batch of committed entries.
     ///
     /// # Correctness
@@ -1225,80 +1122,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftError<u64>> {
         self.open_snapshot()
             .map_err(|e| e.into_raft(|a| StorageIOError::read_snapshot(None, a)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tree() -> sled::Tree {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        for k in ["a", "c", "e"] {
-            tree.insert(k, k.to_uppercase().as_bytes()).unwrap();
-        }
-        tree
-    }
-
-    fn key(k: &str) -> Vec<u8> {
-        k.as_bytes().to_vec()
-    }
-
-    #[test]
-    fn a_change_ahead_of_the_scan_keeps_the_value_at_the_start() {
-        let tree = tree();
-        let mut capture = Capture::default();
-        capture.preserve(&tree, [key("c")].iter()).unwrap();
-        tree.insert("c", "changed").unwrap();
-        assert_eq!(capture.at_start(b"c", "changed".into()), Some("C".into()));
-        // A second change of the same key is not its value at the start.
-        capture.preserve(&tree, [key("e")].iter()).unwrap();
-        tree.insert("e", "once").unwrap();
-        capture.preserve(&tree, [key("e")].iter()).unwrap();
-        tree.insert("e", "twice").unwrap();
-        assert_eq!(capture.at_start(b"e", "twice".into()), Some("E".into()));
-    }
-
-    #[test]
-    fn a_change_behind_the_scan_is_not_the_build_s_concern() {
-        let tree = tree();
-        let mut capture = Capture::default();
-        assert_eq!(capture.at_start(b"c", "C".into()), Some("C".into()));
-        capture
-            .preserve(&tree, [key("a"), key("c")].iter())
-            .unwrap();
-        assert!(capture.before.is_empty());
-    }
-
-    #[test]
-    fn keys_born_during_the_scan_are_left_out_and_removed_ones_kept() {
-        let tree = tree();
-        let mut capture = Capture::default();
-        capture
-            .preserve(&tree, [key("d"), key("e")].iter())
-            .unwrap();
-        tree.insert("d", "new").unwrap();
-        tree.remove("e").unwrap();
-        assert_eq!(
-            capture.at_start(b"d", "new".into()),
-            None,
-            "born after the start"
-        );
-        // The scan never meets `e`; its value at the start is what is left over.
-        assert_eq!(
-            capture.before.remove(b"e".as_slice()),
-            Some(Some("E".into()))
-        );
-    }
-
-    #[test]
-    fn meta_keys_are_never_captured() {
-        let tree = tree();
-        let mut capture = Capture::default();
-        capture
-            .preserve(&tree, [keys::LAST_APPLIED.to_vec()].iter())
-            .unwrap();
-        assert!(capture.before.is_empty());
     }
 }

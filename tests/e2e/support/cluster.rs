@@ -1,5 +1,8 @@
 //! Clusters of real `intentd` processes on loopback: every node has its own ports, data
-//! directory and log file; nodes are killed, stopped, wiped and restarted individually. Plus a
+//! directory and log file; nodes are killed, stopped, wiped and restarted individually.
+//! [`Node`] is the harness's one process starter: a one-node [`super::Server`] is a `Node`
+//! too. A start that lost its ports to another process is started again on fresh ones (see
+//! [`super::ports`]). Plus a
 //! continuous create load that counts an intent as acknowledged exactly as a correct client
 //! does (a 200 with an `intent_id`, retrying ambiguous failures with the same
 //! `Idempotency-Key`), and the checks that every acknowledged intent is readable.
@@ -20,7 +23,7 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 
 use super::api::{assert_gapless, intent_body, Api, PAYMENTS};
-use super::server::free_ports;
+use super::ports::{free_ports, LOST_PORT};
 
 /// How long a (debug, contended) cluster may take to elect a leader and replicate the admin key.
 pub const FORM_DEADLINE: Duration = Duration::from_secs(60);
@@ -30,8 +33,9 @@ const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// Settings shared by every node of a test cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// `--request-timeout-ms`: the longest a write may wait for the cluster before a 503.
-    pub request_timeout_ms: u64,
+    /// `--request-timeout-ms`: the longest a write may wait for the cluster before a 503
+    /// (`None`: the server's own default).
+    pub request_timeout_ms: Option<u64>,
     /// `--snapshot-after-logs`, when set.
     pub snapshot_after_logs: Option<u64>,
     /// `--snapshot-logs-to-keep`, when set.
@@ -46,7 +50,7 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
-            request_timeout_ms: 2_000,
+            request_timeout_ms: Some(2_000),
             snapshot_after_logs: None,
             snapshot_logs_to_keep: None,
             extra_args: Vec::new(),
@@ -66,9 +70,9 @@ pub struct Node {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub raft_addr: SocketAddr,
-    admin_key: String,
-    /// The `--peers` argument.
-    peers: String,
+    pub admin_key: String,
+    /// The `--peers` argument (`None`: a one-node cluster of its own, formed at first start).
+    peers: Option<String>,
     /// Start with `--join` (never form a cluster, wait to be added).
     pub join: bool,
     opts: ClusterOptions,
@@ -81,10 +85,12 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(
+    /// A node not started yet, on `addrs` (HTTP, gRPC, Raft) and a fresh data directory.
+    /// `peers`: the `--peers` argument; `None` forms a one-node cluster of its own.
+    pub fn new(
         id: u64,
         addrs: [SocketAddr; 3],
-        peers: String,
+        peers: Option<String>,
         admin_key: String,
         opts: ClusterOptions,
     ) -> Node {
@@ -111,8 +117,11 @@ impl Node {
             opts,
             child: None,
             starts: 0,
+            // No connection kept between probes: an idle one would hold one of the server's
+            // connection places (`--max-connections`) for as long as the node lives.
             health_http: super::api::client_trusting(ca.as_deref())
                 .timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("http client"),
             ca,
@@ -131,6 +140,11 @@ impl Node {
     /// A client of this node that authenticates with the cluster's admin key.
     pub fn admin(&self) -> Api {
         Api::trusting(&self.base_url(), Some(&self.admin_key), self.ca.as_deref())
+    }
+
+    /// A client of this node that sends no key at all.
+    pub fn anonymous(&self) -> Api {
+        Api::trusting(&self.base_url(), None, self.ca.as_deref())
     }
 
     /// The process id of the running node (to signal it).
@@ -177,12 +191,14 @@ impl Node {
             .arg(self.grpc_addr.to_string())
             .arg("--raft-addr")
             .arg(self.raft_addr.to_string())
-            .arg("--peers")
-            .arg(&self.peers)
             .arg("--admin-key")
-            .arg(&self.admin_key)
-            .arg("--request-timeout-ms")
-            .arg(self.opts.request_timeout_ms.to_string());
+            .arg(&self.admin_key);
+        if let Some(peers) = &self.peers {
+            cmd.arg("--peers").arg(peers);
+        }
+        if let Some(ms) = self.opts.request_timeout_ms {
+            cmd.arg("--request-timeout-ms").arg(ms.to_string());
+        }
         if let Some(n) = self.opts.snapshot_after_logs {
             cmd.arg("--snapshot-after-logs").arg(n.to_string());
         }
@@ -228,6 +244,38 @@ impl Node {
                 self.log_tail(80)
             );
         }
+    }
+
+    /// Waits until the node listens (its `/health` answers at all: every port is bound
+    /// before any is served), or reports that its start lost a port to another process.
+    /// Any other exit fails the test.
+    pub async fn wait_bound(&mut self, limit: Duration) -> Result<(), LostPort> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.exited() && self.log_since_last_start().contains(LOST_PORT) {
+                self.child = None;
+                return Err(LostPort);
+            }
+            self.assert_alive();
+            if self.health().await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {} did not listen within {limit:?}\n{}",
+                    self.id,
+                    self.log_tail(80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process has exited on its own.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
     /// `GET /health`: status and body, or the transport error.
@@ -285,14 +333,19 @@ impl Node {
 
     /// SIGTERM and wait for the process to exit on its own.
     pub async fn stop(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM).await
+    }
+
+    /// Sends `signal` and waits for the process to exit on its own.
+    pub async fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
         let mut child = self
             .child
             .take()
             .unwrap_or_else(|| panic!("node {} is not running", self.id));
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child, not yet reaped, so the pid cannot be reused.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill({pid}, SIGTERM) failed");
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
         let deadline = Instant::now() + STOP_DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -302,7 +355,7 @@ impl Node {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "node {} did not exit within {STOP_DEADLINE:?} of SIGTERM\n{}",
+                    "node {} did not exit within {STOP_DEADLINE:?} of signal {signal}\n{}",
                     self.id,
                     self.log_tail(60)
                 );
@@ -384,6 +437,13 @@ impl Drop for Node {
     }
 }
 
+/// A start of a node that lost one of its ports to another process before it bound it.
+#[derive(Debug)]
+pub struct LostPort;
+
+/// How many fresh sets of ports a start may try before the test fails.
+pub const PORT_ATTEMPTS: u32 = 5;
+
 /// A cluster of nodes with ids 1..=n that share an admin key and options.
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
@@ -403,9 +463,35 @@ fn peers_arg(peers: &BTreeMap<u64, SocketAddr>) -> String {
 
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n, the lowest forms the cluster) and waits until every node
-    /// knows the same leader and accepts the admin key.
+    /// knows the same leader and accepts the admin key. A start that lost a port to another
+    /// process is thrown away whole and made again on fresh ports: the peers must know each
+    /// other's Raft addresses before any of them starts.
     pub async fn start(n: u64, opts: ClusterOptions) -> Cluster {
         let admin_key = format!("e2e-admin-{}", uuid::Uuid::new_v4().simple());
+        for attempt in 1..=PORT_ATTEMPTS {
+            let mut cluster = Cluster::spawn(n, &opts, &admin_key);
+            let mut lost = None;
+            for node in cluster.nodes.values_mut() {
+                if node.wait_bound(FORM_DEADLINE).await.is_err() {
+                    lost = Some(node.id);
+                    break;
+                }
+            }
+            match lost {
+                None => {
+                    cluster.wait_formed(FORM_DEADLINE).await;
+                    return cluster;
+                }
+                Some(id) => eprintln!(
+                    "e2e harness: node {id} lost a port to another process (attempt {attempt}); starting the cluster again on fresh ports"
+                ),
+            }
+        }
+        panic!("no cluster start kept its ports in {PORT_ATTEMPTS} attempts");
+    }
+
+    /// Reserves ports for `n` nodes and spawns them, waiting for nothing.
+    fn spawn(n: u64, opts: &ClusterOptions, admin_key: &str) -> Cluster {
         let addrs = free_ports(3 * n as usize);
         let mut peers = BTreeMap::new();
         for id in 1..=n {
@@ -418,8 +504,8 @@ impl Cluster {
             let node = Node::new(
                 id,
                 [addrs[i], addrs[i + 1], addrs[i + 2]],
-                arg.clone(),
-                admin_key.clone(),
+                Some(arg.clone()),
+                admin_key.to_string(),
                 opts.clone(),
             );
             nodes.insert(id, node);
@@ -427,14 +513,12 @@ impl Cluster {
         for node in nodes.values_mut() {
             node.spawn();
         }
-        let mut cluster = Cluster {
+        Cluster {
             nodes,
-            admin_key,
-            opts,
+            admin_key: admin_key.to_string(),
+            opts: opts.clone(),
             peers,
-        };
-        cluster.wait_formed(FORM_DEADLINE).await;
-        cluster
+        }
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -535,23 +619,30 @@ impl Cluster {
     }
 
     /// Creates node `max id + 1` with its own addresses, started with `--join` (never forms a
-    /// cluster). Returns its id; does not wait for it (it knows no leader until it is added).
-    pub fn spawn_joining_node(&mut self) -> u64 {
+    /// cluster), and waits until it listens (on fresh ports again if it lost one). Returns its
+    /// id; does not wait for more (it knows no leader until it is added).
+    pub async fn spawn_joining_node(&mut self) -> u64 {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let addrs = free_ports(3);
-        let mut peers = self.peers.clone();
-        peers.insert(id, addrs[2]);
-        let mut node = Node::new(
-            id,
-            [addrs[0], addrs[1], addrs[2]],
-            peers_arg(&peers),
-            self.admin_key.clone(),
-            self.opts.clone(),
-        );
-        node.join = true;
-        node.spawn();
-        self.nodes.insert(id, node);
-        id
+        for attempt in 1..=PORT_ATTEMPTS {
+            let addrs = free_ports(3);
+            let mut peers = self.peers.clone();
+            peers.insert(id, addrs[2]);
+            let mut node = Node::new(
+                id,
+                [addrs[0], addrs[1], addrs[2]],
+                Some(peers_arg(&peers)),
+                self.admin_key.clone(),
+                self.opts.clone(),
+            );
+            node.join = true;
+            node.spawn();
+            if node.wait_bound(FORM_DEADLINE).await.is_ok() {
+                self.nodes.insert(id, node);
+                return id;
+            }
+            eprintln!("e2e harness: node {id} lost a port to another process (attempt {attempt}); starting it again on fresh ports");
+        }
+        panic!("node {id} kept no ports in {PORT_ATTEMPTS} attempts");
     }
 
     /// Waits until each node of `ids` has applied everything `leader` had applied when called.

@@ -1,7 +1,9 @@
-//! The end-to-end harness: a real `intentd` process per test, an HTTP client, an SSE reader.
+//! The end-to-end harness: a real `intentd` process per test (one starter, `cluster::Node`,
+//! on ports chosen as `ports` explains), an HTTP client, an SSE reader.
 
 pub mod api;
 pub mod cluster;
+pub mod ports;
 pub mod raw;
 pub mod receiver;
 pub mod server;

@@ -25,16 +25,15 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use intentd_delivery::intents::change_scope;
 use intentd_lifecycle::agent::is_http;
 use intentd_lifecycle::{
-    same_address, DeadLetter, Event, Intent, IntentCommand, Status, Timestamp,
+    same_address, ApiKey, DeadLetter, Event, Intent, IntentCommand, Status, Timestamp,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{claim, load_intent, now, read_barrier, write_intent};
+use super::{begin_change, load_intent, now, propose_change, read_barrier};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, PathParam, QueryParams};
@@ -264,22 +263,15 @@ async fn replay_delivery(
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("delivery_id", &id)?;
-    let old = load_intent(&state, id, false).await?;
-    caller.require_observer_of(&old)?;
-    let at = now();
-    let claim = claim(
-        &state,
-        change_scope(&caller.key, "replay", id),
-        key,
-        &json!({ "replay": id }),
-        at,
-    );
+    let change = begin_change(&state, &caller, "replay", id, ApiKey::require_observer_of).await?;
+    let at = change.at;
     let command = IntentCommand::Replay {
         intent_id: id,
         new_intent_id: intentd_lifecycle::new_intent_id(),
         at,
     };
-    let written = write_intent(&state, command, claim).await?;
+    let body = json!({ "replay": id });
+    let written = propose_change(&state, change, command, key, &body).await?;
     // The replay was answered by the leader; the dead letter's new state is read here.
     state.cluster.settled().await;
     let reader = state.cluster.reader();

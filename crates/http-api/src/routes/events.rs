@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use intentd_delivery::{intent_events, StreamOptions, Watch};
+use intentd_operations::{intent_events, StreamOptions, Watch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
@@ -98,7 +98,7 @@ pub(crate) fn resume_cursor(headers: &HeaderMap, since: Option<u64>) -> Result<u
 
 /// `GET /v1/intents/{id}/events/stream?since=N&wait_seconds=W`.
 ///
-/// Frames `intentd_delivery::intent_events` as SSE: every event after `since` as
+/// Frames `intentd_operations::intent_events` as SSE: every event after `since` as
 /// `event: <event_type>`, `id: <seq>`; the stream closes right after a terminal event; when it
 /// goes quiet (`W` seconds without a new event, or a terminal intent with nothing left) it
 /// sends `stream.timeout` and closes, so the client reconnects from the highest `seq` it saw.

@@ -5,13 +5,12 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use intentd_delivery::intents::{change_scope, terminal_event, Written};
-use intentd_lifecycle::validate::{self, Decided, IntentRequest, ResumeVerb};
-use intentd_lifecycle::{Intent, IntentCommand, Resolution, ResumeAction};
+use intentd_lifecycle::validate::{self, IntentRequest, ResumeVerb};
+use intentd_lifecycle::{ApiKey, Intent, IntentCommand, Resolution, ResumeAction};
+use intentd_operations::intents::{decide_new, terminal_event, Written};
 use serde_json::{json, Map, Value};
-use uuid::Uuid;
 
-use super::{claim, load_intent, now, write_intent};
+use super::{begin_change, claim, load_intent, now, propose_change, write_intent};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam};
@@ -207,14 +206,13 @@ async fn create_intent(
     let req = parse_create(&body)?;
     let at = now();
     // Only admin keys may name the sender (the field is deprecated in the contract but still
-    // honoured for operators relaying on behalf); the others send as their principal, which
-    // is what makes them the intent's owner.
-    let default_attempts = default_max_delivery_attempts(&state, req.to_agent.as_deref())?;
-    let decided = Decided {
-        id: intentd_lifecycle::new_intent_id(),
-        from_agent: caller.key.sender_of_new(req.from_agent.as_deref()),
-        default_max_delivery_attempts: default_attempts,
-    };
+    // honoured for operators relaying on behalf).
+    let decided = decide_new(
+        &state.cluster,
+        &caller.key,
+        &req,
+        state.config.default_max_delivery_attempts,
+    )?;
     let intent = validate::new_intent(req, decided)?;
     let claim = claim(&state, caller.principal(), key, &body, at);
     let written = write_intent(&state, IntentCommand::Create { intent, at }, claim).await?;
@@ -233,7 +231,7 @@ pub(crate) fn default_max_delivery_attempts(
     state: &AppState,
     to_agent: Option<&str>,
 ) -> Result<u32, ApiError> {
-    Ok(intentd_delivery::intents::default_max_delivery_attempts(
+    Ok(intentd_operations::intents::default_max_delivery_attempts(
         &state.cluster,
         to_agent,
         state.config.default_max_delivery_attempts,
@@ -254,19 +252,6 @@ async fn get_intent(
     ))
 }
 
-/// Loads the intent a resolve targets and checks the caller may make it (its receiver or its
-/// owner). The check is on the local replica: `to_agent` and `from_agent` never change, so a
-/// lagging replica cannot give a wrong answer.
-async fn authorize_resolve(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-) -> Result<Intent, ApiError> {
-    let intent = load_intent(state, id, false).await?;
-    caller.require_resolver_of(&intent)?;
-    Ok(intent)
-}
-
 /// `POST /v1/intents/{id}/resolve`.
 async fn resolve_intent(
     State(state): State<AppState>,
@@ -277,22 +262,14 @@ async fn resolve_intent(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (resolution, actor) = parse_resolve(&body)?;
-    authorize_resolve(&state, &caller, id).await?;
-    let at = now();
-    let claim = claim(
-        &state,
-        change_scope(&caller.key, "resolve", id),
-        key,
-        &body,
-        at,
-    );
+    let change = begin_change(&state, &caller, "resolve", id, ApiKey::require_resolver_of).await?;
     let command = IntentCommand::Resolve {
         intent_id: id,
         resolution,
         actor: caller.actor(actor.as_deref()),
-        at,
+        at: change.at,
     };
-    let written = write_intent(&state, command, claim).await?;
+    let written = propose_change(&state, change, command, key, &body).await?;
     let event = terminal_event(&state.cluster, &written).await?;
     let intent = &written.intent;
     tracing::info!(intent_id = %id, status = %intent.status, replayed = written.replayed, "intent resolved");
@@ -339,34 +316,29 @@ async fn resume_intent(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (action, mut actor) = parse_resume(&body)?;
-    let intent = load_intent(&state, id, false).await?;
-    caller.require_resumer_of(&intent, &action)?;
+    let change = begin_change(&state, &caller, "resume", id, |key, intent| {
+        key.require_resumer_of(intent, &action)
+    })
+    .await?;
+    let intent = &change.intent;
     if let (ResumeAction::ApproveCurrentStep { .. }, Some(named)) = (&action, named.as_deref()) {
         // A client key approving what it sent names the owner as the hosted platform's
         // programs know it (their agent address, not the key's principal): a label of a change
         // it may make anyway. Everyone else may name only an owner it may act for.
-        let owner = if caller.key.is_sender_of(&intent) && !caller.key.is_agent() {
+        let owner = if caller.key.is_sender_of(intent) && !caller.key.is_agent() {
             intentd_lifecycle::validate::listen_address(named)?.uri()
         } else {
             format!("agent://{}", caller.owner(Some(named))?)
         };
         actor = actor.or(Some(owner));
     }
-    let at = now();
-    let claim = claim(
-        &state,
-        change_scope(&caller.key, "resume", id),
-        key,
-        &body,
-        at,
-    );
     let command = IntentCommand::Resume {
         intent_id: id,
         action,
         actor: caller.actor(actor.as_deref()),
-        at,
+        at: change.at,
     };
-    let written = write_intent(&state, command, claim).await?;
+    let written = propose_change(&state, change, command, key, &body).await?;
     tracing::info!(intent_id = %id, status = %written.intent.status, replayed = written.replayed, "intent resumed");
     Ok(applied_reply(&written))
 }
@@ -382,25 +354,16 @@ async fn update_controls(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (patch, meta) = parse_controls(&body)?;
-    let intent = load_intent(&state, id, false).await?;
-    caller.require_governor_of(&intent)?;
-    let at = now();
-    let claim = claim(
-        &state,
-        change_scope(&caller.key, "controls", id),
-        key,
-        &body,
-        at,
-    );
+    let change = begin_change(&state, &caller, "controls", id, ApiKey::require_governor_of).await?;
     let command = IntentCommand::UpdateControls {
         intent_id: id,
         patch,
         expected_policy_generation: meta.expected_policy_generation,
         actor: caller.actor(meta.actor.as_deref()),
         reason: meta.reason,
-        at,
+        at: change.at,
     };
-    let written = write_intent(&state, command, claim).await?;
+    let written = propose_change(&state, change, command, key, &body).await?;
     Ok(applied_reply(&written))
 }
 
@@ -414,16 +377,7 @@ async fn update_policy(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let (grants_patch, envelope_patch, meta) = parse_policy(&body)?;
-    let intent = load_intent(&state, id, false).await?;
-    caller.require_governor_of(&intent)?;
-    let at = now();
-    let claim = claim(
-        &state,
-        change_scope(&caller.key, "policy", id),
-        key,
-        &body,
-        at,
-    );
+    let change = begin_change(&state, &caller, "policy", id, ApiKey::require_governor_of).await?;
     let command = IntentCommand::UpdatePolicy {
         intent_id: id,
         grants_patch,
@@ -431,16 +385,18 @@ async fn update_policy(
         expected_policy_generation: meta.expected_policy_generation,
         actor: caller.actor(meta.actor.as_deref()),
         reason: meta.reason,
-        at,
+        at: change.at,
     };
-    let written = write_intent(&state, command, claim).await?;
+    let written = propose_change(&state, change, command, key, &body).await?;
     Ok(applied_reply(&written))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use intentd_lifecycle::validate::Decided;
     use intentd_lifecycle::WaitingReason;
+    use uuid::Uuid;
 
     fn valid_create() -> Value {
         json!({

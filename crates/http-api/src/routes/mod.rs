@@ -20,11 +20,15 @@ mod scenarios;
 mod webhooks;
 
 use axum::Router;
-use intentd_delivery::intents::{self as ops, Written};
-use intentd_lifecycle::{Command, IdempotencyClaim, Intent, IntentCommand, Reply, Timestamp};
+use intentd_lifecycle::{
+    AccessError, ApiKey, Command, IdempotencyClaim, Intent, IntentCommand, Reply, Timestamp,
+};
+use intentd_operations::intents::{self as ops, Written};
+use intentd_operations::Change;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::{ApiConfig, AppState};
 
@@ -60,7 +64,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("this route does not accept that method".into())
 }
 
-/// Reads an intent (see `intentd_delivery::intents::load_intent` for the read-your-writes
+/// Reads an intent (see `intentd_operations::intents::load_intent` for the read-your-writes
 /// rules the gRPC edge shares).
 pub(crate) async fn load_intent(
     state: &AppState,
@@ -123,7 +127,8 @@ pub(crate) fn checked_url(state: &AppState, field: &str, url: &str) -> Result<()
         .map_err(|e| ApiError::SchemaInvalid(format!("{field} is refused: {e}")))
 }
 
-/// The claim an `Idempotency-Key` makes, over the request body as the client sent it.
+/// The claim an `Idempotency-Key` makes, over the request body as the client sent it, for
+/// this node's configured time (`intentd_operations::claim`).
 pub(crate) fn claim(
     state: &AppState,
     scope: String,
@@ -131,9 +136,36 @@ pub(crate) fn claim(
     body: &Value,
     now: Timestamp,
 ) -> Option<IdempotencyClaim> {
-    let ttl = chrono::Duration::from_std(state.config.idempotency_ttl)
-        .unwrap_or_else(|_| chrono::Duration::days(1));
-    key.map(|key| IdempotencyClaim::new(scope, key, body, now, ttl))
+    intentd_operations::claim(scope, key, body, now, state.config.idempotency_ttl)
+}
+
+/// Loads and checks the intent a change targets, the first step every change shares
+/// (`intentd_operations::Change`).
+pub(crate) async fn begin_change<'s>(
+    state: &'s AppState,
+    caller: &Caller,
+    operation: &str,
+    id: Uuid,
+    authorize: impl FnOnce(&ApiKey, &Intent) -> Result<(), AccessError>,
+) -> Result<Change<'s>, ApiError> {
+    Ok(
+        Change::begin(&state.cluster, &caller.key, operation, id, |intent| {
+            authorize(&caller.key, intent)
+        })
+        .await?,
+    )
+}
+
+/// Proposes a change's command, with the claim of the request's `Idempotency-Key`.
+pub(crate) async fn propose_change(
+    state: &AppState,
+    change: Change<'_>,
+    command: IntentCommand,
+    key: Option<String>,
+    body: &Value,
+) -> Result<Written, ApiError> {
+    let claim = change.claim(key, body, state.config.idempotency_ttl);
+    Ok(change.propose(command, claim).await?)
 }
 
 pub(crate) use ops::now;

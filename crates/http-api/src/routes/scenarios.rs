@@ -40,12 +40,12 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use intentd_delivery::intents::Written;
 use intentd_lifecycle::validate::{self, Decided, IntentRequest};
 use intentd_lifecycle::workflow;
 use intentd_lifecycle::{
     AgentAddress, AgentConfig, Command, IntentCommand, NewIntent, StepKind, Workflow, WorkflowStep,
 };
+use intentd_operations::intents::Written;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 

@@ -23,7 +23,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use intentd_consensus::ConsensusError;
 use intentd_lifecycle::agent::ack_timeout_secs;
-use intentd_lifecycle::{Binding, Command, Intent, IntentCommand, Reply, Status, Timestamp};
+use intentd_lifecycle::{
+    ApiKey, Binding, Command, Intent, IntentCommand, Reply, Status, Timestamp,
+};
+use intentd_operations::view::Handed;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -33,7 +36,7 @@ use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
-use crate::routes::{load_intent, now, write_intent};
+use crate::routes::{begin_change, now, propose_change};
 use crate::validate::{path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
 
@@ -295,12 +298,7 @@ async fn lease(
 
 /// A leased delivery: the agent-stream shape plus when the lease runs out.
 fn delivery_view(intent: &Intent, cursor: u64) -> Value {
-    let mut v = views::delivery(intent, cursor);
-    v["lease_expires_at"] = json!(intent
-        .lease
-        .as_ref()
-        .map(|l| views::timestamp(&l.expires_at)));
-    v
+    intentd_operations::view::delivery(intent, Handed::Leased { cursor })
 }
 
 /// `POST /v1/intents/{id}/ack` `{"delivery_attempt": N}`: the receiver has the intent. A
@@ -313,15 +311,14 @@ async fn ack(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_uuid("intent_id", &id)?;
     let attempt = parse_ack(&body)?;
-    let intent = load_intent(&state, id, false).await?;
-    caller.require_receiver_of(&intent)?;
+    let change = begin_change(&state, &caller, "ack", id, ApiKey::require_receiver_of).await?;
     let command = IntentCommand::Acknowledge {
         intent_id: id,
         attempt,
         actor: caller.principal(),
-        at: now(),
+        at: change.at,
     };
-    let written = write_intent(&state, command, None).await?;
+    let written = propose_change(&state, change, command, None, &body).await?;
     Ok(Json(json!({
         "ok": true,
         "intent": views::intent(&written.intent),

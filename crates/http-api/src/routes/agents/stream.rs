@@ -5,7 +5,7 @@ use crate::routes::events::{resume_cursor, wait_duration};
 
 /// `GET /v1/agents/{address}/intents/stream?since=N&wait_seconds=W&status=A,B`.
 ///
-/// Frames `intentd_delivery::agent_deliveries` as SSE: each wanted intent, delivered first
+/// Frames `intentd_operations::agent_deliveries` as SSE: each wanted intent, delivered first
 /// if it was fresh, as `event: intent.<status>`, `id: <cursor>`; after `W` seconds with
 /// nothing sent, `stream.timeout` and close. A failed delivery (no quorum) ends the stream
 /// without a timeout frame: the client reconnects from the last cursor it saw, which retries

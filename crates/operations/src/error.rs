@@ -5,7 +5,7 @@ use intentd_storage::StorageError;
 /// Why an operation or a stream of this crate failed. Each edge maps it once to its own
 /// error (the HTTP JSON error, a gRPC `Status`).
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub enum OperationsError {
     /// The caller is not authenticated or acts outside its key's scope.
     #[error(transparent)]
     Access(#[from] AccessError),
@@ -22,8 +22,8 @@ pub enum DeliveryError {
     Internal(String),
 }
 
-impl From<Rejection> for DeliveryError {
+impl From<Rejection> for OperationsError {
     fn from(rejection: Rejection) -> Self {
-        DeliveryError::Consensus(ConsensusError::Rejected(rejection))
+        OperationsError::Consensus(ConsensusError::Rejected(rejection))
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::consumers::{Seat, StreamConsumers};
 use crate::intents::now;
-use crate::DeliveryError;
+use crate::OperationsError;
 
 /// What a watching stream yields besides errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +100,10 @@ pub struct Delivery {
     pub intent: Intent,
 }
 
-async fn wait_until(waiter: &mut Waiter, deadline: Option<Instant>) -> Result<bool, DeliveryError> {
+async fn wait_until(
+    waiter: &mut Waiter,
+    deadline: Option<Instant>,
+) -> Result<bool, OperationsError> {
     let changed = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, waiter.changed()).await {
             Ok(changed) => changed,
@@ -110,7 +113,7 @@ async fn wait_until(waiter: &mut Waiter, deadline: Option<Instant>) -> Result<bo
     };
     changed
         .map(|()| true)
-        .map_err(|_| DeliveryError::ShuttingDown)
+        .map_err(|_| OperationsError::ShuttingDown)
 }
 
 /// The deliveries of the agent at `address` after queue cursor `since`.
@@ -144,7 +147,7 @@ pub fn agent_deliveries(
     filter: StatusFilter,
     consumer: String,
     options: StreamOptions,
-) -> impl Stream<Item = Result<Watch<Delivery>, DeliveryError>> + Send + 'static {
+) -> impl Stream<Item = Result<Watch<Delivery>, OperationsError>> + Send + 'static {
     async_stream::stream! {
         let reader = cluster.reader().clone();
         let mut queue = reader.watch_queue(&address);
@@ -244,7 +247,7 @@ async fn wait_for_news(
     addressed: Option<&mut Waiter>,
     seat: Option<&mut Seat>,
     deadline: Option<Instant>,
-) -> Result<bool, DeliveryError> {
+) -> Result<bool, OperationsError> {
     let news = async {
         tokio::select! {
             changed = queue.changed() => changed,
@@ -271,7 +274,7 @@ async fn wait_for_news(
     };
     changed
         .map(|()| true)
-        .map_err(|_| DeliveryError::ShuttingDown)
+        .map_err(|_| OperationsError::ShuttingDown)
 }
 
 /// The leases one consuming stream won and may still hold, by intent: the attempt of each.
@@ -297,7 +300,7 @@ impl Leases {
 
     /// Forgets the leases that were settled (acknowledged, progressed, resolved), released
     /// or expired since, and says how many are left.
-    fn refresh(&mut self, reader: &StateReader) -> Result<usize, DeliveryError> {
+    fn refresh(&mut self, reader: &StateReader) -> Result<usize, OperationsError> {
         let mut gone = Vec::new();
         for (id, attempt) in &self.held {
             let still = reader
@@ -392,7 +395,7 @@ async fn offer(
     seat: Option<&Seat>,
     leases: &mut Leases,
     default_ack_timeout_secs: u64,
-) -> Result<Offer, DeliveryError> {
+) -> Result<Offer, OperationsError> {
     let reader = cluster.reader();
     let Some(intent) = reader.intent(&id)? else {
         return Ok(Offer::Skip);
@@ -452,7 +455,7 @@ async fn offer(
                 Ok(wanted(*after))
             }
         }
-        Ok(_) => Err(DeliveryError::Internal(
+        Ok(_) => Err(OperationsError::Internal(
             "Deliver answered without an intent".into(),
         )),
         Err(ConsensusError::Rejected(rejection)) => {
@@ -475,7 +478,7 @@ pub fn intent_events(
     id: Uuid,
     since: u64,
     options: StreamOptions,
-) -> impl Stream<Item = Result<Watch<Event>, DeliveryError>> + Send + 'static {
+) -> impl Stream<Item = Result<Watch<Event>, OperationsError>> + Send + 'static {
     async_stream::stream! {
         let reader = cluster.reader().clone();
         let mut changes = reader.watch_intent(&id);

@@ -1,16 +1,17 @@
 //! The delivery and event streams against a real one-node cluster (Raft, WAL, sled): what
 //! both edges rely on, checked once here.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use intentd_consensus::{Cluster, NodeConfig, RaftTimings};
-use intentd_delivery::intents::{now, write_intent};
-use intentd_delivery::{
+use intentd_consensus::Cluster;
+use intentd_lifecycle::{EventType, IntentCommand, Resolution, Status};
+use intentd_operations::intents::{now, write_intent};
+use intentd_operations::{
     agent_deliveries, intent_events, Delivery, StatusFilter, StreamConsumers, StreamOptions, Watch,
 };
-use intentd_lifecycle::{EventType, IntentCommand, NewIntent, Resolution, Status};
+use intentd_test_support::new_intent;
+use intentd_test_support::node::single as node;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -18,45 +19,8 @@ use uuid::Uuid;
 const ITEM: Duration = Duration::from_secs(10);
 const AGENT: &str = "agent://acme/prod/payments";
 
-async fn node() -> (tempfile::TempDir, Cluster) {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, sm) = intentd_storage::open(dir.path(), Default::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let config = NodeConfig {
-        node_id: 1,
-        peers: BTreeMap::from([(1, addr)]),
-        timings: RaftTimings::default(),
-        request_timeout: Duration::from_secs(5),
-        join: false,
-        clock: Default::default(),
-        tls: None,
-    };
-    let cluster = intentd_consensus::start(config, log, sm, listener, std::future::pending())
-        .await
-        .unwrap();
-    (dir, cluster)
-}
-
 async fn create(cluster: &Cluster) -> Uuid {
-    let intent = NewIntent {
-        id: Uuid::new_v4(),
-        intent_type: "payment.charge.v1".into(),
-        correlation_id: Uuid::new_v4(),
-        from_agent: "agent://intentd/keys/test".into(),
-        to_agent: AGENT.into(),
-        reply_to: None,
-        payload: json!({"amount_cents": 1}),
-        max_delivery_attempts: 5,
-        deadline_at: None,
-        remind_after_seconds: None,
-        remind_interval_seconds: None,
-        max_reminders: None,
-        escalate_to: None,
-        human_task: None,
-        deliver_at: None,
-        workflow: None,
-    };
+    let intent = new_intent(AGENT);
     let id = intent.id;
     write_intent(cluster, IntentCommand::Create { intent, at: now() }, None)
         .await
@@ -81,7 +45,7 @@ async fn next<T>(stream: &mut (impl futures::Stream<Item = T> + Unpin)) -> Optio
 /// The next delivery of either stream, with the stream it came from (0 or 1).
 async fn next_of_two<S>(streams: &mut [S; 2]) -> (usize, Delivery)
 where
-    S: futures::Stream<Item = Result<Watch<Delivery>, intentd_delivery::DeliveryError>> + Unpin,
+    S: futures::Stream<Item = Result<Watch<Delivery>, intentd_operations::OperationsError>> + Unpin,
 {
     let [a, b] = streams;
     let (which, item) = tokio::time::timeout(ITEM, async {

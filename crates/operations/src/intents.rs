@@ -3,13 +3,14 @@
 
 use chrono::Utc;
 use intentd_consensus::Cluster;
+use intentd_lifecycle::validate::{Decided, IntentRequest};
 use intentd_lifecycle::{
     hash_key, usable_key, AccessError, ApiKey, Command, Event, IdempotencyClaim, Intent,
     IntentCommand, Reply, Timestamp, KEY_REQUIRED,
 };
 use uuid::Uuid;
 
-use crate::DeliveryError;
+use crate::OperationsError;
 
 /// Finds the key for a presented secret (see `intentd_lifecycle::presented_secret`).
 ///
@@ -19,7 +20,7 @@ use crate::DeliveryError;
 pub async fn authenticate(
     cluster: &Cluster,
     secret: Option<&str>,
-) -> Result<ApiKey, DeliveryError> {
+) -> Result<ApiKey, OperationsError> {
     let secret = secret.ok_or_else(|| AccessError::Unauthenticated(KEY_REQUIRED.into()))?;
     let hash = hash_key(secret);
     let reader = cluster.reader();
@@ -41,7 +42,7 @@ pub async fn load_intent(
     cluster: &Cluster,
     id: Uuid,
     linearizable: bool,
-) -> Result<Intent, DeliveryError> {
+) -> Result<Intent, OperationsError> {
     let reader = cluster.reader();
     if linearizable {
         cluster.read_barrier().await?;
@@ -74,7 +75,7 @@ pub async fn write_intent(
     cluster: &Cluster,
     command: IntentCommand,
     idempotency: Option<IdempotencyClaim>,
-) -> Result<Written, DeliveryError> {
+) -> Result<Written, OperationsError> {
     refuse_killed_sender(cluster, &command)?;
     let reply = cluster
         .write_committed(Command::Intent {
@@ -92,7 +93,7 @@ pub async fn write_intent(
             events,
             replayed,
         }),
-        _ => Err(DeliveryError::Internal(
+        _ => Err(OperationsError::Internal(
             "an intent command was answered without an intent".into(),
         )),
     }
@@ -101,7 +102,7 @@ pub async fn write_intent(
 /// A killed agent cannot send: not a new intent from it, nor an acknowledgement, resume or
 /// resolution in its name (its leases were taken away with the kill). Read from the local
 /// replica, like the key itself; the kill's holds in apply are what keep deliveries safe.
-fn refuse_killed_sender(cluster: &Cluster, command: &IntentCommand) -> Result<(), DeliveryError> {
+fn refuse_killed_sender(cluster: &Cluster, command: &IntentCommand) -> Result<(), OperationsError> {
     let sender = match command {
         IntentCommand::Create { intent, .. } => &intent.from_agent,
         IntentCommand::Acknowledge { actor, .. }
@@ -122,7 +123,10 @@ fn refuse_killed_sender(cluster: &Cluster, command: &IntentCommand) -> Result<()
 
 /// The event that ended the intent: the last one the command appended, or, on an idempotent
 /// replay (which appends nothing), the intent's last event, which is terminal for good.
-pub async fn terminal_event(cluster: &Cluster, written: &Written) -> Result<Event, DeliveryError> {
+pub async fn terminal_event(
+    cluster: &Cluster,
+    written: &Written,
+) -> Result<Event, OperationsError> {
     if let Some(event) = written.events.last() {
         return Ok(event.clone());
     }
@@ -133,17 +137,11 @@ pub async fn terminal_event(cluster: &Cluster, written: &Written) -> Result<Even
         .events(&intent.id, intent.last_seq.saturating_sub(1), 1)?
         .pop()
         .ok_or_else(|| {
-            DeliveryError::Internal(format!(
+            OperationsError::Internal(format!(
                 "intent {} has no event {}",
                 intent.id, intent.last_seq
             ))
         })
-}
-
-/// Idempotency scope of the per-intent changes: the same key value used by another caller,
-/// for another operation or on another intent is a different key.
-pub fn change_scope(caller: &ApiKey, operation: &str, id: Uuid) -> String {
-    format!("{}:{operation}:{id}", caller.principal())
 }
 
 /// The clock reading a command carries; read once per request at the edge, never in apply.
@@ -158,7 +156,7 @@ pub fn default_max_delivery_attempts(
     cluster: &Cluster,
     to_agent: Option<&str>,
     server_default: u32,
-) -> Result<u32, DeliveryError> {
+) -> Result<u32, OperationsError> {
     let configured = match to_agent {
         Some(to) => cluster
             .reader()
@@ -167,4 +165,26 @@ pub fn default_max_delivery_attempts(
         None => None,
     };
     Ok(configured.unwrap_or(server_default))
+}
+
+/// What a create decides at the edge before the contract's rules run
+/// (`intentd_lifecycle::validate::new_intent`): a fresh time-ordered id, the sender as the
+/// caller's key allows it to be named (admin keys may name one; the others send as their
+/// principal, which makes them the intent's owner), and the delivery attempts when the
+/// request names none. Both edges create with it, so one request is one intent either way.
+pub fn decide_new(
+    cluster: &Cluster,
+    caller: &ApiKey,
+    request: &IntentRequest,
+    server_default_attempts: u32,
+) -> Result<Decided, OperationsError> {
+    Ok(Decided {
+        id: intentd_lifecycle::new_intent_id(),
+        from_agent: caller.sender_of_new(request.from_agent.as_deref()),
+        default_max_delivery_attempts: default_max_delivery_attempts(
+            cluster,
+            request.to_agent.as_deref(),
+            server_default_attempts,
+        )?,
+    })
 }
