@@ -49,8 +49,27 @@ use super::{claim, load_intent, now, read_barrier, write, write_intent};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam, QueryParams};
+use crate::openapi::schemas::{
+    ChangesAnswer, DelegateRequest, DeleteMessagesAnswer, DeleteMessagesRequest,
+    InboxDecisionAnswer, InboxDecisionRequest, ReplyAnswer, ReplyRequest, ThreadAnswer,
+    ThreadsAnswer,
+};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list_threads,
+    list_changes,
+    get_thread,
+    reply,
+    delegate,
+    approve,
+    reject,
+    delete_messages
+))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -319,12 +338,20 @@ fn reread(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Reads
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     status: Option<String>,
 }
 
 /// `GET /v1/inbox`.
+#[utoipa::path(
+    get,
+    path = "/v1/inbox",
+    tag = "inbox",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, ListQuery),
+    responses((status = 200, description = "The owner's threads", body = ThreadsAnswer))
+)]
 async fn list_threads(
     State(state): State<AppState>,
     caller: Caller,
@@ -353,6 +380,13 @@ async fn list_threads(
 }
 
 /// `GET /v1/inbox/{thread_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/inbox/{thread_id}",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    responses((status = 200, description = "The thread", body = ThreadAnswer))
+)]
 async fn get_thread(
     State(state): State<AppState>,
     caller: Caller,
@@ -366,7 +400,8 @@ async fn get_thread(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ChangesQuery {
     cursor: Option<String>,
     limit: Option<usize>,
@@ -374,6 +409,13 @@ struct ChangesQuery {
 
 /// `GET /v1/inbox/changes?cursor=&limit=`: changes after `cursor`, each with the thread as
 /// it is now (a thread delegated away shows its new owner; `change` says what happened).
+#[utoipa::path(
+    get,
+    path = "/v1/inbox/changes",
+    tag = "inbox",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, ChangesQuery),
+    responses((status = 200, description = "Changes after cursor", body = ChangesAnswer))
+)]
 async fn list_changes(
     State(state): State<AppState>,
     caller: Caller,
@@ -422,6 +464,14 @@ fn parse_reply(body: &Value) -> Result<String, ApiError> {
 }
 
 /// `POST /v1/inbox/{thread_id}/reply`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/reply",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = ReplyRequest,
+    responses((status = 200, description = "The new message and the thread", body = ReplyAnswer))
+)]
 async fn reply(
     State(state): State<AppState>,
     caller: Caller,
@@ -465,6 +515,14 @@ fn parse_delegate(body: &Value) -> Result<(String, Option<String>), ApiError> {
 
 /// `POST /v1/inbox/{thread_id}/delegate`: the thread (and the intent's `pending_with`) goes
 /// to another owner.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/delegate",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = DelegateRequest,
+    responses((status = 200, description = "The thread, now the delegate's", body = ThreadAnswer))
+)]
 async fn delegate(
     State(state): State<AppState>,
     caller: Caller,
@@ -614,6 +672,14 @@ async fn decide_thread(
 }
 
 /// `POST /v1/inbox/{thread_id}/approve`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/approve",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = InboxDecisionRequest,
+    responses((status = 200, description = "The decision and the intent it moved", body = InboxDecisionAnswer))
+)]
 async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -626,6 +692,14 @@ async fn approve(
 }
 
 /// `POST /v1/inbox/{thread_id}/reject`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/reject",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = InboxDecisionRequest,
+    responses((status = 200, description = "The decision and the intent it moved", body = InboxDecisionAnswer))
+)]
 async fn reject(
     State(state): State<AppState>,
     caller: Caller,
@@ -737,6 +811,14 @@ fn select_messages(
 }
 
 /// `POST /v1/inbox/{thread_id}/messages/delete`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/messages/delete",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    request_body = DeleteMessagesRequest,
+    responses((status = 200, description = "The thread after the delete", body = DeleteMessagesAnswer))
+)]
 async fn delete_messages(
     State(state): State<AppState>,
     caller: Caller,

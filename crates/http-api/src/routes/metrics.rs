@@ -18,6 +18,11 @@ use axum::Router;
 
 use crate::AppState;
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics))]
+pub(crate) struct Doc;
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
@@ -82,6 +87,13 @@ pub(crate) async fn count_requests(
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)),
+    security(())
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = state.metrics.render();
     if !body.is_empty() && !body.ends_with('\n') {
