@@ -54,8 +54,8 @@ pub struct HealthAnswer {
     pub applied_index: u64,
     pub commit_index: Option<u64>,
     pub last_log_index: Option<u64>,
-    #[schema(value_type = Option<Object>)]
-    pub members: Option<Value>,
+    /// The voters' node ids.
+    pub members: Option<Vec<u64>>,
     #[schema(value_type = Option<Object>)]
     pub clock: Option<Value>,
 }
