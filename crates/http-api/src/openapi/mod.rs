@@ -54,30 +54,27 @@ struct Base;
 /// answer the first outcome again, the same key with another body is a 409.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
-pub(crate) struct IdempotencyKeyHeader {
+pub struct IdempotencyKeyHeader {
     /// Up to 255 printable characters, remembered at least 24 h.
     #[param(rename = "Idempotency-Key")]
-    #[allow(dead_code)]
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// The owner a request acts for, on the routes of an owner's resources (inbox, webhooks,
 /// an intent's control form): the `owner_agent` query parameter, which the SDK sends.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(crate) struct OwnerQuery {
+pub struct OwnerQuery {
     /// An agent address; only an admin key may name another than its own.
-    #[allow(dead_code)]
-    owner_agent: Option<String>,
+    pub owner_agent: Option<String>,
 }
 
 /// The same owner as a header, as other gateway clients send it.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
-pub(crate) struct OwnerHeader {
+pub struct OwnerHeader {
     #[param(rename = "x-owner-agent")]
-    #[allow(dead_code)]
-    owner: Option<String>,
+    pub owner: Option<String>,
 }
 
 /// The whole document: the base, every route module's operations, the shared errors and the
