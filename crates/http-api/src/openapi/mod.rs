@@ -389,6 +389,24 @@ mod tests {
         }
     }
 
+    /// OpenAPI requires operation ids to be unique; utoipa takes them from the handlers'
+    /// names, which repeat across modules (`list_events` of an intent and of the mesh).
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc: serde_json::Value = serde_json::from_str(&document().to_json().unwrap()).unwrap();
+        let mut seen = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_string();
+                assert!(!id.is_empty(), "{method} {path} has no operationId");
+                assert!(
+                    seen.insert(id.clone()),
+                    "{method} {path}: operationId {id} repeats"
+                );
+            }
+        }
+    }
+
     #[test]
     fn error_statuses_are_the_edges() {
         let doc: serde_json::Value = serde_json::from_str(&document().to_json().unwrap()).unwrap();

@@ -359,6 +359,7 @@ fn limit_param(raw: Option<&str>, default: usize) -> Result<usize, ApiError> {
 /// the caller may see: admin keys see all, other keys their own agent.
 #[utoipa::path(
     get,
+    operation_id = "mesh_list_agents",
     path = "/v1/mesh/agents",
     tag = "mesh",
     params(ListParams),
@@ -417,6 +418,7 @@ fn visible_address(caller: &Caller, raw: &str) -> Result<String, ApiError> {
 
 #[utoipa::path(
     get,
+    operation_id = "mesh_get_agent",
     path = "/v1/mesh/agents/{address}",
     tag = "mesh",
     params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
@@ -468,6 +470,7 @@ async fn agent_post(
 /// `POST /v1/mesh/agents/{address}/kill`: nothing is delivered to the agent until resumed.
 #[utoipa::path(
     post,
+    operation_id = "mesh_kill",
     path = "/v1/mesh/agents/{address}/kill",
     tag = "mesh",
     params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
@@ -486,6 +489,7 @@ async fn kill(
 /// `POST /v1/mesh/agents/{address}/resume`: every parked delivery goes back on the queue.
 #[utoipa::path(
     post,
+    operation_id = "mesh_resume",
     path = "/v1/mesh/agents/{address}/resume",
     tag = "mesh",
     params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
@@ -604,6 +608,7 @@ fn since_param(raw: Option<&str>) -> Result<u64, ApiError> {
 /// client that follows the log.
 #[utoipa::path(
     get,
+    operation_id = "mesh_list_events",
     path = "/v1/mesh/events",
     tag = "mesh",
     params(EventParams),
@@ -646,6 +651,7 @@ struct StreamParams {
 /// The wait is on the mesh's own wake-up key, so idle feeds cost nothing per write.
 #[utoipa::path(
     get,
+    operation_id = "mesh_stream_events",
     path = "/v1/mesh/events/stream",
     tag = "mesh",
     params(StreamParams),
