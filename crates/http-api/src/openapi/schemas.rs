@@ -104,6 +104,7 @@ pub struct MembershipAnswer {
 #[derive(ToSchema)]
 pub struct CreateIntentRequest {
     /// `segment.segment.vN`, e.g. `payment.charge.v1`.
+    #[schema(pattern = r"^[a-z0-9_]+(?:\.[a-z0-9_]+)+\.v[0-9]+$")]
     pub intent_type: String,
     pub correlation_id: Option<Uuid>,
     pub from_agent: Option<String>,
@@ -220,14 +221,23 @@ pub struct EventsAnswer {
 /// `POST /v1/intents/{intent_id}/resolve` (`api.intents.resolve.request.v1.json`).
 #[derive(ToSchema)]
 pub struct ResolveRequest {
-    /// `COMPLETED`, `FAILED` or `CANCELED`.
-    pub status: String,
+    /// `COMPLETED` needs `result`, `FAILED` needs `error`, `CANCELED` needs `reason`.
+    pub status: ResolveStatus,
     pub actor: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
     pub reason: Option<String>,
+}
+
+/// How a resolve ends an intent.
+#[derive(ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
+pub enum ResolveStatus {
+    Completed,
+    Failed,
+    Canceled,
 }
 
 /// The answer of a resolve: the terminal intent and its terminal event.
@@ -248,11 +258,23 @@ pub struct ResolveAnswer {
 #[derive(ToSchema)]
 pub struct ResumeRequest {
     pub approve_current_step: Option<bool>,
-    pub action: Option<String>,
+    pub action: Option<ResumeVerb>,
     pub actor: Option<String>,
     pub reason: Option<String>,
     pub expected_policy_generation: Option<u64>,
+    /// For `wait`: `WAITING_FOR_HUMAN`, `WAITING_FOR_TOOL`, `WAITING_FOR_AGENT` (the default)
+    /// or `WAITING_FOR_TIME`.
     pub waiting_reason: Option<String>,
+}
+
+/// What the receiver's resume does (absent: `complete`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ResumeVerb {
+    Complete,
+    Fail,
+    Progress,
+    Wait,
 }
 
 /// `POST /v1/intents/{intent_id}/controls`.
@@ -328,8 +350,7 @@ pub struct AgentAnswer {
 /// `PUT /v1/agents/{address}/binding`: how intents reach the agent.
 #[derive(ToSchema)]
 pub struct BindingRequest {
-    /// `stream`, `poll` or `http`.
-    pub delivery_mode: String,
+    pub delivery_mode: DeliveryMode,
     /// The HTTP binding's endpoint (https, or http to an allowed host).
     pub url: Option<String>,
     /// The HTTP binding's signing secret: `whsec_` + base64 of 24..64 bytes, or a plain
@@ -339,6 +360,15 @@ pub struct BindingRequest {
     pub ack_timeout_seconds: Option<u64>,
     pub max_delivery_attempts: Option<u64>,
     pub display_name: Option<String>,
+}
+
+/// How intents reach an agent.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    Stream,
+    Poll,
+    Http,
 }
 
 /// `POST /v1/agents/{address}/intents/receive`: the poll binding's long poll.
@@ -492,10 +522,18 @@ pub struct InboxDecisionAnswer {
 /// `POST /v1/inbox/{thread_id}/messages/delete`.
 #[derive(ToSchema)]
 pub struct DeleteMessagesRequest {
-    /// `self` or `both`.
-    pub mode: String,
+    pub mode: DeleteMode,
     pub message_ids: Option<Vec<Uuid>>,
     pub limit: Option<u64>,
+}
+
+/// Whose copies a delete removes: the caller's, or everyone's.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum DeleteMode {
+    #[schema(rename = "self")]
+    Own,
+    Both,
 }
 
 /// The answer of a delete: the thread after it.
@@ -509,9 +547,16 @@ pub struct DeleteMessagesAnswer {
 /// `POST /v1/approvals/{approval_id}/decision`.
 #[derive(ToSchema)]
 pub struct ApprovalDecisionRequest {
-    /// `approve` or `reject`.
-    pub decision: String,
+    pub decision: ApprovalDecision,
     pub comment: Option<String>,
+}
+
+/// An approval's two outcomes.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ApprovalDecision {
+    Approve,
+    Reject,
 }
 
 /// The recorded decision.
@@ -668,9 +713,18 @@ pub struct ScenarioValidateAnswer {
 #[derive(ToSchema)]
 pub struct CreateKeyRequest {
     pub name: String,
-    /// `admin`, `client` or `agent` (which needs `address`).
-    pub role: String,
+    /// `agent` needs `address`.
+    pub role: KeyRole,
     pub address: Option<String>,
+}
+
+/// What a key may do (README, Roles).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum KeyRole {
+    Admin,
+    Client,
+    Agent,
 }
 
 /// A key as listed (never its secret).
