@@ -49,6 +49,8 @@ step "pip install" .venv/bin/python -m pip install --quiet --disable-pip-version
     -r tests/python/requirements.txt
 
 export INTENTD_BIN="${INTENTD_BIN:-$ROOT/target/debug/intentd}"
+# Includes test_openapi.py: schemathesis drives every operation of the served /openapi.json
+# against a one-node server for INTENTD_FUZZ_SECONDS (90 s by default).
 step "sdk tests" .venv/bin/python -m pytest tests/python -c tests/python/pytest.ini \
     --rootdir tests/python -q || true
 
