@@ -250,6 +250,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
     args += ["--exclude-operation-id-regex", "^(" + "|".join(map(re.escape, excluded_ids)) + ")$"]
     run = subprocess.run(
         args,
+        # Its cache directory (.schemathesis/) goes there, not into the work tree.
+        cwd=tmp_path,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
