@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, every Rust test (unit, property, storage suite,
-# end-to-end against the real binary), the official Python SDK suite and a short chaos run.
+# end-to-end against the real binary), the official Python SDK suite (with the console's
+# headless-Chromium test) and a short chaos run.
 # Usage: bash tests/run.sh   (from anywhere; creates .venv on first use)
 #
 # Every check runs even when an earlier one failed (except when the build itself fails), so
@@ -48,7 +49,20 @@ fi
 step "pip install" .venv/bin/python -m pip install --quiet --disable-pip-version-check \
     -r tests/python/requirements.txt
 
+# The console's browser test drives Debian's headless Chromium through its WebDriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        step "chromium" bash -c 'apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver' || true
+    else
+        printf '\n==> chromium: not installed and not root; apt-get install chromium chromium-driver\n' >&2
+        failed+=("chromium")
+    fi
+fi
+
 export INTENTD_BIN="${INTENTD_BIN:-$ROOT/target/debug/intentd}"
+# Where tests leave what a person may want to look at (the console's screenshots).
+export INTENTD_TEST_OUTPUT="${INTENTD_TEST_OUTPUT:-$ROOT/target/test-output}"
 # Includes test_openapi.py: schemathesis drives every operation of the served /openapi.json
 # against a one-node server for INTENTD_FUZZ_SECONDS (90 s by default).
 step "sdk tests" .venv/bin/python -m pytest tests/python -c tests/python/pytest.ini \

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod connections;
+mod console;
 mod dashboards;
 mod delivery;
 mod durability;

@@ -1,13 +1,14 @@
 //! The mesh API end to end: every route, its role checks and bad input on one node, and a
 //! kill during delivery on three nodes across a leader change (nothing delivered while
-//! killed, nothing lost or failed, everything delivered after the resume).
+//! killed, nothing lost or failed, everything delivered after the resume); the leader's
+//! health sweep commits health changes that a new leader keeps and continues.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::support::cluster::{Cluster, ClusterOptions};
-use crate::support::{address_path, intent_body, within, Api, Server, PAYMENTS};
+use crate::support::{address_path, eventually, intent_body, within, Api, Server, PAYMENTS};
 
 fn agent_path(address: &str) -> String {
     format!("/v1/mesh/agents/{}", address_path(address))
@@ -279,6 +280,92 @@ async fn a_kill_survives_a_leader_change_and_the_resume_delivers_everything() {
         for id in &ids {
             assert_eq!(api.intent(id).await["status"], json!("COMPLETED"));
         }
+    })
+    .await;
+}
+
+/// The health changes the mesh event log lists for `address` (`agent://...`), as (from, to)
+/// pairs.
+async fn health_changes(api: &Api, address: &str) -> Vec<(Value, Value)> {
+    let resp = api
+        .get("/v1/mesh/events?event_type=agent.health_changed&limit=1000")
+        .await;
+    resp.assert_ok(200)["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["address"] == json!(address))
+        .map(|e| (e["from_health"].clone(), e["to_health"].clone()))
+        .collect()
+}
+
+/// The leader's sweep turns reported failures into a committed `degraded`, listed by every
+/// node; after the leader dies the new one neither repeats that change nor misses the next
+/// (the agent recovers: `healthy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_health_sweep_commits_changes_that_survive_a_leader_change() {
+    within(Duration::from_secs(120), async {
+        let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+        let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+        let follower = [1u64, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+        let admin = cluster.api(follower);
+        let (agent_key, _) = admin.create_key("payments", "agent", Some(PAYMENTS)).await;
+        let agent = admin.with_key(&agent_key);
+        agent
+            .post(
+                "/v1/mesh/heartbeat",
+                &json!({"metrics": {"intents_total": 10, "intents_failed": 8}}),
+            )
+            .await
+            .assert_ok(200);
+        let degraded = eventually(Duration::from_secs(20), "the degraded change", || async {
+            let changes = health_changes(&admin, PAYMENTS).await;
+            (!changes.is_empty()).then_some(changes)
+        })
+        .await;
+        assert_eq!(degraded, vec![(Value::Null, json!("degraded"))]);
+        let listed = admin
+            .get("/v1/mesh/events?event_type=agent.health_changed")
+            .await;
+        let event = listed.assert_ok(200)["events"][0].clone();
+        assert_eq!(event["actor"], json!("system"), "{event}");
+        assert_eq!(
+            event["reason"],
+            json!("8 of 10 reported intents failed"),
+            "{event}"
+        );
+
+        cluster.node_mut(leader).kill();
+        let others: Vec<u64> = [1u64, 2, 3].into_iter().filter(|&n| n != leader).collect();
+        let new_leader = cluster
+            .wait_leader_among(&others, Duration::from_secs(60))
+            .await;
+        let api = cluster.api(new_leader);
+        let agent = api.with_key(&agent_key);
+        assert_eq!(
+            health_changes(&api, PAYMENTS).await,
+            degraded,
+            "the change survived and the new leader did not repeat it"
+        );
+        let detail = api.get(&agent_path(PAYMENTS)).await;
+        assert_eq!(detail.assert_ok(200)["agent"]["health"], json!("degraded"));
+
+        // Most reported intents now succeed: the new leader's sweep commits the recovery.
+        agent
+            .post(
+                "/v1/mesh/heartbeat",
+                &json!({"metrics": {"intents_total": 30, "intents_succeeded": 30}}),
+            )
+            .await
+            .assert_ok(200);
+        let changes = eventually(Duration::from_secs(20), "the recovery", || async {
+            let changes = health_changes(&api, PAYMENTS).await;
+            (changes.len() == 2).then_some(changes)
+        })
+        .await;
+        assert_eq!(changes[1], (json!("degraded"), json!("healthy")));
+        let detail = api.get(&agent_path(PAYMENTS)).await;
+        assert_eq!(detail.assert_ok(200)["agent"]["health"], json!("healthy"));
     })
     .await;
 }

@@ -43,6 +43,8 @@ FUZZ_EXCLUDED = {
     ("get", "/v1/intents/{intent_id}/events/stream"),
     ("get", "/v1/agents/{address}/intents/stream"),
     ("get", "/v1/mesh/events/stream"),
+    ("get", "/v1/admin/intents/stream"),
+    ("get", "/v1/admin/console/stream"),
 }
 
 

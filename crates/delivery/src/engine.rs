@@ -197,6 +197,7 @@ impl Engine {
                 _ = &mut shutdown => true,
                 lost = lost => lost.is_err(),
                 () = self.lead() => true,
+                () = crate::health::sweep(self.shared.cluster.clone()) => true,
             };
             self.shared.metrics.set_engine_active(false);
             tracing::info!(term, "the delivery engine stops");

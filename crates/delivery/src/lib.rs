@@ -6,13 +6,15 @@
 //! ([`agent_deliveries`], [`intent_events`]), which the edges frame as SSE or gRPC server
 //! streams, whose consumers of one address take turns ([`StreamConsumers`]). The leader-side delivery [`engine`] acts on the due-time index: lease expiries,
 //! signed HTTP pushes with backoff, circuit breakers and an SSRF guard, delayed releases,
-//! deadlines, reminders and webhook pushes; [`Metrics`] counts what it does.
+//! deadlines, reminders and webhook pushes, and beside it the mesh health sweep (`health`);
+//! [`Metrics`] counts what it does.
 
 pub mod backoff;
 pub mod breaker;
 mod consumers;
 pub mod engine;
 mod error;
+mod health;
 pub mod intents;
 pub mod metrics;
 pub mod push;

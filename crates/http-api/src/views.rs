@@ -112,6 +112,7 @@ pub(crate) fn workflow(w: &Workflow) -> Value {
             m.insert("state".into(), json!(s.state));
             m.insert("attempt".into(), json!(s.attempt));
             m.insert("max_retries".into(), json!(s.max_retries));
+            put_some(&mut m, "retry_delay_seconds", s.retry_delay_seconds);
             put_some(&mut m, "step_deadline_seconds", s.step_deadline_seconds);
             put_some(&mut m, "human_task", s.human_task.clone());
             m.insert("on_success".into(), json!(s.on_success));
@@ -120,6 +121,7 @@ pub(crate) fn workflow(w: &Workflow) -> Value {
             put_some(&mut m, "finished_at", s.finished_at.as_ref().map(timestamp));
             put_some(&mut m, "deadline_at", s.deadline_at.as_ref().map(timestamp));
             put_some(&mut m, "timer_at", s.timer_at.as_ref().map(timestamp));
+            put_some(&mut m, "retry_at", s.retry_at.as_ref().map(timestamp));
             put_some(&mut m, "outcome", s.outcome.clone());
             Value::Object(m)
         })

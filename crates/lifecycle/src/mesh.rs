@@ -74,6 +74,11 @@ impl FoldedMetrics {
         }
         self.reports += 1;
     }
+
+    /// Whether most of the intents the agent reported failed: the mark of a `degraded` agent.
+    pub fn failing(&self) -> bool {
+        self.intents_total > 0 && self.intents_failed.saturating_mul(2) > self.intents_total
+    }
 }
 
 /// How an agent is doing, as the mesh API reports it.
@@ -139,6 +144,55 @@ pub struct MeshAgent {
     pub held: u64,
 }
 
+impl MeshAgent {
+    /// The health the replicated facts alone give this agent at `now`, and why, for the
+    /// leader's health sweep to commit when it differs from [`MeshAgent::health`]. `None`
+    /// when there is nothing for a sweep to judge: a killed agent (kills and resumes set its
+    /// health) or one that never sent a heartbeat (it never reported liveness, and its
+    /// streams are visible only to the node that serves them).
+    ///
+    /// Only replicated facts count, so every leader reaches the same verdict from the same
+    /// state and a failover neither repeats nor forgets a change.
+    pub fn observed_health(&self, now: Timestamp) -> Option<(Health, String)> {
+        if self.killed {
+            return None;
+        }
+        let last = self.last_heartbeat_at?;
+        let silent = now - last;
+        if silent >= chrono::Duration::seconds(UNREACHABLE_AFTER_SECS) {
+            return Some((
+                Health::Unreachable,
+                format!("no heartbeat for {} s", silent.num_seconds()),
+            ));
+        }
+        let m = &self.metrics;
+        if m.failing() {
+            return Some((
+                Health::Degraded,
+                format!(
+                    "{} of {} reported intents failed",
+                    m.intents_failed, m.intents_total
+                ),
+            ));
+        }
+        Some((
+            Health::Healthy,
+            "heartbeating, most reported intents succeed".into(),
+        ))
+    }
+
+    /// When, with no news, [`MeshAgent::observed_health`] turns `unreachable`: the instant the
+    /// sweep must look again. `None` if that cannot happen without news (killed, never beat,
+    /// already silent).
+    pub fn unreachable_at(&self, now: Timestamp) -> Option<Timestamp> {
+        if self.killed {
+            return None;
+        }
+        let at = self.last_heartbeat_at? + chrono::Duration::seconds(UNREACHABLE_AFTER_SECS);
+        (at > now).then_some(at)
+    }
+}
+
 /// What a mesh event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshEventType {
@@ -186,4 +240,58 @@ pub struct MeshEvent {
     /// For a resume: how many parked intents went back on the queue.
     #[serde(default)]
     pub released: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat_at(secs_ago: i64, now: Timestamp) -> MeshAgent {
+        MeshAgent {
+            address: "acme/billing".into(),
+            last_heartbeat_at: Some(now - chrono::Duration::seconds(secs_ago)),
+            ..MeshAgent::default()
+        }
+    }
+
+    #[test]
+    fn observed_health_follows_heartbeats_and_reported_failures() {
+        let now = chrono::Utc::now();
+        let fresh = beat_at(5, now);
+        assert_eq!(fresh.observed_health(now).unwrap().0, Health::Healthy);
+        assert_eq!(
+            fresh.unreachable_at(now),
+            Some(now + chrono::Duration::seconds(UNREACHABLE_AFTER_SECS - 5))
+        );
+
+        let silent = beat_at(UNREACHABLE_AFTER_SECS, now);
+        let (health, reason) = silent.observed_health(now).unwrap();
+        assert_eq!(health, Health::Unreachable);
+        assert_eq!(
+            reason,
+            format!("no heartbeat for {UNREACHABLE_AFTER_SECS} s")
+        );
+        assert_eq!(silent.unreachable_at(now), None, "already there");
+
+        let mut failing = beat_at(1, now);
+        failing.metrics.intents_total = 10;
+        failing.metrics.intents_failed = 6;
+        assert_eq!(failing.observed_health(now).unwrap().0, Health::Degraded);
+        failing.metrics.intents_failed = 5;
+        assert_eq!(
+            failing.observed_health(now).unwrap().0,
+            Health::Healthy,
+            "half failed is not most"
+        );
+
+        let mut killed = beat_at(500, now);
+        killed.killed = true;
+        assert_eq!(killed.observed_health(now), None);
+        assert_eq!(killed.unreachable_at(now), None);
+        assert_eq!(
+            MeshAgent::default().observed_health(now),
+            None,
+            "never beat"
+        );
+    }
 }

@@ -87,6 +87,9 @@ pub struct WorkflowStep {
     /// Attempts after the first one a failure may start (`retry.max_retries`).
     #[serde(default)]
     pub max_retries: u32,
+    /// Seconds between a failed attempt and the next one (`retry.retry_delay_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_seconds: Option<u64>,
     /// The task a human step shows (`human_task`; a title is always there).
     #[serde(default)]
     pub human_task: Option<Value>,
@@ -119,6 +122,10 @@ pub struct WorkflowStep {
     /// When the timer of a built-in step acts.
     #[serde(default)]
     pub timer_at: Option<Timestamp>,
+    /// When the attempt in `attempt` starts: set while a retry waits out its delay (the step
+    /// is active, nothing of it runs yet), cleared by the tick that starts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
     /// What the step ended with: the agent's result, the person's answer, or the error.
     #[serde(default)]
     pub outcome: Option<Value>,
@@ -132,6 +139,7 @@ impl WorkflowStep {
             kind,
             step_deadline_seconds: None,
             max_retries: 0,
+            retry_delay_seconds: None,
             human_task: None,
             remind_after_seconds: None,
             remind_interval_seconds: None,
@@ -145,6 +153,7 @@ impl WorkflowStep {
             finished_at: None,
             deadline_at: None,
             timer_at: None,
+            retry_at: None,
             outcome: None,
         }
     }
@@ -153,6 +162,9 @@ impl WorkflowStep {
     pub fn due_at(&self) -> Option<Timestamp> {
         if self.state != StepState::Active {
             return None;
+        }
+        if self.retry_at.is_some() {
+            return self.retry_at;
         }
         match (self.deadline_at, self.timer_at) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -2237,6 +2237,67 @@ fn a_step_deadline_retries_then_follows_on_failure() {
 }
 
 #[test]
+fn a_retry_delay_holds_the_next_attempt_until_its_time() {
+    let mut state = MemState::default();
+    let mut ship = agent_step("ship", AGENT_B);
+    ship.step_deadline_seconds = Some(10);
+    ship.max_retries = 1;
+    ship.retry_delay_seconds = Some(30);
+    let id = workflow_intent(&mut state, 503, vec![ship]);
+    tick(&mut state, id, "ship", 1, 10).unwrap();
+    let i = &state.intents[&id];
+    assert_eq!(i.status, Status::Waiting, "the retry waits for its time");
+    assert!(i.lease.is_none());
+    let step = &wf(&state, id).steps[0];
+    assert_eq!(
+        (step.state, step.attempt, step.retry_at, step.deadline_at),
+        (StepState::Active, 2, Some(secs(40)), None)
+    );
+    assert!(state
+        .due_of(id)
+        .contains(&(DueKind::WorkflowStep, secs(40))));
+    // Before its time nothing starts or answers the waiting attempt.
+    let before = state.clone();
+    assert!(resume_complete(&mut state, id, json!({"shipped": true})).is_err());
+    assert!(tick(&mut state, id, "ship", 2, 39).is_err());
+    assert!(tick(&mut state, id, "ship", 1, 40).is_err());
+    assert_eq!(state, before);
+    tick(&mut state, id, "ship", 2, 40).unwrap();
+    let i = &state.intents[&id];
+    assert_eq!(i.status, Status::InProgress);
+    let step = &wf(&state, id).steps[0];
+    assert_eq!(
+        (
+            step.attempt,
+            step.retry_at,
+            step.started_at,
+            step.deadline_at
+        ),
+        (2, None, Some(secs(40)), Some(secs(50)))
+    );
+    // The same tick again (a new leader proposing it) is refused.
+    let before = state.clone();
+    assert!(tick(&mut state, id, "ship", 2, 41).is_err());
+    assert_eq!(state, before);
+    resume_complete(&mut state, id, json!({"shipped": true})).unwrap();
+    assert_eq!(state.intents[&id].status, Status::Completed);
+    let walk: Vec<String> = state
+        .event_types(id)
+        .into_iter()
+        .filter(|e| e.starts_with("workflow."))
+        .collect();
+    assert_eq!(
+        walk,
+        [
+            "workflow.step_started",
+            "workflow.step_retried",
+            "workflow.step_started",
+            "workflow.step_succeeded",
+        ]
+    );
+}
+
+#[test]
 fn approve_current_step_advances_a_workflow() {
     let mut state = MemState::default();
     let id = workflow_intent(
@@ -2382,6 +2443,8 @@ fn build_steps(specs: &[StepSpec], graph: bool) -> Vec<WorkflowStep> {
             };
             s.step_deadline_seconds = *deadline;
             s.max_retries = *retries;
+            // Some retries wait before they start (a tick ends the wait).
+            s.retry_delay_seconds = (*retries == 2).then_some(15);
             if graph {
                 // Forward edges only; an edge past the end means "none".
                 s.on_success = ok

@@ -15,6 +15,7 @@
 //! `intentd_lifecycle::apply`; this crate stores what it decides.
 
 mod error;
+mod feed;
 mod fsutil;
 mod hot;
 mod keys;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use error::StorageError;
+pub use feed::{FeedEntry, FeedGone, CAPACITY as FEED_CAPACITY};
 pub use proposal::Proposal;
 pub use reader::{AgentSummary, RecordCounts, StateReader};
 pub use sm::StateMachine;

@@ -22,7 +22,7 @@ pub struct RecordCounts {
 }
 use crate::sm::SmShared;
 use crate::wake::{Waiter, WakeKey};
-use crate::StorageError;
+use crate::{FeedEntry, FeedGone, StorageError};
 
 /// One agent that has a delivery queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +249,45 @@ impl StateReader {
             .unwrap_or(0))
     }
 
+    /// Registers for new events of any intent: what [`StateReader::intent_feed`] reads.
+    pub fn watch_feed(&self) -> Waiter {
+        self.watch(WakeKey::Feed)
+    }
+
+    /// The node's recent intent events of entries after log index `since`, oldest first:
+    /// whole entries, about `limit` events (an entry is never split, so the last index is a
+    /// complete cursor; see `crate::feed`). [`FeedGone`] when this node cannot prove it has
+    /// them all.
+    pub fn intent_feed(&self, since: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedGone> {
+        self.shared.feed().after(since, limit)
+    }
+
+    /// Intents newest first (ids are UUIDv7, so key order is creation order), starting
+    /// below `before` if given. `visit` sees each until it returns `false` or `scan` intents
+    /// were read; answers how many were read, so a caller can tell an exhausted tree
+    /// (fewer than `scan`) from a bounded stop.
+    pub fn intents_newest_first(
+        &self,
+        before: Option<Uuid>,
+        scan: usize,
+        mut visit: impl FnMut(Intent) -> bool,
+    ) -> Result<usize, StorageError> {
+        let tree = self.shared.tree();
+        let end = match before {
+            Some(id) => keys::intent(&id),
+            None => vec![keys::INTENT + 1],
+        };
+        let mut read = 0;
+        for item in tree.range(vec![keys::INTENT]..end).rev() {
+            let (_, v) = item?;
+            read += 1;
+            if !visit(decode(&v)?) || read == scan {
+                break;
+            }
+        }
+        Ok(read)
+    }
+
     /// Registers for changes of intent `id`: its record or new events.
     pub fn watch_intent(&self, id: &Uuid) -> Waiter {
         self.watch(WakeKey::Intent(*id))
@@ -374,6 +413,20 @@ impl StateReader {
             &keys::owner_subscriptions(normalize(owner)),
             keys::subscription,
         )
+    }
+
+    /// Every owner's subscriptions, revoked ones included, in id order.
+    pub fn all_subscriptions(&self) -> Result<Vec<Subscription>, StorageError> {
+        self.values(&[keys::SUBSCRIPTION], usize::MAX)
+    }
+
+    /// Webhook deliveries of every event in delivery-id order (not time order), at most
+    /// `limit`.
+    pub fn webhook_delivery_records(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StorageError> {
+        self.values(&[keys::WEBHOOK_DELIVERY], limit)
     }
 
     pub fn subscription(&self, id: &Uuid) -> Result<Option<Subscription>, StorageError> {

@@ -17,7 +17,7 @@
 //! state and a crash mid-install leaves the old tree live (and the durable snapshot file newer
 //! than it, so the next open redoes the install from that file).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::feed::{Feed, FeedEntry};
 use crate::fsutil::{self, DirLock};
 use crate::hot::Hot;
 use crate::reader::StateReader;
@@ -77,6 +78,8 @@ pub(crate) struct SmShared {
     watch: watch::Sender<u64>,
     /// Wakes the waiters of the keys each applied batch wrote, after it is visible.
     wakes: Arc<Notifier>,
+    /// The newest intent events across all intents, for the admin-wide live view.
+    feed: Feed,
     snap_dir: PathBuf,
     /// Local counter that makes snapshot file names and ids unique.
     snap_seq: AtomicU64,
@@ -179,6 +182,10 @@ impl SmShared {
         &self.wakes
     }
 
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
     /// Announces `last` on the applied-index watch. Called only after the batch (or the
     /// installed tree) is visible to readers, so a waiter that saw the announcement and then
     /// reads finds everything up to it. The per-key wake-ups keep the same order.
@@ -207,6 +214,7 @@ impl SmShared {
         let mut membership = None;
         for entry in entries {
             last = Some(entry.log_id);
+            view.entry_index.set(entry.log_id.index);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Membership(m) => {
@@ -262,6 +270,7 @@ impl SmShared {
         }
         tree.apply_batch(batch)?;
         self.hot.apply(hot_writes.iter().map(|(k, v)| (k, v)));
+        self.feed.record(view.feed.into_inner());
         self.wakes.wake(&view.touched.into_inner());
         self.publish(Some(last));
         Ok(responses)
@@ -444,6 +453,7 @@ impl SmShared {
         self.db.drop_tree(&old.0)?;
         self.db.flush()?;
         self.publish(meta.last_log_id);
+        self.feed.reset(meta.last_log_id.map_or(0, |l| l.index));
         // Any key may have changed, and the install says nothing about which.
         self.wakes.wake_all();
         tracing::info!(snapshot = %meta.snapshot_id, "state machine loaded from snapshot");
@@ -510,6 +520,10 @@ struct BatchView<'a> {
     error: RefCell<Option<StorageError>>,
     /// The keys waiters watch that this batch wrote, woken once it is visible.
     touched: RefCell<HashSet<WakeKey>>,
+    /// The log index of the entry being applied, which the feed records with its events.
+    entry_index: Cell<u64>,
+    /// The events this batch wrote, for the node's feed.
+    feed: RefCell<Vec<FeedEntry>>,
 }
 
 impl<'a> BatchView<'a> {
@@ -520,6 +534,8 @@ impl<'a> BatchView<'a> {
             overlay: RefCell::new(BTreeMap::new()),
             error: RefCell::new(None),
             touched: RefCell::new(HashSet::new()),
+            entry_index: Cell::new(0),
+            feed: RefCell::new(Vec::new()),
         }
     }
 
@@ -711,6 +727,12 @@ impl<'a> BatchView<'a> {
                 }
                 Write::Event(event) => {
                     self.touch(WakeKey::Intent(event.intent_id));
+                    self.touch(WakeKey::Feed);
+                    self.feed.borrow_mut().push(FeedEntry {
+                        index: self.entry_index.get(),
+                        intent_id: event.intent_id,
+                        seq: event.seq,
+                    });
                     // `seq` is assigned once per intent (`Change::record`): every event is new.
                     self.count(keys::EVENT_COUNT, 1)?;
                     self.put(
@@ -1034,6 +1056,8 @@ impl StateMachine {
         };
         let (watch, _) = watch::channel(last.map_or(0, |l| l.index));
         let hot = Hot::load(&tree)?;
+        let feed = Feed::default();
+        feed.reset(last.map_or(0, |l| l.index));
         let shared = SmShared {
             db,
             tree: RwLock::new((name, tree)),
@@ -1044,6 +1068,7 @@ impl StateMachine {
             applied: AtomicU64::new(last.map_or(0, |l| l.index)),
             watch,
             wakes: Arc::default(),
+            feed,
             snap_dir: snap_dir.to_path_buf(),
             snap_seq: AtomicU64::new(snap_seq),
             current: Mutex::new(newest.clone()),

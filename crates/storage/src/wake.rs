@@ -44,6 +44,8 @@ pub(crate) enum WakeKey {
     Intent(Uuid),
     /// The mesh: an agent's mesh record or the mesh event log (what the mesh feed reads).
     Mesh,
+    /// Any intent's event log: what the node's feed of recent events reads.
+    Feed,
 }
 
 type Shard = HashMap<WakeKey, watch::Sender<()>>;

@@ -31,6 +31,12 @@ fn keeps_status(event_type: &str) -> bool {
             | "intent.reminder_sent"
             | "intent.escalated"
             | "intent.step_approved"
+            | "intent.delivery_held"
+            | "intent.delivery_released"
+            | "workflow.step_started"
+            | "workflow.step_succeeded"
+            | "workflow.step_failed"
+            | "workflow.step_retried"
     )
 }
 

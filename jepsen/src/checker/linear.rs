@@ -43,6 +43,8 @@ fn states(log: &[super::Ev]) -> Vec<State> {
     for e in log {
         if e.event_type == "intent.delivered" {
             attempt = e.attempt;
+        } else if e.resets_attempt {
+            attempt = Some(0);
         }
         out.push(State {
             found: true,

@@ -5,7 +5,7 @@
 //!
 //! | f | shape |
 //! | --- | --- |
-//! | `create` | invoke `{key, agent, payload}`; ok `{key, intent_id, status}`; fail/info `{key, error}` |
+//! | `create` | invoke `{key, agent, payload, workflow?}` (`workflow`: the graph a scenario apply sent); ok `{key, intent_id, status}`; fail/info `{key, error}` |
 //! | `read` | invoke `{intent_id}`; ok `{intent_id, found, status, delivery_attempt, key}` |
 //! | `ack` / `resolve` / `resume` | invoke `{intent_id, attempt?, status?}`; ok `{intent_id, status, applied?}` |
 //! | `receive` | ok `{agent, deliveries: [{intent_id, delivery_attempt, status, key}]}` |
@@ -29,6 +29,7 @@ mod linear;
 mod replicas;
 #[cfg(test)]
 mod tests;
+mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -234,6 +235,10 @@ pub(crate) struct Ev {
     pub status: String,
     pub at: Value,
     pub attempt: Option<u64>,
+    /// A later workflow agent step started: the intent is back on its agent's queue with
+    /// `delivery_attempt` 0 (the lifecycle table has no way back to DELIVERED, see the
+    /// workflow section of the README).
+    pub resets_attempt: bool,
 }
 
 impl Ev {
@@ -248,6 +253,10 @@ impl Ev {
                 .and_then(|d| d.get("delivery_attempt"))
                 .and_then(Value::as_u64)
                 .or_else(|| v.get("delivery_attempt").and_then(Value::as_u64)),
+            resets_attempt: v.get("event_type").and_then(Value::as_str)
+                == Some("workflow.step_started")
+                && v.pointer("/details/step_kind").and_then(Value::as_str) == Some("agent")
+                && v.get("status").and_then(Value::as_str) != Some("SUBMITTED"),
         })
     }
     /// Same event (the delivery attempt is not compared: streams may omit it).
@@ -458,6 +467,7 @@ pub fn check(ops: &[Op], cfg: &CheckerConfig) -> CheckReport {
     properties.extend(delivery::check(&a, cfg));
     properties.push(linear::check(&a, cfg));
     properties.push(replicas::check(&a, cfg));
+    properties.push(workflows::check(&a, cfg));
     let (kept, leadership) = leadership::check(ops, cfg);
     properties.push(kept);
     let valid = properties.iter().all(|p| p.ok);

@@ -9,6 +9,7 @@ use crate::history::{Op, OpKind};
 
 const ID: &str = "00000000-0000-4000-8000-000000000001";
 const ID2: &str = "00000000-0000-4000-8000-000000000002";
+const WF: &str = "00000000-0000-4000-8000-000000000003";
 const AGENT: &str = "jepsen/t/a1";
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -68,6 +69,23 @@ impl H {
             p,
             "create",
             json!({"key": key, "intent_id": id, "status": "SUBMITTED"}),
+        )
+    }
+    /// A scenario apply whose workflow runs `work`, then `note` (its only edges).
+    fn workflow_ok(&mut self, p: &str, key: &str, id: &str) -> &mut Self {
+        let graph = json!({"first": "work", "edges": {
+            "work": {"on_success": "note", "on_failure": "note"},
+            "note": {"on_success": null, "on_failure": null},
+        }});
+        self.invoke(
+            p,
+            "create",
+            json!({"key": key, "agent": AGENT, "payload": payload(key), "workflow": graph}),
+        )
+        .ok(
+            p,
+            "create",
+            json!({"key": key, "intent_id": id, "workflow": true}),
         )
     }
     fn read(&mut self, p: &str, id: &str, status: &str, attempt: u64) -> &mut Self {
@@ -175,8 +193,41 @@ fn full_log() -> Vec<Value> {
     ]
 }
 
+fn step_ev(seq: u64, kind: &str, step: &str, attempt: u64, status: &str) -> Value {
+    json!({"seq": seq, "event_type": format!("workflow.step_{kind}"), "status": status,
+           "at": format!("2025-01-01T00:00:{seq:02}Z"),
+           "details": {"step_id": step, "attempt": attempt,
+                       "step_kind": if step == "work" { "agent" } else { "notification" }}})
+}
+
+/// A workflow intent: its agent step delivered and retried once, then failed into `note`.
+fn workflow_log() -> Vec<Value> {
+    vec![
+        ev(1, "intent.created", "CREATED"),
+        ev(2, "intent.submitted", "SUBMITTED"),
+        step_ev(3, "started", "work", 1, "SUBMITTED"),
+        delivered_ev(4, 1),
+        step_ev(5, "retried", "work", 1, "DELIVERED"),
+        ev(6, "intent.in_progress", "IN_PROGRESS"),
+        step_ev(7, "started", "work", 2, "IN_PROGRESS"),
+        step_ev(8, "failed", "work", 2, "IN_PROGRESS"),
+        step_ev(9, "started", "note", 1, "IN_PROGRESS"),
+        step_ev(10, "succeeded", "note", 1, "IN_PROGRESS"),
+        ev(11, "intent.completed", "COMPLETED"),
+    ]
+}
+
 /// A clean run of one intent through the whole lifecycle.
 fn clean() -> H {
+    clean_with(false)
+}
+
+/// [`clean`], and a workflow that runs whole beside it.
+fn clean_with_workflow() -> H {
+    clean_with(true)
+}
+
+fn clean_with(workflow: bool) -> H {
     let mut h = H::default();
     let log = full_log();
     h.binding()
@@ -202,11 +253,41 @@ fn clean() -> H {
             "resolve",
             json!({"intent_id": ID, "status": "COMPLETED"}),
         )
-        .read("reader-0", ID, "COMPLETED", 1)
-        .heal()
+        .read("reader-0", ID, "COMPLETED", 1);
+    if workflow {
+        // The retried agent step put the intent back on the queue at attempt 0.
+        h.workflow_ok("workflow-0", "w1", WF)
+            .deliver(WF, "w1", 1, 2, "c1", 1)
+            .read("reader-0", WF, "IN_PROGRESS", 0);
+    }
+    h.heal()
         .ok("drain", "drain-end", json!({"open": 0}))
         .final_reads(ID, "k1", "COMPLETED", 1, &log);
+    if workflow {
+        h.final_reads(WF, "w1", "COMPLETED", 1, &workflow_log());
+    }
     h
+}
+
+#[test]
+fn a_repeated_or_stray_workflow_tick() {
+    // The delay's timer proposed by two leaders: the step started twice for attempt 2.
+    let mut log = workflow_log();
+    log.insert(8, step_ev(8, "started", "work", 2, "IN_PROGRESS"));
+    for (i, e) in log.iter_mut().enumerate() {
+        e["seq"] = json!(i + 1);
+    }
+    let mut h = clean_with_workflow();
+    h.final_reads(WF, "w1", "COMPLETED", 1, &log);
+    assert_only(&h.check(), &["workflow-steps-once"]);
+
+    // A step the graph has no edge to.
+    let mut log = workflow_log();
+    log[8] = step_ev(9, "started", "elsewhere", 1, "IN_PROGRESS");
+    log[9] = step_ev(10, "succeeded", "elsewhere", 1, "IN_PROGRESS");
+    let mut h = clean_with_workflow();
+    h.final_reads(WF, "w1", "COMPLETED", 1, &log);
+    assert_only(&h.check(), &["workflow-steps-once"]);
 }
 
 fn assert_only(report: &CheckReport, names: &[&str]) {
@@ -238,7 +319,10 @@ fn assert_flags(report: &CheckReport, name: &str) {
 
 #[test]
 fn clean_history_passes() {
-    assert!(clean().check().valid);
+    for h in [clean(), clean_with_workflow()] {
+        let r = h.check();
+        assert!(r.valid, "{}", r.summary());
+    }
     // Under a fault that leaves the leader alone, with the monitor's samples, every property
     // has something to check.
     let r = clean_under(&["follower-restart"], steady()).check();
@@ -731,7 +815,7 @@ fn numbered(mut ops: Vec<Op>) -> Vec<Op> {
 /// `extra` right after the first start.
 fn clean_under(names: &[&str], extra: Vec<Op>) -> H {
     let mut ops = Vec::new();
-    for op in clean().ops {
+    for op in clean_with_workflow().ops {
         match op.f.as_str() {
             "start-partition" => {
                 for n in names {

@@ -12,6 +12,7 @@
 //!   followers that drop and resume from their last seq;
 //! * [`receiver`]: the HTTP-push receiver (down, slow or 5xx at times);
 //! * [`chaos`]: racing resolve/cancel, and linearizable status reads;
+//! * [`workflows`]: scenario bundles whose workflow the cluster runs step by step;
 //! * [`finals`]: drain and the final per-node reads.
 
 pub mod chaos;
@@ -20,6 +21,7 @@ pub mod consumers;
 pub mod create;
 pub mod finals;
 pub mod receiver;
+pub mod workflows;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -331,6 +333,7 @@ pub async fn run(ctx: WorkloadCtx) -> anyhow::Result<usize> {
         load.push(tokio::spawn(chaos::reader(sh.clone())));
     }
     load.push(tokio::spawn(chaos::racer(sh.clone())));
+    load.push(tokio::spawn(workflows::applier(sh.clone())));
     for _ in 0..2 {
         consumers.push(tokio::spawn(consumers::agent_stream(sh.clone())));
     }

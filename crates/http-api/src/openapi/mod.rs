@@ -337,7 +337,11 @@ mod tests {
     /// the document by the Python suite and the schemathesis run instead.
     #[test]
     fn every_route_is_documented_and_every_operation_routed() {
-        let routed = routed();
+        // The console's page and its script and style sheet are a web page, not the JSON API.
+        let routed: BTreeSet<_> = routed()
+            .into_iter()
+            .filter(|(_, path)| path != "/ui" && !path.starts_with("/ui/"))
+            .collect();
         let documented = documented();
         assert!(
             routed.len() > 40,

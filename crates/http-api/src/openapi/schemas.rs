@@ -847,3 +847,42 @@ pub struct MeshEventsAnswer {
     pub events: Vec<MeshEventView>,
     pub next_since: u64,
 }
+
+// -------------------------------------------------------------------------------------------
+// Operators' views (the console)
+
+/// `GET /v1/admin/intents`: intents newest first, with the log index to follow the feed from.
+#[derive(ToSchema)]
+pub struct AdminIntentsAnswer {
+    pub ok: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub intents: Vec<Value>,
+    pub cursor: u64,
+    /// Where the next page starts, when there is one.
+    pub next_before: Option<String>,
+}
+
+/// `GET /v1/admin/intents/{intent_id}`: an intent with what its timeline needs.
+#[derive(ToSchema)]
+pub struct AdminIntentAnswer {
+    pub ok: bool,
+    #[schema(value_type = Object)]
+    pub summary: Value,
+    pub intent: IntentView,
+    pub events: Vec<EventView>,
+    pub events_from_seq: u64,
+    #[schema(value_type = Option<Object>)]
+    pub dead_letter: Option<Value>,
+}
+
+/// `GET /v1/admin/webhooks`: every subscription's delivery counts and the latest attempts.
+#[derive(ToSchema)]
+pub struct AdminWebhooksAnswer {
+    pub ok: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub subscriptions: Vec<Value>,
+    #[schema(value_type = Vec<Object>)]
+    pub recent_attempts: Vec<Value>,
+    /// Whether more delivery records exist than one overview reads.
+    pub truncated: bool,
+}

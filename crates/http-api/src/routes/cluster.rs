@@ -27,7 +27,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/cluster/members/{id}", delete(remove))
 }
 
-fn membership_view(m: &MembershipView) -> Value {
+pub(crate) fn membership_view(m: &MembershipView) -> Value {
     let nodes: serde_json::Map<String, Value> = m
         .nodes
         .iter()

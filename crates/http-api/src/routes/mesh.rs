@@ -270,9 +270,7 @@ fn health_of(
     if !alive {
         return (Health::Unreachable, last_seen);
     }
-    let m = &agent.metrics;
-    let failing = m.intents_total > 0 && m.intents_failed.saturating_mul(2) > m.intents_total;
-    if agent.health == Some(Health::Degraded) || failing {
+    if agent.health == Some(Health::Degraded) || agent.metrics.failing() {
         (Health::Degraded, last_seen)
     } else {
         (Health::Healthy, last_seen)

@@ -87,6 +87,17 @@ pub(crate) async fn count_requests(
     response
 }
 
+/// The whole Prometheus text of this node: the delivery metrics, then the HTTP counts.
+/// The console's status stream sends the same text.
+pub(crate) fn render(state: &AppState) -> String {
+    let mut body = state.metrics.render();
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    state.http_counts.render(&mut body);
+    body
+}
+
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -95,12 +106,7 @@ pub(crate) async fn count_requests(
     security(())
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut body = state.metrics.render();
-    if !body.is_empty() && !body.ends_with('\n') {
-        body.push('\n');
-    }
-    state.http_counts.render(&mut body);
-    let mut response = body.into_response();
+    let mut response = render(&state).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

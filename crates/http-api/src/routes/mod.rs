@@ -1,10 +1,13 @@
 //! The API's resources, one module each, merged into one router here; plus the few steps
 //! every intent route shares (loading an intent, proposing a change, idempotency claims).
 
+mod admin_intents;
+mod admin_webhooks;
 pub(crate) mod agents;
 mod approvals;
 mod capabilities;
 mod cluster;
+mod console;
 mod deliveries;
 mod events;
 mod health;
@@ -42,6 +45,9 @@ pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
         .merge(keys::router())
         .merge(cluster::router())
         .merge(mesh::router(config))
+        .merge(admin_intents::router())
+        .merge(admin_webhooks::router())
+        .merge(console::router())
         .merge(crate::openapi::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -67,6 +73,9 @@ pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
         keys::Doc::openapi(),
         cluster::Doc::openapi(),
         mesh::Doc::openapi(),
+        admin_intents::Doc::openapi(),
+        admin_webhooks::Doc::openapi(),
+        console::Doc::openapi(),
     ] {
         doc.merge(part);
     }

@@ -205,6 +205,7 @@ struct StepSpec {
     human_task: Option<Map<String, Value>>,
     step_deadline_seconds: Option<u64>,
     max_retries: u32,
+    retry_delay_seconds: Option<u64>,
     remind_after_seconds: Option<u64>,
     remind_interval_seconds: Option<u64>,
     max_reminders: Option<u64>,
@@ -266,6 +267,7 @@ fn parse_step(value: &Value, at: String, warnings: &mut Vec<String>) -> Result<S
         Ok(v.map(str::to_string))
     };
     let mut max_retries = 0;
+    let mut retry_delay_seconds = None;
     if let Some(retry) = s.object("retry")? {
         let retry = Value::Object(retry.clone());
         let r = Body::strict(&retry)?;
@@ -278,11 +280,7 @@ fn parse_step(value: &Value, at: String, warnings: &mut Vec<String>) -> Result<S
         max_retries = u32::try_from(r.uint("max_retries", 0)?.unwrap_or(0)).map_err(|_| {
             ApiError::SchemaInvalid("workflow.steps[].retry.max_retries is too large".into())
         })?;
-        if r.uint("retry_delay_seconds", 1)?.is_some() {
-            warnings.push(format!(
-                "{at}.retry.retry_delay_seconds is not honoured: a retry starts at once"
-            ));
-        }
+        retry_delay_seconds = r.uint("retry_delay_seconds", 1)?;
     }
     let tool_id = s.str("tool_id")?;
     if let Some(t) = tool_id {
@@ -306,6 +304,7 @@ fn parse_step(value: &Value, at: String, warnings: &mut Vec<String>) -> Result<S
         human_task,
         step_deadline_seconds: s.uint("step_deadline_seconds", 1)?,
         max_retries,
+        retry_delay_seconds,
         remind_after_seconds: s.uint("remind_after_seconds", 1)?,
         remind_interval_seconds: s.uint("remind_interval_seconds", 1)?,
         max_reminders: s.uint("max_reminders", 1)?,
@@ -490,6 +489,7 @@ fn build_workflow(
         }
         step.step_deadline_seconds = spec.step_deadline_seconds;
         step.max_retries = spec.max_retries;
+        step.retry_delay_seconds = spec.retry_delay_seconds;
         step.on_success = spec.on_success;
         step.on_failure = spec.on_failure;
         steps.push(step);

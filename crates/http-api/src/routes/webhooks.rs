@@ -210,7 +210,7 @@ fn secret_hint(secret: &str) -> Option<String> {
 }
 
 /// A subscription as the schemas show it (`additionalProperties: false`): never the secret.
-fn subscription_view(s: &Subscription) -> Value {
+pub(crate) fn subscription_view(s: &Subscription) -> Value {
     json!({
         "subscription_id": s.id,
         "owner_agent": format!("agent://{}", s.owner),

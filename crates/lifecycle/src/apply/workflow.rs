@@ -20,6 +20,8 @@ use crate::workflow::{StepKind, StepState, Workflow};
 /// Where a step's end leads.
 enum Next {
     Step(String, u32),
+    /// A retry that starts at the given time (its `retry_delay_seconds` after the failure).
+    Later(String, u32, Timestamp),
     Complete(Value),
     Fail(Value),
 }
@@ -82,6 +84,7 @@ fn go(change: &mut Change, state: &impl StateView, mut next: Next) -> Result<(),
                 None => return Ok(()),
                 Some(outcome) => next = succeed(change, outcome)?,
             },
+            Next::Later(id, attempt, at) => return wait_to_retry(change, &id, attempt, at),
         }
     }
     Err(Rejection::Invalid(
@@ -254,6 +257,7 @@ fn succeed(change: &mut Change, outcome: Value) -> Result<Next, Rejection> {
         .ok_or_else(|| Rejection::Invalid(format!("the workflow has no step {id:?}")))?;
     step.state = StepState::Succeeded;
     step.finished_at = Some(at);
+    step.retry_at = None;
     step.outcome = Some(outcome.clone());
     let next = step.on_success.clone();
     let details = obj(json!({
@@ -278,12 +282,20 @@ fn failed(change: &mut Change, error: Value) -> Result<Next, Rejection> {
         .step_mut(&id)
         .ok_or_else(|| Rejection::Invalid(format!("the workflow has no step {id:?}")))?;
     if attempt <= step.max_retries {
-        let details = obj(json!({ "step_id": id, "attempt": attempt, "error": error }));
+        let retry_at = step.retry_delay_seconds.and_then(|s| after(at, s));
+        let mut details = obj(json!({ "step_id": id, "attempt": attempt, "error": error }));
+        if let Some(r) = retry_at {
+            details.insert("retry_at".into(), json!(r));
+        }
         change.record(EventType::WorkflowStepRetried, "system", details);
-        return Ok(Next::Step(id, attempt + 1));
+        return Ok(match retry_at {
+            Some(r) => Next::Later(id, attempt + 1, r),
+            None => Next::Step(id, attempt + 1),
+        });
     }
     step.state = StepState::Failed;
     step.finished_at = Some(at);
+    step.retry_at = None;
     step.outcome = Some(error.clone());
     let next = step.on_failure.clone();
     let details = obj(json!({
@@ -297,6 +309,32 @@ fn failed(change: &mut Change, error: Value) -> Result<Next, Rejection> {
         Some(next) => Next::Step(next, 1),
         None => Next::Fail(error),
     })
+}
+
+/// A retry with a delay: `attempt` of step `id` is the active one but nothing of it runs
+/// until `at`, when the engine's tick starts it. Meanwhile the intent waits for time and holds
+/// no lease, so no consumer is offered the step before its retry starts.
+fn wait_to_retry(
+    change: &mut Change,
+    id: &str,
+    attempt: u32,
+    at: Timestamp,
+) -> Result<(), Rejection> {
+    let wf = workflow(change)?;
+    let step = wf
+        .step_mut(id)
+        .ok_or_else(|| Rejection::Invalid(format!("the workflow has no step {id:?}")))?;
+    step.state = StepState::Active;
+    step.attempt = attempt;
+    step.started_at = None;
+    step.finished_at = None;
+    step.outcome = None;
+    step.deadline_at = None;
+    step.timer_at = None;
+    step.retry_at = Some(at);
+    wf.current = Some(id.to_string());
+    change.intent.lease = None;
+    wait_for(change, WaitingReason::WaitingForTime)
 }
 
 /// The active step succeeded (an agent's result, a person's approval, an owner's
@@ -354,6 +392,12 @@ fn close_task(change: &mut Change, state: &impl StateView) {
 /// its time, an `approve_current_step` or a cancel.
 fn answerable(change: &Change) -> Result<(), Rejection> {
     match change.intent.workflow.as_ref().and_then(Workflow::active) {
+        Some(s) if s.retry_at.is_some() => Err(Rejection::Invalid(format!(
+            "workflow step {:?} waits to start attempt {} at {}: nothing answers it before",
+            s.step_id,
+            s.attempt,
+            s.retry_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ))),
         Some(s) if matches!(s.kind, StepKind::Agent { .. } | StepKind::Human { .. }) => Ok(()),
         Some(s) => Err(Rejection::Invalid(format!(
             "workflow step {:?} is a {} step: it ends by its time, an approve_current_step or \
@@ -423,6 +467,17 @@ pub(super) fn tick(
         .and_then(|w| w.step(step_id))
         .cloned()
         .ok_or_else(|| Rejection::Invalid(format!("the workflow has no step {step_id:?}")))?;
+    if let Some(retry_at) = step.retry_at {
+        if retry_at > at {
+            return Err(Rejection::Invalid(format!(
+                "the retry of workflow step {step_id:?} is not due yet"
+            )));
+        }
+        if let Some(s) = workflow(change)?.step_mut(step_id) {
+            s.retry_at = None;
+        }
+        return go(change, state, Next::Step(step_id.to_string(), attempt));
+    }
     if step.deadline_at.is_some_and(|d| d <= at) {
         let seconds = step.step_deadline_seconds.unwrap_or(0);
         let error = json!({
@@ -478,6 +533,7 @@ pub(super) fn close(intent: &mut Intent, at: Timestamp) {
         if let Some(step) = wf.step_mut(&id).filter(|s| s.state == StepState::Active) {
             step.state = StepState::Skipped;
             step.finished_at = Some(at);
+            step.retry_at = None;
         }
     }
 }
