@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Builds the intentd container image FROM scratch out of a statically linked release binary.
+# Builds the intentd container image FROM scratch out of a statically linked release binary,
+# and the compose deployment's certificates with `intentd certs init` when they are missing.
 #
 #   deploy/build-image.sh [IMAGE]        (default: $INTENTD_IMAGE or intentd:local)
 #
 # Environment: CARGO_TARGET_DIR (default: <repo>/target), SKIP_CARGO=1 to reuse the binary
-# already built, KEEP_DEBUG=1 to keep debug info in the image's binary.
-# The image holds only /intentd and an empty /data owned by uid 10001.
+# already built, KEEP_DEBUG=1 to keep debug info in the image's binary, INTENTD_CERTS
+# (default: deploy/certs) and INTENTD_NET_PREFIX (172.29.71) for the certificates.
+# The image holds only /intentd and an empty /data owned by uid 10001; certificates are never
+# put in the image (compose.yaml mounts them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -65,3 +68,30 @@ DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --quiet \
     --label "org.opencontainers.image.revision=$revision" \
     -t "$image" "$ctx" >/dev/null
 log "built $image: $(docker image inspect -f '{{.Id}} {{.Size}} bytes' "$image")"
+
+# The deployment's certificates (compose.yaml: HTTPS, gRPC TLS, mutual TLS on the Raft plane).
+# Made once: an existing CA is kept, so clients that trust deploy/certs/ca.pem keep working
+# across image rebuilds. Each node's certificate names its bridge address (the Raft address
+# its peers dial), localhost and 127.0.0.1 (the published port).
+certs=${INTENTD_CERTS:-$here/certs}
+prefix=${INTENTD_NET_PREFIX:-172.29.71}
+if [[ ! -f $certs/ca.pem ]]; then
+    log "intentd certs init --dir $certs (nodes at $prefix.11-13)"
+    nodes=()
+    for n in 1 2 3; do nodes+=(--node "$n=node$n,$prefix.1$n,localhost,127.0.0.1"); done
+    "$bin" certs init --dir "$certs" "${nodes[@]}" >/dev/null
+else
+    log "keeping the certificates in $certs"
+fi
+# The nodes run as uid 10001 and must read their key (mode 0600): hand the mounted files to
+# that uid. ca.key is not mounted and stays the caller's.
+chmod 0644 "$certs"/ca.pem "$certs"/node[123].pem
+if [[ $(stat -c %u "$certs/node1.key") != 10001 ]]; then
+    if [[ $(id -u) == 0 ]]; then
+        chown 10001:10001 "$certs"/node[123].key
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        sudo chown 10001:10001 "$certs"/node[123].key
+    else
+        die "the nodes (uid 10001) cannot read $certs/node*.key: run 'sudo chown 10001:10001 $certs/node*.key'"
+    fi
+fi

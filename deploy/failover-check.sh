@@ -19,10 +19,12 @@
 # Environment: INTENTS (200), STOP_MODE (kill), INTENTD_IMAGE (intentd:local), REBUILD (0),
 # FAILOVER_PROJECT (intentd-failover), INTENTD_NET_PREFIX (172.29.71),
 # INTENTD_HTTP_PORT_1..3 (18081..18083), INTENTD_NOFILE (16384).
-# Only 127.0.0.1 (the published HTTP ports) is contacted.
+# Only 127.0.0.1 (the published HTTPS ports) is contacted, trusting the deployment's CA
+# (INTENTD_CERTS, default deploy/certs, made by build-image.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export INTENTD_CERTS=${INTENTD_CERTS:-$here/certs}
 intents=${INTENTS:-200}
 stop_mode=${STOP_MODE:-kill}
 project=${FAILOVER_PROJECT:-intentd-failover}
@@ -69,7 +71,9 @@ log() { printf '[%7.1fs] %s\n' "$(( $(now_ms) - t0 ))e-3" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 
 port() { local v=INTENTD_HTTP_PORT_$1; echo "${!v}"; }
-url() { echo "http://127.0.0.1:$(port "$1")$2"; }
+url() { echo "https://127.0.0.1:$(port "$1")$2"; }
+# Every request trusts the cluster CA (the nodes serve HTTPS with certificates it signed).
+curl() { command curl --cacert "$INTENTD_CERTS/ca.pem" "$@"; }
 cid() { compose ps -q "node$1" 2>/dev/null; }
 
 teardown() {
@@ -126,7 +130,8 @@ wait_common_leader() {
 
 # ---------------------------------------------------------------------------------------
 # 1. image and cluster
-if [[ ${REBUILD:-0} == 1 ]] || ! docker image inspect "$INTENTD_IMAGE" >/dev/null 2>&1; then
+if [[ ${REBUILD:-0} == 1 ]] || ! docker image inspect "$INTENTD_IMAGE" >/dev/null 2>&1 \
+    || [[ ! -f $INTENTD_CERTS/ca.pem ]]; then
     log "building $INTENTD_IMAGE"
     "$here/build-image.sh" "$INTENTD_IMAGE"
 fi

@@ -63,6 +63,8 @@ fi
 export INTENTD_BIN="${INTENTD_BIN:-$ROOT/target/debug/intentd}"
 # Where tests leave what a person may want to look at (the console's screenshots).
 export INTENTD_TEST_OUTPUT="${INTENTD_TEST_OUTPUT:-$ROOT/target/test-output}"
+# Includes test_openapi.py: schemathesis drives every operation of the served /openapi.json
+# against a one-node server for INTENTD_FUZZ_SECONDS (90 s by default).
 step "sdk tests" .venv/bin/python -m pytest tests/python -c tests/python/pytest.ini \
     --rootdir tests/python -q || true
 

@@ -28,9 +28,10 @@ import pytest
 from axme import AxmeClient, AxmeClientConfig
 
 REPO = Path(__file__).resolve().parents[2]
-VENDORED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
-# CI lays shared/ beside the clone; a developer's machine may not have it.
-SHARED_SCHEMAS = REPO.parent / "shared" / "reference" / "axme-api" / "schemas" / "public_api"
+# CI lays shared/ beside the clone; a developer's machine may not have it. The reference is
+# read there, never copied into the repository.
+SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "axme-api"
+SHARED_SCHEMAS = SHARED_REFERENCE / "schemas" / "public_api"
 
 READY_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 20.0
@@ -197,26 +198,78 @@ def client(server: Server) -> Iterator[AxmeClient]:
         yield c
 
 
-def schema_path(name: str) -> Path:
-    """The reference schema from shared/ when present, else the vendored copy."""
-    shared = SHARED_SCHEMAS / name
-    return shared if shared.is_file() else VENDORED_SCHEMAS / name
+# Where each reference schema's counterpart is in intentd's own OpenAPI document:
+# (method, path, "request" or the answer's status).
+SCHEMA_OPERATIONS: dict[str, tuple[str, str, str]] = {
+    "api.capabilities.get.response.v1.json": ("get", "/v1/capabilities", "200"),
+    "api.inbox.list.response.v1.json": ("get", "/v1/inbox", "200"),
+    "api.inbox.thread.response.v1.json": ("get", "/v1/inbox/{thread_id}", "200"),
+    "api.intents.create.request.v1.json": ("post", "/v1/intents", "request"),
+    "api.intents.create.response.v1.json": ("post", "/v1/intents", "200"),
+    "api.intents.events.list.response.v1.json": ("get", "/v1/intents/{intent_id}/events", "200"),
+    "api.intents.get.response.v1.json": ("get", "/v1/intents/{intent_id}", "200"),
+    "api.intents.resolve.request.v1.json": ("post", "/v1/intents/{intent_id}/resolve", "request"),
+    "api.intents.resolve.response.v1.json": ("post", "/v1/intents/{intent_id}/resolve", "200"),
+    "api.webhooks.events.replay.response.v1.json": ("post", "/v1/webhooks/events/{event_id}/replay", "200"),
+    "api.webhooks.events.response.v1.json": ("post", "/v1/webhooks/events", "200"),
+    "api.webhooks.subscriptions.delete.response.v1.json": (
+        "delete", "/v1/webhooks/subscriptions/{subscription_id}", "200"),
+    "api.webhooks.subscriptions.list.response.v1.json": ("get", "/v1/webhooks/subscriptions", "200"),
+    "api.webhooks.subscriptions.response.v1.json": ("post", "/v1/webhooks/subscriptions", "200"),
+}
+
+_served_document: dict[str, Any] = {}
 
 
-def load_schema(name: str) -> dict[str, Any]:
-    return json.loads(schema_path(name).read_text())
+def served_document() -> dict[str, Any]:
+    """intentd's `GET /openapi.json`, fetched once per session from a server of its own (the
+    document depends only on the binary)."""
+    if not _served_document:
+        with tempfile.TemporaryDirectory(prefix="intentd-openapi-") as tmp:
+            with run_intentd(Path(tmp)) as srv:
+                resp = httpx.get(f"{srv.base_url}/openapi.json", timeout=15)
+                assert resp.status_code == 200, resp.text
+                _served_document.update(resp.json())
+    return _served_document
 
 
-def validate(instance: Any, schema_name: str) -> None:
+def document_schema(method: str, path: str, which: str) -> dict[str, Any]:
+    """The schema of an operation's request body (`which="request"`) or of its answer with
+    that status, from the served document, with the document's components beside it so its
+    `$ref`s resolve."""
+    doc = served_document()
+    op = doc["paths"][path][method]
+    if which == "request":
+        media = op["requestBody"]["content"]["application/json"]
+    else:
+        media = op["responses"][which]["content"]["application/json"]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc.get("components", {}),
+        **media["schema"],
+    }
+
+
+def check_schema(instance: Any, schema: dict[str, Any], what: str) -> None:
     """Validates with formats (uuid, date-time) checked, not just annotated."""
-    schema = load_schema(schema_name)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         details = "\n".join(f"  at /{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
-        pytest.fail(f"response does not match {schema_name}:\n{details}\ninstance: {json.dumps(instance)[:2000]}")
+        pytest.fail(f"does not match {what}:\n{details}\ninstance: {json.dumps(instance)[:2000]}")
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Checks a request or an answer against intentd's served OpenAPI document (the operation
+    the reference schema `schema_name` describes) and, when shared/ is on this machine,
+    against that reference schema itself."""
+    method, path, which = SCHEMA_OPERATIONS[schema_name]
+    check_schema(instance, document_schema(method, path, which), f"{method.upper()} {path} {which} in /openapi.json")
+    reference = SHARED_SCHEMAS / schema_name
+    if reference.is_file():
+        check_schema(instance, json.loads(reference.read_text()), f"the reference {schema_name}")
 
 
 def payment_intent(to_agent: str = PAYMENTS, amount_cents: int = 1250) -> dict[str, Any]:

@@ -18,6 +18,7 @@ mod conn;
 mod context;
 mod error;
 mod extract;
+pub mod openapi;
 mod routes;
 mod sse;
 mod validate;

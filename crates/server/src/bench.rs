@@ -44,6 +44,9 @@ pub struct BenchCmd {
         value_delimiter = ','
     )]
     servers: Vec<String>,
+    /// PEM certificates to trust for `https://` servers (the cluster CA of `certs init`).
+    #[arg(long, env = "INTENTD_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[arg(long, env = "INTENTD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     #[arg(long, value_enum, default_value_t = Workload::Create)]
@@ -82,6 +85,8 @@ const LISTEN_DRAIN: Duration = Duration::from_secs(5);
 
 struct Ctx {
     client: reqwest::Client,
+    /// Trusted besides the public roots by every client the bench makes.
+    ca_file: Option<std::path::PathBuf>,
     key: String,
     filler: String,
     /// Where the create workload sends: its own address per worker, or the listened one.
@@ -153,9 +158,11 @@ impl BenchCmd {
         let first = self.servers[0].trim_end_matches('/').to_string();
         let listen_address = format!("bench/listen/{}", uuid::Uuid::new_v4().simple());
         let ctx = Arc::new(Ctx {
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(self.concurrency * 2)
-                .build()?,
+            client: crate::client::http_client(
+                self.ca_file.as_deref(),
+                reqwest::Client::builder().pool_max_idle_per_host(self.concurrency * 2),
+            )?,
+            ca_file: self.ca_file.clone(),
             key,
             filler: "x".repeat(self.payload_bytes),
             target: self.listen.then(|| format!("agent://{listen_address}")),
@@ -317,10 +324,12 @@ impl IdleStreams {
         let started = Instant::now();
         let clients = (0..n.div_ceil(STREAMS_PER_CLIENT))
             .map(|_| {
-                reqwest::Client::builder()
-                    .http1_only()
-                    .pool_max_idle_per_host(0)
-                    .build()
+                crate::client::http_client(
+                    ctx.ca_file.as_deref(),
+                    reqwest::Client::builder()
+                        .http1_only()
+                        .pool_max_idle_per_host(0),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let open = Arc::new(AtomicI64::new(0));

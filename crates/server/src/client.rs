@@ -12,14 +12,55 @@ use crate::sse::FrameReader;
 #[derive(Debug, clap::Args)]
 pub struct Conn {
     /// Base URL of any node's HTTP API.
-    #[arg(long, env = "INTENTD_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "INTENTD_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
     /// API key; defaults to the key in ./data/admin.key when that file exists.
-    #[arg(long, env = "INTENTD_API_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "INTENTD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// PEM certificates to trust for an `https://` server besides the bundled public roots:
+    /// the cluster CA of `intentd certs init` (`certs/ca.pem`) for a private deployment.
+    #[arg(long, global = true, env = "INTENTD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// The HTTP client, built once from `ca_file` on first use.
+    #[arg(skip)]
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// A client that trusts the certificates of `ca_file` besides the bundled public roots.
+pub(crate) fn http_client(
+    ca_file: Option<&std::path::Path>,
+    builder: reqwest::ClientBuilder,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = builder;
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM bundle", path.display()))?;
+        if certs.is_empty() {
+            bail!("{} holds no PEM certificate", path.display());
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().context("building the HTTP client")
 }
 
 impl Conn {
+    /// The client every call of this command shares (one connection pool, one TLS setup).
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        if let Some(client) = self.http.get() {
+            return Ok(client.clone());
+        }
+        let client = http_client(self.ca_file.as_deref(), reqwest::Client::builder())?;
+        Ok(self.http.get_or_init(|| client).clone())
+    }
+
     fn key(&self) -> anyhow::Result<String> {
         if let Some(k) = &self.api_key {
             return Ok(k.clone());
@@ -50,21 +91,19 @@ impl Conn {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(reqwest::Client::new().get(self.url(path))).await
+        self.send(self.http()?.get(self.url(path))).await
     }
 
     async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(reqwest::Client::new().put(self.url(path)).json(body))
-            .await
+        self.send(self.http()?.put(self.url(path)).json(body)).await
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(reqwest::Client::new().delete(self.url(path)))
-            .await
+        self.send(self.http()?.delete(self.url(path))).await
     }
 
     async fn post(&self, path: &str, body: &Value, idem: Option<&str>) -> anyhow::Result<Value> {
-        let mut req = reqwest::Client::new().post(self.url(path)).json(body);
+        let mut req = self.http()?.post(self.url(path)).json(body);
         if let Some(k) = idem {
             req = req.header("Idempotency-Key", k);
         }
@@ -78,7 +117,8 @@ impl Conn {
         path: &str,
         mut on_event: impl FnMut(&str, Option<u64>, Value) -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
-        let resp = reqwest::Client::new()
+        let resp = self
+            .http()?
             .get(self.url(path))
             .header("x-api-key", self.key()?)
             .header("accept", "text/event-stream")
@@ -760,8 +800,9 @@ impl ClusterCmd {
                 .await?
             }
             ClusterAction::Remove { node_id } => {
-                let req =
-                    reqwest::Client::new().delete(c.url(&format!("/v1/cluster/members/{node_id}")));
+                let req = c
+                    .http()?
+                    .delete(c.url(&format!("/v1/cluster/members/{node_id}")));
                 c.send(req).await?
             }
         };

@@ -31,6 +31,7 @@ use super::load_intent;
 use crate::auth::AdminCaller;
 use crate::error::ApiError;
 use crate::extract::{PathParam, QueryParams};
+use crate::openapi::schemas::{AdminIntentAnswer, AdminIntentsAnswer};
 use crate::validate::path_uuid;
 use crate::{sse, views, AppState};
 
@@ -47,6 +48,11 @@ const DETAIL_EVENTS: usize = 1000;
 
 /// The name of the frame that tells a feed client its cursor is too old for this node.
 const RESET_EVENT: &str = "feed.reset";
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, detail, stream))]
+pub(crate) struct Doc;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -85,7 +91,8 @@ pub(crate) fn summary(i: &Intent) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     status: Option<String>,
     intent_type: Option<String>,
@@ -158,6 +165,14 @@ impl Filter {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/intents",
+    tag = "admin",
+    params(ListQuery),
+    responses((status = 200, description = "Intents newest first, filtered", body = AdminIntentsAnswer)),
+    operation_id = "admin_list_intents"
+)]
 async fn list(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -207,6 +222,14 @@ async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/intents/{intent_id}",
+    tag = "admin",
+    params(("intent_id" = Uuid, Path, description = "The intent's id")),
+    responses((status = 200, description = "One intent with its timeline", body = AdminIntentAnswer)),
+    operation_id = "admin_intent_detail"
+)]
 async fn detail(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -238,7 +261,8 @@ async fn detail(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
     since: Option<u64>,
     wait_seconds: Option<u64>,
@@ -250,6 +274,14 @@ struct StreamQuery {
 /// `wait_seconds` (default 30, 1 to 300) without news it sends `stream.timeout` with the
 /// cursor and closes; when the node cannot serve the cursor it sends `feed.reset` with the
 /// horizon and closes.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/intents/stream",
+    tag = "admin",
+    params(StreamQuery),
+    responses((status = 200, description = "SSE: `intent.changed` per intent event applied after since (or Last-Event-ID), `feed.reset` when the node cannot prove it holds everything after it, `stream.timeout` after wait_seconds", content_type = "text/event-stream", body = String)),
+    operation_id = "admin_intents_stream"
+)]
 async fn stream(
     State(state): State<AppState>,
     _admin: AdminCaller,

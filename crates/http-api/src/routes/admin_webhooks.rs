@@ -22,16 +22,23 @@ use super::webhooks::subscription_view;
 use crate::auth::AdminCaller;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
+use crate::openapi::schemas::AdminWebhooksAnswer;
 use crate::{views, AppState};
 
 /// Delivery records one answer reads at most.
 pub(crate) const MAX_SCAN: usize = 10_000;
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(overview))]
+pub(crate) struct Doc;
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/admin/webhooks", get(overview))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Query {
     limit: Option<usize>,
 }
@@ -43,6 +50,14 @@ struct Counts {
     dead_lettered: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/webhooks",
+    tag = "admin",
+    params(Query),
+    responses((status = 200, description = "Delivery counts per subscription and the latest attempts", body = AdminWebhooksAnswer)),
+    operation_id = "admin_webhooks"
+)]
 async fn overview(
     State(state): State<AppState>,
     _admin: AdminCaller,

@@ -13,9 +13,15 @@ use super::inbox::decide;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam};
+use crate::openapi::schemas::{ApprovalAnswer, ApprovalDecisionRequest};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
 use intentd_lifecycle::inbox::Decision;
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(decision))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -45,6 +51,14 @@ fn parse_decision(body: &Value) -> Result<(Decision, Option<String>), ApiError> 
     Ok((decision, comment.map(str::to_string)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{approval_id}/decision",
+    tag = "inbox",
+    params(("approval_id" = Uuid, Path, description = "The approval (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = ApprovalDecisionRequest,
+    responses((status = 200, description = "The recorded decision", body = ApprovalAnswer))
+)]
 async fn decision(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,6 +6,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
+use crate::openapi::schemas::CapabilitiesAnswer;
 use crate::AppState;
 
 /// Each entry is 3..=120 characters (the response schema's bounds).
@@ -51,10 +52,21 @@ const CAPABILITIES: &[&str] = &[
 /// the server has no special handling for, named in the `intent.*.v1` form the schema wants.
 const SUPPORTED_INTENT_TYPES: &[&str] = &["intent.generic.v1"];
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(capabilities))]
+pub(crate) struct Doc;
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/capabilities", get(capabilities))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/capabilities",
+    tag = "capabilities",
+    responses((status = 200, description = "What this server supports", body = CapabilitiesAnswer))
+)]
 async fn capabilities(_caller: Caller) -> Json<Value> {
     Json(body())
 }

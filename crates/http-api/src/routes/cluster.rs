@@ -10,8 +10,14 @@ use serde_json::{json, Value};
 use crate::auth::AdminCaller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
+use crate::openapi::schemas::{AddLearnerRequest, ClusterStatusAnswer, MembershipAnswer};
 use crate::validate::Body;
 use crate::AppState;
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(status, add_learner, promote, remove))]
+pub(crate) struct Doc;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -31,6 +37,12 @@ pub(crate) fn membership_view(m: &MembershipView) -> Value {
 }
 
 /// `GET /v1/cluster/status`: this node's view; no read barrier, so it answers without a quorum.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/status",
+    tag = "admin",
+    responses((status = 200, description = "This node and the membership", body = ClusterStatusAnswer))
+)]
 async fn status(
     State(state): State<AppState>,
     AdminCaller(_): AdminCaller,
@@ -51,6 +63,13 @@ fn node_id(raw: &str) -> Result<u64, ApiError> {
 
 /// `POST /v1/cluster/learners` `{"node_id": 4, "raft_addr": "host:port"}`: answers once the
 /// learner has caught up with the log.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/learners",
+    tag = "admin",
+    request_body = AddLearnerRequest,
+    responses((status = 200, description = "The membership, once the learner caught up", body = MembershipAnswer))
+)]
 async fn add_learner(
     State(state): State<AppState>,
     AdminCaller(_): AdminCaller,
@@ -84,6 +103,13 @@ async fn add_learner(
 }
 
 /// `POST /v1/cluster/members/{id}/promote`: a learner becomes a voter.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members/{node_id}/promote",
+    tag = "admin",
+    params(("node_id" = u64, Path, description = "A node id")),
+    responses((status = 200, description = "The membership with the learner a voter", body = MembershipAnswer))
+)]
 async fn promote(
     State(state): State<AppState>,
     AdminCaller(_): AdminCaller,
@@ -106,6 +132,13 @@ async fn promote(
 }
 
 /// `DELETE /v1/cluster/members/{id}`: removes a voter or a learner.
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/members/{node_id}",
+    tag = "admin",
+    params(("node_id" = u64, Path, description = "A node id")),
+    responses((status = 200, description = "The membership without the node", body = MembershipAnswer))
+)]
 async fn remove(
     State(state): State<AppState>,
     AdminCaller(_): AdminCaller,

@@ -36,6 +36,11 @@ const APP_CSS: &str = include_str!("../../console/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(status_stream))]
+pub(crate) struct Doc;
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
@@ -75,7 +80,8 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
     interval_seconds: Option<u64>,
     wait_seconds: Option<u64>,
@@ -87,6 +93,14 @@ struct StatusQuery {
 /// them: the server pushes them, the console draws rates from consecutive frames. The
 /// stream sends `stream.timeout` and closes after `wait_seconds` (default 300, at most
 /// 3600), so a forgotten tab does not hold a connection forever.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/console/stream",
+    tag = "admin",
+    params(StatusQuery),
+    responses((status = 200, description = "SSE: `status` frames (this node's status, membership and Prometheus text) every interval_seconds, `stream.timeout` after wait_seconds", content_type = "text/event-stream", body = String)),
+    operation_id = "console_status_stream"
+)]
 async fn status_stream(
     State(state): State<AppState>,
     _admin: AdminCaller,

@@ -37,8 +37,14 @@ use super::{begin_change, load_intent, now, propose_change, read_barrier};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, PathParam, QueryParams};
+use crate::openapi::schemas::{DeadLetterAnswer, DeadLettersAnswer, ReplayAnswer};
 use crate::validate::path_uuid;
 use crate::{views, ApiConfig, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_deliveries, get_delivery, replay_delivery))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -51,7 +57,8 @@ pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     status: Option<String>,
     limit: Option<usize>,
@@ -157,6 +164,13 @@ fn is_http_agent(state: &AppState, to_agent: &str) -> Result<bool, ApiError> {
 
 /// `GET /v1/deliveries`: the dead letters the caller may see (those of intents it may
 /// observe: addressed to it or sent by it), oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    params(ListQuery),
+    responses((status = 200, description = "Dead letters the caller may read", body = DeadLettersAnswer))
+)]
 async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -228,6 +242,13 @@ async fn list_deliveries(
 }
 
 /// `GET /v1/deliveries/{intent_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{delivery_id}",
+    tag = "deliveries",
+    params(("delivery_id" = Uuid, Path, description = "The dead-lettered intent's id")),
+    responses((status = 200, description = "An intent's delivery record", body = DeadLetterAnswer))
+)]
 async fn get_delivery(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +277,13 @@ async fn get_delivery(
 /// `POST /v1/deliveries/{intent_id}/replay`. The body, if any, is ignored (the SDK sends
 /// none). The new intent's id is read back from the dead letter's `replayed_as`, which is
 /// right both for a fresh replay and for an idempotent repeat.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{delivery_id}/replay",
+    tag = "deliveries",
+    params(("delivery_id" = Uuid, Path, description = "The dead-lettered intent's id"), crate::openapi::IdempotencyKeyHeader),
+    responses((status = 200, description = "The new intent made from the dead letter", body = ReplayAnswer))
+)]
 async fn replay_delivery(
     State(state): State<AppState>,
     caller: Caller,

@@ -26,8 +26,14 @@ use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::extract::{PathParam, QueryParams};
+use crate::openapi::schemas::EventsAnswer;
 use crate::validate::path_uuid;
 use crate::{sse, views, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_events, stream_events))]
+pub(crate) struct Doc;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -35,13 +41,21 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/intents/{id}/events/stream", get(stream_events))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     since: Option<u64>,
     limit: Option<usize>,
 }
 
 /// `GET /v1/intents/{id}/events?since=N`: events with `seq > N`, in order.
+#[utoipa::path(
+    get,
+    path = "/v1/intents/{intent_id}/events",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id"), ListQuery),
+    responses((status = 200, description = "The events with seq > since, in order", body = EventsAnswer))
+)]
 async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,7 +76,8 @@ async fn list_events(
     Ok(Json(json!({ "ok": true, "events": events })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
     since: Option<u64>,
     wait_seconds: Option<u64>,
@@ -102,6 +117,13 @@ pub(crate) fn resume_cursor(headers: &HeaderMap, since: Option<u64>) -> Result<u
 /// `event: <event_type>`, `id: <seq>`; the stream closes right after a terminal event; when it
 /// goes quiet (`W` seconds without a new event, or a terminal intent with nothing left) it
 /// sends `stream.timeout` and closes, so the client reconnects from the highest `seq` it saw.
+#[utoipa::path(
+    get,
+    path = "/v1/intents/{intent_id}/events/stream",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id"), StreamQuery),
+    responses((status = 200, description = "SSE: one event per lifecycle event (named by its event_type, id = seq), `stream.timeout` after wait_seconds of quiet; closes after the terminal event. `Last-Event-ID` works like since.", content_type = "text/event-stream", body = String))
+)]
 async fn stream_events(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,12 +9,25 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::openapi::schemas::HealthAnswer;
 use crate::AppState;
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(health))]
+pub(crate) struct Doc;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    responses((status = 200, description = "The node knows a leader and its clock agrees (503 otherwise, with the same fields)", body = HealthAnswer)),
+    security(())
+)]
 async fn health(State(state): State<AppState>) -> Response {
     let status = state.cluster.status();
     let has_leader = status.leader_id.is_some();

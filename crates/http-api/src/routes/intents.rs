@@ -14,8 +14,24 @@ use super::{begin_change, claim, load_intent, now, propose_change, write_intent}
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam};
+use crate::openapi::schemas::{
+    AppliedAnswer, ControlsRequest, CreateIntentAnswer, CreateIntentRequest, IntentAnswer,
+    PolicyRequest, ResolveAnswer, ResolveRequest, ResumeRequest,
+};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create_intent,
+    get_intent,
+    resolve_intent,
+    resume_intent,
+    update_controls,
+    update_policy
+))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     let create = Router::new()
@@ -197,6 +213,14 @@ fn parse_policy(body: &Value) -> Result<PolicyPatch, ApiError> {
 // Handlers
 
 /// `POST /v1/intents`. The reply means the intent is committed on a majority.
+#[utoipa::path(
+    post,
+    path = "/v1/intents",
+    tag = "intents",
+    params(crate::openapi::IdempotencyKeyHeader),
+    request_body = CreateIntentRequest,
+    responses((status = 200, description = "Committed on a majority (or the first outcome again for a repeated Idempotency-Key)", body = CreateIntentAnswer))
+)]
 async fn create_intent(
     State(state): State<AppState>,
     caller: Caller,
@@ -239,6 +263,13 @@ pub(crate) fn default_max_delivery_attempts(
 }
 
 /// `GET /v1/intents/{id}`: linearizable, never older than a write already acknowledged.
+#[utoipa::path(
+    get,
+    path = "/v1/intents/{intent_id}",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id")),
+    responses((status = 200, description = "The intent (linearizable)", body = IntentAnswer))
+)]
 async fn get_intent(
     State(state): State<AppState>,
     caller: Caller,
@@ -253,6 +284,14 @@ async fn get_intent(
 }
 
 /// `POST /v1/intents/{id}/resolve`.
+#[utoipa::path(
+    post,
+    path = "/v1/intents/{intent_id}/resolve",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id"), crate::openapi::IdempotencyKeyHeader),
+    request_body = ResolveRequest,
+    responses((status = 200, description = "The terminal intent and its terminal event", body = ResolveAnswer))
+)]
 async fn resolve_intent(
     State(state): State<AppState>,
     caller: Caller,
@@ -306,6 +345,14 @@ fn applied_reply(written: &Written) -> Json<Value> {
 /// `POST /v1/intents/{id}/resume`. The control form is the owner's: the SDK names the
 /// owner in `owner_agent` (or `x-owner-agent`), which becomes the recorded actor unless the
 /// body names one; an agent key may name only itself, as on every owner-scoped route.
+#[utoipa::path(
+    post,
+    path = "/v1/intents/{intent_id}/resume",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id"), crate::openapi::IdempotencyKeyHeader, crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    request_body = ResumeRequest,
+    responses((status = 200, description = "The intent after the change", body = AppliedAnswer))
+)]
 async fn resume_intent(
     State(state): State<AppState>,
     caller: Caller,
@@ -345,6 +392,14 @@ async fn resume_intent(
 
 /// `POST /v1/intents/{id}/controls`: admin, or the client key that sent the intent; agent
 /// keys cannot loosen their own rules.
+#[utoipa::path(
+    post,
+    path = "/v1/intents/{intent_id}/controls",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id"), crate::openapi::IdempotencyKeyHeader, crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    request_body = ControlsRequest,
+    responses((status = 200, description = "The intent with its new controls", body = AppliedAnswer))
+)]
 async fn update_controls(
     State(state): State<AppState>,
     caller: Caller,
@@ -368,6 +423,14 @@ async fn update_controls(
 }
 
 /// `POST /v1/intents/{id}/policy`.
+#[utoipa::path(
+    post,
+    path = "/v1/intents/{intent_id}/policy",
+    tag = "intents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id"), crate::openapi::IdempotencyKeyHeader, crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    request_body = PolicyRequest,
+    responses((status = 200, description = "The intent with its new policy", body = AppliedAnswer))
+)]
 async fn update_policy(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,8 +11,14 @@ use super::now;
 use crate::auth::{generate_key, hash_key, AdminCaller};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
+use crate::openapi::schemas::{CreateKeyRequest, CreatedKeyAnswer, KeysAnswer, RevokedKeyAnswer};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_key, list_keys, revoke_key))]
+pub(crate) struct Doc;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -97,6 +103,13 @@ fn key_view(key: &ApiKey) -> Value {
 }
 
 /// `POST /v1/admin/keys`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    request_body = CreateKeyRequest,
+    responses((status = 200, description = "The key, with its secret shown this once", body = CreatedKeyAnswer))
+)]
 async fn create_key(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
@@ -142,6 +155,12 @@ async fn create_key(
 }
 
 /// `GET /v1/admin/keys`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    responses((status = 200, description = "Every key, without secrets", body = KeysAnswer))
+)]
 async fn list_keys(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -160,6 +179,13 @@ async fn list_keys(
 }
 
 /// `DELETE /v1/admin/keys/{id}`: the key stays, marked revoked, so its id stays unique.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/keys/{key_id}",
+    tag = "admin",
+    params(("key_id" = Uuid, Path, description = "The key")),
+    responses((status = 200, description = "Revoked", body = RevokedKeyAnswer))
+)]
 async fn revoke_key(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,

@@ -31,6 +31,10 @@ use uuid::Uuid;
 use crate::auth::{AdminCaller, Caller};
 use crate::error::ApiError;
 use crate::extract::{PathParam, QueryParams};
+use crate::openapi::schemas::{
+    HeartbeatAnswer, HeartbeatRequest, KillRequest, MeshAgentAnswer, MeshAgentsAnswer,
+    MeshEventsAnswer,
+};
 use crate::routes::agents::{agent_address, binding_view, known_agents};
 use crate::routes::{now, write};
 use crate::{sse, views, ApiConfig, AppState};
@@ -40,6 +44,19 @@ use crate::{sse, views, ApiConfig, AppState};
 const QUEUE_WINDOW: u64 = 10_000;
 /// Mesh events a detail answer carries.
 const RECENT_EVENTS: usize = 20;
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    heartbeat,
+    list_agents,
+    get_agent,
+    kill,
+    resume,
+    list_events,
+    stream_events
+))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -118,6 +135,13 @@ fn parse_metrics(v: &Value) -> Result<HeartbeatMetrics, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/mesh/heartbeat",
+    tag = "mesh",
+    request_body = Option<HeartbeatRequest>,
+    responses((status = 200, description = "Recorded (`replicated` false when coalesced)", body = HeartbeatAnswer))
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,7 +334,8 @@ fn event_view(e: &MeshEvent) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
     limit: Option<String>,
     health: Option<String>,
@@ -330,6 +355,14 @@ fn limit_param(raw: Option<&str>, default: usize) -> Result<usize, ApiError> {
 
 /// Every agent the cluster knows (the directory's agents and any with a mesh record) that
 /// the caller may see: admin keys see all, other keys their own agent.
+#[utoipa::path(
+    get,
+    operation_id = "mesh_list_agents",
+    path = "/v1/mesh/agents",
+    tag = "mesh",
+    params(ListParams),
+    responses((status = 200, description = "The fleet", body = MeshAgentsAnswer))
+)]
 async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,
@@ -381,6 +414,14 @@ fn visible_address(caller: &Caller, raw: &str) -> Result<String, ApiError> {
     Ok(address)
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "mesh_get_agent",
+    path = "/v1/mesh/agents/{address}",
+    tag = "mesh",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
+    responses((status = 200, description = "One agent with its recent mesh events", body = MeshAgentAnswer))
+)]
 async fn get_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -415,15 +456,62 @@ async fn agent_post(
     PathParam(rest): PathParam<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (raw, kill) = if let Some(raw) = rest.strip_suffix("/kill") {
-        (raw, true)
+    if let Some(raw) = rest.strip_suffix("/kill") {
+        kill(&state, &caller, raw, &body).await
     } else if let Some(raw) = rest.strip_suffix("/resume") {
-        (raw, false)
+        resume(&state, &caller, raw, &body).await
     } else {
-        return Err(ApiError::NotFound("no such route".into()));
-    };
+        Err(ApiError::NotFound("no such route".into()))
+    }
+}
+
+/// `POST /v1/mesh/agents/{address}/kill`: nothing is delivered to the agent until resumed.
+#[utoipa::path(
+    post,
+    operation_id = "mesh_kill",
+    path = "/v1/mesh/agents/{address}/kill",
+    tag = "mesh",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
+    request_body = Option<KillRequest>,
+    responses((status = 200, description = "The agent, killed", body = MeshAgentAnswer))
+)]
+async fn kill(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    body: &Bytes,
+) -> Result<Json<Value>, ApiError> {
+    set_killed(state, caller, raw, body, true).await
+}
+
+/// `POST /v1/mesh/agents/{address}/resume`: every parked delivery goes back on the queue.
+#[utoipa::path(
+    post,
+    operation_id = "mesh_resume",
+    path = "/v1/mesh/agents/{address}/resume",
+    tag = "mesh",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
+    responses((status = 200, description = "The agent, resumed", body = MeshAgentAnswer))
+)]
+async fn resume(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    body: &Bytes,
+) -> Result<Json<Value>, ApiError> {
+    set_killed(state, caller, raw, body, false).await
+}
+
+/// The kill switch, either way, replicated so that it survives failover.
+async fn set_killed(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    body: &Bytes,
+    kill: bool,
+) -> Result<Json<Value>, ApiError> {
     let address = agent_address(raw)?;
-    let body = optional_body(&body)?;
+    let body = optional_body(body)?;
     only_fields(&body, &["reason"])?;
     let reason = match body.get("reason") {
         None | Some(Value::Null) => None,
@@ -452,11 +540,11 @@ async fn agent_post(
             at,
         }
     };
-    let agent = mesh_reply(write(&state, command).await?)?;
+    let agent = mesh_reply(write(state, command).await?)?;
     if kill {
-        revoke_leases(&state, &address).await?;
+        revoke_leases(state, &address).await?;
     }
-    let view = agent_view(&state, &caller, &address, Some(&agent))?;
+    let view = agent_view(state, caller, &address, Some(&agent))?;
     Ok(Json(json!({ "ok": true, "agent": view })))
 }
 
@@ -485,7 +573,8 @@ async fn revoke_leases(state: &AppState, address: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventParams {
     limit: Option<String>,
     event_type: Option<String>,
@@ -515,6 +604,14 @@ fn since_param(raw: Option<&str>) -> Result<u64, ApiError> {
 
 /// The newest `limit` mesh events (after `since`), oldest first, and `next_since` for a
 /// client that follows the log.
+#[utoipa::path(
+    get,
+    operation_id = "mesh_list_events",
+    path = "/v1/mesh/events",
+    tag = "mesh",
+    params(EventParams),
+    responses((status = 200, description = "Mesh events after since, oldest first", body = MeshEventsAnswer))
+)]
 async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -540,7 +637,8 @@ async fn list_events(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StreamParams {
     since: Option<String>,
     wait_seconds: Option<String>,
@@ -549,6 +647,14 @@ struct StreamParams {
 /// SSE of mesh events after `since` (or `Last-Event-ID`), each named by its type with its
 /// `seq` as id; `stream.timeout` after `wait_seconds` (default 30, at most 300) without one.
 /// The wait is on the mesh's own wake-up key, so idle feeds cost nothing per write.
+#[utoipa::path(
+    get,
+    operation_id = "mesh_stream_events",
+    path = "/v1/mesh/events/stream",
+    tag = "mesh",
+    params(StreamParams),
+    responses((status = 200, description = "SSE of mesh events after since (or Last-Event-ID); `stream.timeout` after wait_seconds without one", content_type = "text/event-stream", body = String))
+)]
 async fn stream_events(
     State(state): State<AppState>,
     caller: Caller,

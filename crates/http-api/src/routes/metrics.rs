@@ -18,6 +18,11 @@ use axum::Router;
 
 use crate::AppState;
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics))]
+pub(crate) struct Doc;
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
@@ -93,6 +98,13 @@ pub(crate) fn render(state: &AppState) -> String {
     body
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)),
+    security(())
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut response = render(&state).into_response();
     response.headers_mut().insert(

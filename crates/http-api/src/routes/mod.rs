@@ -52,8 +52,38 @@ pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
         .merge(admin_intents::router())
         .merge(admin_webhooks::router())
         .merge(console::router())
+        .merge(crate::openapi::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Every module's operations (their `Doc`, beside their `router()`), merged as the routers
+/// are; `crate::openapi` adds what all of them share.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    let mut doc = health::Doc::openapi();
+    for part in [
+        capabilities::Doc::openapi(),
+        intents::Doc::openapi(),
+        events::Doc::openapi(),
+        agents::Doc::openapi(),
+        agents::receive::Doc::openapi(),
+        deliveries::Doc::openapi(),
+        inbox::Doc::openapi(),
+        approvals::Doc::openapi(),
+        webhooks::Doc::openapi(),
+        scenarios::Doc::openapi(),
+        metrics::Doc::openapi(),
+        keys::Doc::openapi(),
+        cluster::Doc::openapi(),
+        mesh::Doc::openapi(),
+        admin_intents::Doc::openapi(),
+        admin_webhooks::Doc::openapi(),
+        console::Doc::openapi(),
+    ] {
+        doc.merge(part);
+    }
+    doc
 }
 
 async fn unknown_route() -> ApiError {

@@ -54,8 +54,14 @@ use super::{checked_url, claim, now, write, write_intent};
 use crate::auth::{bare, Caller};
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody};
+use crate::openapi::schemas::{ScenarioApplyAnswer, ScenarioBundle, ScenarioValidateAnswer};
 use crate::validate::{check_len, Body};
 use crate::{views, ApiConfig, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(apply, validate_bundle))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -681,6 +687,14 @@ fn registered(state: &AppState, address: &str) -> Result<Option<AgentConfig>, Ap
 }
 
 /// `POST /v1/scenarios/apply`. Agent keys may not (a scenario registers other agents).
+#[utoipa::path(
+    post,
+    path = "/v1/scenarios/apply",
+    tag = "scenarios",
+    params(crate::openapi::IdempotencyKeyHeader),
+    request_body = ScenarioBundle,
+    responses((status = 200, description = "The agents made and the intent submitted", body = ScenarioApplyAnswer))
+)]
 async fn apply(
     State(state): State<AppState>,
     caller: Caller,
@@ -755,6 +769,13 @@ async fn apply(
 }
 
 /// `POST /v1/scenarios/validate`: the plan `apply` would carry out, or why it would refuse.
+#[utoipa::path(
+    post,
+    path = "/v1/scenarios/validate",
+    tag = "scenarios",
+    request_body = ScenarioBundle,
+    responses((status = 200, description = "Whether the bundle would apply", body = ScenarioValidateAnswer))
+)]
 async fn validate_bundle(
     State(state): State<AppState>,
     caller: Caller,

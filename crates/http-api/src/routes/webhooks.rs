@@ -34,8 +34,23 @@ use super::{checked_url, now, read_barrier, write};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam, QueryParams};
+use crate::openapi::schemas::{
+    RevokedSubscriptionAnswer, SubscriptionAnswer, SubscriptionsAnswer, WebhookEventAnswer,
+    WebhookEventRequest,
+};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    upsert_subscription,
+    list_subscriptions,
+    revoke_subscription,
+    publish_event,
+    replay_event
+))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -243,6 +258,14 @@ fn upserted(
 }
 
 /// `POST /v1/webhooks/subscriptions`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/subscriptions",
+    tag = "webhooks",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    request_body = crate::openapi::schemas::SubscriptionRequest,
+    responses((status = 200, description = "The subscription (with `secret` once when it was generated)", body = SubscriptionAnswer))
+)]
 async fn upsert_subscription(
     State(state): State<AppState>,
     caller: Caller,
@@ -274,12 +297,20 @@ async fn upsert_subscription(
     Ok(Json(json!({ "ok": true, "subscription": view })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     include_inactive: Option<bool>,
 }
 
 /// `GET /v1/webhooks/subscriptions`.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/subscriptions",
+    tag = "webhooks",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, ListQuery),
+    responses((status = 200, description = "The owner's subscriptions", body = SubscriptionsAnswer))
+)]
 async fn list_subscriptions(
     State(state): State<AppState>,
     caller: Caller,
@@ -319,6 +350,13 @@ fn reachable(caller: &Caller, named: Option<&str>, owner: &str) -> Result<bool, 
 
 /// `DELETE /v1/webhooks/subscriptions/{id}`: revokes; revoking again answers the first
 /// revocation's time.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/subscriptions/{subscription_id}",
+    tag = "webhooks",
+    params(("subscription_id" = Uuid, Path, description = "The subscription"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    responses((status = 200, description = "Revoked", body = RevokedSubscriptionAnswer))
+)]
 async fn revoke_subscription(
     State(state): State<AppState>,
     caller: Caller,
@@ -412,6 +450,14 @@ fn event_answer(event: &WebhookEvent, c: &WebhookCounters) -> Value {
 }
 
 /// `POST /v1/webhooks/events`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/events",
+    tag = "webhooks",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = WebhookEventRequest,
+    responses((status = 200, description = "The event and its delivery counters", body = WebhookEventAnswer))
+)]
 async fn publish_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -475,6 +521,13 @@ async fn publish_event(
 
 /// `POST /v1/webhooks/events/{event_id}/replay`: every delivery of the event back to
 /// pending, attempts reset, due now. Answers `api.webhooks.events.replay.response.v1.json`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/events/{event_id}/replay",
+    tag = "webhooks",
+    params(("event_id" = Uuid, Path, description = "The event"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    responses((status = 200, description = "Every delivery of the event pending again", body = WebhookEventAnswer))
+)]
 async fn replay_event(
     State(state): State<AppState>,
     caller: Caller,

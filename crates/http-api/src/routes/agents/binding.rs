@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::schemas::AgentAnswer;
 use crate::routes::{checked_url, now, write};
 use crate::validate::{check_len, Body};
 use crate::{views, AppState};
@@ -218,6 +219,14 @@ pub(crate) fn binding_view(config: Option<&AgentConfig>, reveal: bool) -> Value 
 }
 
 /// `PUT /v1/agents/{address}/binding`. Agent keys may register only their own address.
+#[utoipa::path(
+    put,
+    path = "/v1/agents/{address}/binding",
+    tag = "agents",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
+    request_body = crate::openapi::schemas::BindingRequest,
+    responses((status = 200, description = "The agent with its new binding", body = AgentAnswer))
+)]
 pub(crate) async fn put_binding(
     state: &AppState,
     caller: &Caller,

@@ -3,6 +3,7 @@
 
 use super::binding::binding_view;
 use super::*;
+use crate::openapi::schemas::{AgentAnswer, AgentsAnswer};
 use intentd_lifecycle::validate::listen_address;
 
 /// An agent address from a path or a body, under the one address rule, as the state keys it.
@@ -80,6 +81,12 @@ fn agent_view(agent: &AgentInfo, caller: &Caller) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    tag = "agents",
+    responses((status = 200, description = "The agent directory", body = AgentsAnswer))
+)]
 pub(super) async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,
@@ -91,6 +98,13 @@ pub(super) async fn list_agents(
     Ok(Json(json!({ "ok": true, "agents": agents })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{address}",
+    tag = "agents",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
+    responses((status = 200, description = "One agent", body = AgentAnswer))
+)]
 pub(super) fn get_agent(
     state: &AppState,
     caller: &Caller,

@@ -45,6 +45,16 @@ use directory::{get_agent, list_agents};
 use receive::receive;
 use stream::stream;
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    directory::list_agents,
+    directory::get_agent,
+    binding::put_binding,
+    stream::stream
+))]
+pub(crate) struct Doc;
+
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
         .route("/v1/agents", get(list_agents))
@@ -90,7 +100,8 @@ async fn agent_post(
     receive(&state, &caller, &ctx, address, &body).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AgentQuery {
     since: Option<u64>,
     wait_seconds: Option<u64>,

@@ -36,9 +36,15 @@ use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
+use crate::openapi::schemas::{AckRequest, IntentAnswer, ReceiveAnswer};
 use crate::routes::{begin_change, now, propose_change};
 use crate::validate::{path_uuid, Body};
 use crate::{views, ApiConfig, AppState};
+
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(receive, ack))]
+pub(crate) struct Doc;
 
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
@@ -133,6 +139,14 @@ fn classify(intent: Option<&Intent>, cursor: u64, now: Timestamp) -> Entry {
 }
 
 /// `POST /v1/agents/{address}/intents/receive`.
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{address}/intents/receive",
+    tag = "agents",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)")),
+    request_body = crate::openapi::schemas::ReceiveRequest,
+    responses((status = 200, description = "What this poll leased, possibly nothing", body = ReceiveAnswer))
+)]
 pub(crate) async fn receive(
     state: &AppState,
     caller: &Caller,
@@ -303,6 +317,14 @@ fn delivery_view(intent: &Intent, cursor: u64) -> Value {
 
 /// `POST /v1/intents/{id}/ack` `{"delivery_attempt": N}`: the receiver has the intent. A
 /// stale attempt (the lease ran out and the intent went to someone else) is a 409.
+#[utoipa::path(
+    post,
+    path = "/v1/intents/{intent_id}/ack",
+    tag = "agents",
+    params(("intent_id" = Uuid, Path, description = "The intent's id")),
+    request_body = Option<AckRequest>,
+    responses((status = 200, description = "The acknowledged intent", body = IntentAnswer))
+)]
 async fn ack(
     State(state): State<AppState>,
     caller: Caller,

@@ -10,6 +10,13 @@ use crate::routes::events::{resume_cursor, wait_duration};
 /// nothing sent, `stream.timeout` and close. A failed delivery (no quorum) ends the stream
 /// without a timeout frame: the client reconnects from the last cursor it saw, which retries
 /// the entry.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{address}/intents/stream",
+    tag = "agents",
+    params(("address" = String, Path, description = "An agent address (`acme/prod/billing` or `agent://acme/prod/billing`; slashes may be sent as `%2F`)"), super::AgentQuery),
+    responses((status = 200, description = "SSE: one delivery per event (its data a DeliveryView, id = the agent cursor), `stream.timeout` after wait_seconds of quiet. `Last-Event-ID` works like since.", content_type = "text/event-stream", body = String))
+)]
 pub(super) async fn stream(
     state: AppState,
     caller: Caller,

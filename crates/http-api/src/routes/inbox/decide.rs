@@ -15,6 +15,7 @@ use super::view::view_of;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, NamedOwner, PathParam};
+use crate::openapi::schemas::{InboxDecisionAnswer, InboxDecisionRequest};
 use crate::routes::{claim, load_intent, now, write_intent};
 use crate::validate::{check_len, path_uuid, Body};
 use crate::{views, AppState};
@@ -137,6 +138,14 @@ async fn decide_thread(
 }
 
 /// `POST /v1/inbox/{thread_id}/approve`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/approve",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = InboxDecisionRequest,
+    responses((status = 200, description = "The decision and the intent it moved", body = InboxDecisionAnswer))
+)]
 pub(super) async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,6 +158,14 @@ pub(super) async fn approve(
 }
 
 /// `POST /v1/inbox/{thread_id}/reject`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/reject",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = InboxDecisionRequest,
+    responses((status = 200, description = "The decision and the intent it moved", body = InboxDecisionAnswer))
+)]
 pub(super) async fn reject(
     State(state): State<AppState>,
     caller: Caller,

@@ -13,6 +13,7 @@ use super::{reread, thread_or_404};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, NamedOwner, PathParam};
+use crate::openapi::schemas::{DeleteMessagesAnswer, DeleteMessagesRequest};
 use crate::routes::{now, write};
 use crate::validate::{path_uuid, Body};
 use crate::AppState;
@@ -86,6 +87,14 @@ fn select_messages(
 }
 
 /// `POST /v1/inbox/{thread_id}/messages/delete`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/messages/delete",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    request_body = DeleteMessagesRequest,
+    responses((status = 200, description = "The thread after the delete", body = DeleteMessagesAnswer))
+)]
 pub(super) async fn delete_messages(
     State(state): State<AppState>,
     caller: Caller,

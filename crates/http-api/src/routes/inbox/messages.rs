@@ -10,6 +10,7 @@ use super::{reread, thread_or_404};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, NamedOwner, PathParam};
+use crate::openapi::schemas::{DelegateRequest, ReplyAnswer, ReplyRequest, ThreadAnswer};
 use crate::routes::agents::agent_address;
 use crate::routes::{now, write};
 use crate::validate::{check_len, path_uuid, Body};
@@ -27,6 +28,14 @@ fn parse_reply(body: &Value) -> Result<String, ApiError> {
 }
 
 /// `POST /v1/inbox/{thread_id}/reply`.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/reply",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = ReplyRequest,
+    responses((status = 200, description = "The new message and the thread", body = ReplyAnswer))
+)]
 pub(super) async fn reply(
     State(state): State<AppState>,
     caller: Caller,
@@ -70,6 +79,14 @@ fn parse_delegate(body: &Value) -> Result<(String, Option<String>), ApiError> {
 
 /// `POST /v1/inbox/{thread_id}/delegate`: the thread (and the intent's `pending_with`) goes
 /// to another owner.
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/{thread_id}/delegate",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, crate::openapi::IdempotencyKeyHeader),
+    request_body = DelegateRequest,
+    responses((status = 200, description = "The thread, now the delegate's", body = ThreadAnswer))
+)]
 pub(super) async fn delegate(
     State(state): State<AppState>,
     caller: Caller,

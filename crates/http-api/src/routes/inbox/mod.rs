@@ -51,6 +51,20 @@ use crate::{ApiConfig, AppState};
 pub(crate) use decide::decide;
 use view::view_of;
 
+/// This module's operations in the OpenAPI document (`crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    read::list_threads,
+    read::list_changes,
+    read::get_thread,
+    messages::reply,
+    messages::delegate,
+    decide::approve,
+    decide::reject,
+    delete::delete_messages
+))]
+pub(crate) struct Doc;
+
 pub(crate) fn router(config: &ApiConfig) -> Router<AppState> {
     Router::new()
         .route("/v1/inbox", get(read::list_threads))

@@ -12,6 +12,7 @@ use super::view::{change_kind, format_cursor, parse_cursor, view_of};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{NamedOwner, PathParam, QueryParams};
+use crate::openapi::schemas::{ChangesAnswer, ThreadAnswer, ThreadsAnswer};
 use crate::routes::read_barrier;
 use crate::validate::path_uuid;
 use crate::{views, AppState};
@@ -19,12 +20,20 @@ use crate::{views, AppState};
 const DEFAULT_CHANGES: usize = 50;
 const MAX_CHANGES: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     status: Option<String>,
 }
 
 /// `GET /v1/inbox`.
+#[utoipa::path(
+    get,
+    path = "/v1/inbox",
+    tag = "inbox",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, ListQuery),
+    responses((status = 200, description = "The owner's threads", body = ThreadsAnswer))
+)]
 pub(super) async fn list_threads(
     State(state): State<AppState>,
     caller: Caller,
@@ -53,6 +62,13 @@ pub(super) async fn list_threads(
 }
 
 /// `GET /v1/inbox/{thread_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/inbox/{thread_id}",
+    tag = "inbox",
+    params(("thread_id" = Uuid, Path, description = "The thread (the intent's id)"), crate::openapi::OwnerQuery, crate::openapi::OwnerHeader),
+    responses((status = 200, description = "The thread", body = ThreadAnswer))
+)]
 pub(super) async fn get_thread(
     State(state): State<AppState>,
     caller: Caller,
@@ -66,7 +82,8 @@ pub(super) async fn get_thread(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ChangesQuery {
     cursor: Option<String>,
     limit: Option<usize>,
@@ -74,6 +91,13 @@ pub(super) struct ChangesQuery {
 
 /// `GET /v1/inbox/changes?cursor=&limit=`: changes after `cursor`, each with the thread as
 /// it is now (a thread delegated away shows its new owner; `change` says what happened).
+#[utoipa::path(
+    get,
+    path = "/v1/inbox/changes",
+    tag = "inbox",
+    params(crate::openapi::OwnerQuery, crate::openapi::OwnerHeader, ChangesQuery),
+    responses((status = 200, description = "Changes after cursor", body = ChangesAnswer))
+)]
 pub(super) async fn list_changes(
     State(state): State<AppState>,
     caller: Caller,
