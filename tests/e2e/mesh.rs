@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::cluster::{Cluster, ClusterOptions};
+use crate::support::receiver::{new_secret, Mode, Receiver};
 use crate::support::{address_path, eventually, intent_body, within, Api, Server, PAYMENTS};
 
 fn agent_path(address: &str) -> String {
@@ -366,6 +367,88 @@ async fn the_health_sweep_commits_changes_that_survive_a_leader_change() {
         assert_eq!(changes[1], (json!("degraded"), json!("healthy")));
         let detail = api.get(&agent_path(PAYMENTS)).await;
         assert_eq!(detail.assert_ok(200)["agent"]["health"], json!("healthy"));
+    })
+    .await;
+}
+
+/// An HTTP-bound agent is judged by its pushes: three failures in a row make it `degraded`,
+/// five (the circuit breaker's default) `unreachable`, and the leader commits the change;
+/// once its endpoint answers again, the delivery it settles resets the count and the sweep
+/// commits `healthy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_pushes_make_an_http_agent_degraded_then_unreachable_then_healthy() {
+    within(Duration::from_secs(120), async {
+        let server = Server::start_with(&[
+            "--delivery-allow-hosts",
+            "127.0.0.1",
+            "--delivery-base-backoff-ms",
+            "100",
+            "--delivery-max-backoff-ms",
+            "400",
+        ])
+        .await;
+        let admin = server.admin();
+        let secret = new_secret();
+        let rx = Receiver::start(
+            &secret,
+            Mode::Fail {
+                status: 503,
+                retry_after: None,
+            },
+        )
+        .await;
+        let hooks = "agent://acme/prod/hooks";
+        admin
+            .put(
+                &format!("/v1/agents/{}/binding", address_path(hooks)),
+                &json!({"delivery_mode": "http", "url": rx.url(), "secret": secret,
+                        "max_delivery_attempts": 50}),
+            )
+            .await
+            .assert_ok(200);
+        let fresh = admin.get(&agent_path(hooks)).await;
+        assert_eq!(
+            fresh.assert_ok(200)["agent"]["health"],
+            json!("healthy"),
+            "an HTTP agent is alive until its pushes fail"
+        );
+        admin.create_ok(&intent_body(hooks)).await;
+        // The sweep looks at most once a second, so failures that come faster may take the
+        // agent from healthy to unreachable in one change.
+        let down = eventually(Duration::from_secs(60), "unreachable", || async {
+            let changes = health_changes(&admin, hooks).await;
+            (changes.last().map(|c| &c.1) == Some(&json!("unreachable"))).then_some(changes)
+        })
+        .await;
+        let direct = [(Value::Null, json!("unreachable"))];
+        let stepped = [
+            (Value::Null, json!("degraded")),
+            (json!("degraded"), json!("unreachable")),
+        ];
+        assert!(down == direct || down == stepped, "{down:?}");
+        let detail = admin.get(&agent_path(hooks)).await;
+        let agent = detail.assert_ok(200)["agent"].clone();
+        assert_eq!(agent["health"], json!("unreachable"), "{agent}");
+        assert!(agent["push_failures"].as_u64() >= Some(5), "{agent}");
+        assert!(
+            agent["last_push_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("503")),
+            "{agent}"
+        );
+
+        // The endpoint answers again: after the breaker's cool-down the push goes through.
+        rx.set_mode(Mode::Succeed { body: None });
+        let healed = eventually(Duration::from_secs(60), "healthy again", || async {
+            let changes = health_changes(&admin, hooks).await;
+            (changes.last() == Some(&(json!("unreachable"), json!("healthy")))).then_some(changes)
+        })
+        .await;
+        assert_eq!(healed.len(), down.len() + 1, "{healed:?}");
+        let detail = admin.get(&agent_path(hooks)).await;
+        let agent = detail.assert_ok(200)["agent"].clone();
+        assert_eq!(agent["health"], json!("healthy"), "{agent}");
+        assert_eq!(agent["push_failures"], json!(0), "{agent}");
     })
     .await;
 }

@@ -142,7 +142,27 @@ pub struct MeshAgent {
     /// Intents parked while the agent is killed.
     #[serde(default)]
     pub held: u64,
+    /// HTTP pushes to the agent that failed in a row; its next settled delivery resets it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub push_failures: u32,
+    /// The error of the newest failed push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_push_error: Option<String>,
+    /// When a push to the agent last failed: from then on its pushes count in its health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_push_failed_at: Option<Timestamp>,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Failed pushes in a row that make an HTTP-bound agent `degraded`.
+pub const PUSH_FAILURES_DEGRADED: u32 = 3;
+
+/// Failed pushes in a row that make it `unreachable`: as many as open the engine's circuit
+/// breaker with its default settings, after which pushes to it stop for a while.
+pub const PUSH_FAILURES_UNREACHABLE: u32 = 5;
 
 impl MeshAgent {
     /// The health the replicated facts alone give this agent at `now`, and why, for the
@@ -157,7 +177,15 @@ impl MeshAgent {
         if self.killed {
             return None;
         }
-        let last = self.last_heartbeat_at?;
+        if let Some(judged) = self.push_health() {
+            return Some(judged);
+        }
+        let Some(last) = self.last_heartbeat_at else {
+            // An agent reached only by pushes is judged by them once one failed.
+            return self
+                .last_push_failed_at
+                .map(|_| (Health::Healthy, "pushes to it get through".into()));
+        };
         let silent = now - last;
         if silent >= chrono::Duration::seconds(UNREACHABLE_AFTER_SECS) {
             return Some((
@@ -179,6 +207,23 @@ impl MeshAgent {
             Health::Healthy,
             "heartbeating, most reported intents succeed".into(),
         ))
+    }
+
+    /// What the pushes in a row that failed say, when they are enough to say anything.
+    pub fn push_health(&self) -> Option<(Health, String)> {
+        let n = self.push_failures;
+        let health = if n >= PUSH_FAILURES_UNREACHABLE {
+            Health::Unreachable
+        } else if n >= PUSH_FAILURES_DEGRADED {
+            Health::Degraded
+        } else {
+            return None;
+        };
+        let error = self
+            .last_push_error
+            .as_deref()
+            .unwrap_or("no error recorded");
+        Some((health, format!("the last {n} pushes failed: {error}")))
     }
 
     /// When, with no news, [`MeshAgent::observed_health`] turns `unreachable`: the instant the
@@ -252,6 +297,45 @@ mod tests {
             last_heartbeat_at: Some(now - chrono::Duration::seconds(secs_ago)),
             ..MeshAgent::default()
         }
+    }
+
+    #[test]
+    fn failed_pushes_in_a_row_degrade_then_make_unreachable() {
+        let now = chrono::Utc::now();
+        let pushed = |failures: u32| MeshAgent {
+            address: "acme/hooks".into(),
+            push_failures: failures,
+            last_push_error: Some("HTTP 502".into()),
+            last_push_failed_at: Some(now),
+            ..MeshAgent::default()
+        };
+        let health = |a: &MeshAgent| a.observed_health(now).map(|(h, _)| h);
+        assert_eq!(health(&MeshAgent::default()), None, "nothing to judge");
+        assert_eq!(health(&pushed(0)), Some(Health::Healthy));
+        assert_eq!(
+            health(&pushed(PUSH_FAILURES_DEGRADED - 1)),
+            Some(Health::Healthy)
+        );
+        assert_eq!(
+            health(&pushed(PUSH_FAILURES_DEGRADED)),
+            Some(Health::Degraded)
+        );
+        let (h, reason) = pushed(PUSH_FAILURES_UNREACHABLE)
+            .observed_health(now)
+            .unwrap();
+        assert_eq!(h, Health::Unreachable);
+        assert_eq!(reason, "the last 5 pushes failed: HTTP 502");
+        // Failing pushes outweigh heartbeats: the binding is how intents reach the agent.
+        let beating = MeshAgent {
+            last_heartbeat_at: Some(now),
+            ..pushed(PUSH_FAILURES_UNREACHABLE)
+        };
+        assert_eq!(health(&beating), Some(Health::Unreachable));
+        let killed = MeshAgent {
+            killed: true,
+            ..pushed(PUSH_FAILURES_UNREACHABLE)
+        };
+        assert_eq!(health(&killed), None);
     }
 
     #[test]

@@ -1323,6 +1323,55 @@ fn http_pushes_are_due_retried_and_finally_dead_lettered() {
 }
 
 #[test]
+fn failed_pushes_count_on_the_agent_until_it_settles_a_delivery() {
+    let mut state = MemState::default();
+    register(&mut state, http());
+    let id = create_with(&mut state, new_intent(Uuid::from_u128(23), 10, None));
+    let agent = "acme/prod/payments";
+    for n in 1..=3u32 {
+        deliver_at(&mut state, id, i64::from(n) * 10).unwrap();
+        state
+            .intent_cmd(IntentCommand::DeliveryFailed {
+                intent_id: id,
+                attempt: n,
+                error: format!("HTTP 503 (try {n})"),
+                retry_at: Some(secs(i64::from(n) * 10 + 5)),
+                at: secs(i64::from(n) * 10 + 1),
+            })
+            .unwrap();
+        assert_eq!(state.mesh[agent].push_failures, n);
+    }
+    let record = &state.mesh[agent];
+    assert_eq!(record.last_push_error.as_deref(), Some("HTTP 503 (try 3)"));
+    assert_eq!(record.last_push_failed_at, Some(secs(31)));
+    let (health, reason) = record.push_health().unwrap();
+    assert_eq!(health, mesh::Health::Degraded);
+    assert!(reason.contains("the last 3 pushes failed"), "{reason}");
+
+    // Someone else's acknowledgement says nothing about the agent's endpoint.
+    deliver_at(&mut state, id, 40).unwrap();
+    let ack = |actor: &str| IntentCommand::Acknowledge {
+        intent_id: id,
+        attempt: 4,
+        actor: actor.into(),
+        at: secs(41),
+    };
+    let mut other = state.clone();
+    other.intent_cmd(ack("agent://acme/ops/admin")).unwrap();
+    assert_eq!(other.mesh[agent].push_failures, 3);
+    // The agent's own does: its pushes get through again.
+    state.intent_cmd(ack("agent://acme/prod/payments")).unwrap();
+    let record = &state.mesh[agent];
+    assert_eq!(record.push_failures, 0);
+    assert_eq!(record.push_health(), None);
+    assert_eq!(
+        record.observed_health(secs(42)).map(|(h, _)| h),
+        Some(mesh::Health::Healthy),
+        "judged by its pushes once one failed"
+    );
+}
+
+#[test]
 fn a_delayed_intent_waits_for_its_release() {
     let mut state = MemState::default();
     register(&mut state, http());

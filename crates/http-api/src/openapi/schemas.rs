@@ -789,6 +789,9 @@ pub struct MeshAgentView {
     /// `healthy`, `degraded`, `unreachable` or `killed`.
     pub health: String,
     pub killed: bool,
+    /// HTTP pushes to the agent that failed in a row (3 make it degraded, 5 unreachable).
+    pub push_failures: u32,
+    pub last_push_error: Option<String>,
 }
 
 /// The answer of a heartbeat: `replicated` is false when it was coalesced.

@@ -244,18 +244,20 @@ fn deliveries_of(state: &AppState, address: &str) -> Result<Deliveries, ApiError
     Ok(out)
 }
 
-/// The health the API reports: killed wins; then an agent with no sign of life (no
-/// heartbeat within `UNREACHABLE_AFTER_SECS`, no stream open on this node) is unreachable;
-/// a live one is degraded if the cluster last judged it so or most of the intents it
-/// reported failed, else healthy.
+/// The health the API reports: killed wins; then failed pushes in a row (the binding is how
+/// intents reach an HTTP agent: enough of them make it degraded, then unreachable); then an
+/// agent with no sign of life (no heartbeat within `UNREACHABLE_AFTER_SECS`, no stream open
+/// on this node, and not reached by pushes) is unreachable; a live one is degraded if the
+/// cluster last judged it so or most of the intents it reported failed, else healthy.
 fn health_of(
     agent: Option<&MeshAgent>,
     open_streams: usize,
+    pushed: bool,
     now: Timestamp,
 ) -> (Health, Option<Timestamp>) {
     let last_seen = agent.and_then(|a| a.last_heartbeat_at);
     let Some(agent) = agent else {
-        let h = if open_streams > 0 {
+        let h = if open_streams > 0 || pushed {
             Health::Healthy
         } else {
             Health::Unreachable
@@ -265,7 +267,11 @@ fn health_of(
     if agent.killed {
         return (Health::Killed, last_seen);
     }
+    if let Some((health, _)) = agent.push_health() {
+        return (health, last_seen);
+    }
     let alive = open_streams > 0
+        || pushed
         || last_seen.is_some_and(|t| now - t < chrono::Duration::seconds(UNREACHABLE_AFTER_SECS));
     if !alive {
         return (Health::Unreachable, last_seen);
@@ -286,7 +292,8 @@ fn agent_view(
     let reader = state.cluster.reader();
     let config = reader.agent_config(address)?;
     let open_streams = state.config.stream_consumers.open_streams(address);
-    let (health, last_seen) = health_of(agent, open_streams, now());
+    let pushed = intentd_lifecycle::agent::is_http(config.as_ref());
+    let (health, last_seen) = health_of(agent, open_streams, pushed, now());
     let d = deliveries_of(state, address)?;
     let ts = |t: Option<Timestamp>| t.map(|t| views::timestamp(&t));
     let metrics = agent.map(|a| &a.metrics);
@@ -308,6 +315,8 @@ fn agent_view(
         "backlog": d.backlog,
         "held": reader.mesh_held(address),
         "dead_letters": d.dead_letters,
+        "push_failures": agent.map_or(0, |a| a.push_failures),
+        "last_push_error": agent.and_then(|a| a.last_push_error.clone()),
         "metrics": {
             "intents_total": metrics.map_or(0, |m| m.intents_total),
             "intents_succeeded": metrics.map_or(0, |m| m.intents_succeeded),

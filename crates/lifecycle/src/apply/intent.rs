@@ -74,10 +74,12 @@ pub(super) fn apply_intent(
             attempt,
             error,
             retry_at,
+            at,
             ..
         } => {
             change.leased(*attempt)?;
             lease_lost(&mut change, state, Some(error), *retry_at, false)?;
+            push_failed(&mut change, state, error, *at);
         }
         IntentCommand::Release { at, .. } => {
             change.open(None)?;
@@ -105,24 +107,15 @@ pub(super) fn apply_intent(
                 });
             }
             change.enter(Status::Acknowledged, actor, Map::new())?;
+            delivery_settled(&mut change, state, actor);
         }
         IntentCommand::Resume { action, actor, .. } => resume(&mut change, state, action, actor)?,
         IntentCommand::Resolve {
             resolution, actor, ..
-        } => match resolution {
-            Resolution::Completed { result } if workflow::runs(&change.intent) => {
-                workflow::answered(&mut change, state, result)?
-            }
-            Resolution::Failed { error } if workflow::runs(&change.intent) => {
-                workflow::answered_failure(&mut change, state, error.clone())?
-            }
-            Resolution::Completed { result } => complete(&mut change, result, actor)?,
-            Resolution::Failed { error } => fail(&mut change, error, actor)?,
-            Resolution::Canceled { reason } => {
-                let details = obj(json!({ "reason": reason }));
-                change.enter(Status::Canceled, actor, details)?;
-            }
-        },
+        } => {
+            resolve(&mut change, state, resolution, actor)?;
+            delivery_settled(&mut change, state, actor);
+        }
         IntentCommand::TimeOut { at, .. } => {
             match change.intent.deadline_at {
                 Some(deadline) if deadline <= *at => {}
@@ -730,6 +723,29 @@ fn check_form(schema: &Map<String, Value>, data: &Value) -> Result<(), Rejection
 
 /// Completing straight from SUBMITTED, DELIVERED or ACKNOWLEDGED records the implied
 /// IN_PROGRESS step first, so the event log only ever shows allowed transitions.
+/// A resolution of the intent: a running workflow takes it as its active step's answer.
+fn resolve(
+    change: &mut Change,
+    state: &impl StateView,
+    resolution: &Resolution,
+    actor: &str,
+) -> Result<(), Rejection> {
+    match resolution {
+        Resolution::Completed { result } if workflow::runs(&change.intent) => {
+            workflow::answered(change, state, result)
+        }
+        Resolution::Failed { error } if workflow::runs(&change.intent) => {
+            workflow::answered_failure(change, state, error.clone())
+        }
+        Resolution::Completed { result } => complete(change, result, actor),
+        Resolution::Failed { error } => fail(change, error, actor),
+        Resolution::Canceled { reason } => {
+            let details = obj(json!({ "reason": reason }));
+            change.enter(Status::Canceled, actor, details)
+        }
+    }
+}
+
 pub(super) fn complete(change: &mut Change, result: &Value, actor: &str) -> Result<(), Rejection> {
     let status = change.intent.status;
     if matches!(

@@ -196,6 +196,33 @@ pub(super) fn resume(
     })
 }
 
+/// How much of a push's error the agent's record keeps.
+const PUSH_ERROR_CHARS: usize = 200;
+
+/// A push to the intent's agent failed: counted on the agent's mesh record, which the
+/// health sweep judges.
+pub(super) fn push_failed(change: &mut Change, state: &impl StateView, error: &str, at: Timestamp) {
+    let address = state_key(&change.intent.to_agent).to_string();
+    let mut agent = record_of(state, &address);
+    agent.push_failures = agent.push_failures.saturating_add(1);
+    agent.last_push_error = Some(error.chars().take(PUSH_ERROR_CHARS).collect());
+    agent.last_push_failed_at = Some(at);
+    change.extra.push(Write::MeshAgent(Box::new(agent)));
+}
+
+/// The intent's agent settled a delivery (acknowledged or resolved it): pushes to it get
+/// through again. Written only when failures were counted, so settling costs no write.
+pub(super) fn delivery_settled(change: &mut Change, state: &impl StateView, actor: &str) {
+    let address = state_key(&change.intent.to_agent);
+    if state_key(actor) != address {
+        return;
+    }
+    if let Some(mut agent) = state.mesh_agent(address).filter(|a| a.push_failures > 0) {
+        agent.push_failures = 0;
+        change.extra.push(Write::MeshAgent(Box::new(agent)));
+    }
+}
+
 /// Parks a delivery to a killed agent: no lease, no attempt, no push due; an event says why
 /// the intent waits. A second hold of the same intent is refused, so consumers that keep
 /// offering it add nothing to its history.

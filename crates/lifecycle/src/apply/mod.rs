@@ -19,7 +19,7 @@ use agents::*;
 use change::*;
 use inbox::*;
 use intent::*;
-use mesh::{hold, killed};
+use mesh::{delivery_settled, hold, killed, push_failed};
 use retention::*;
 use webhooks::*;
 
