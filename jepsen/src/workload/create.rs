@@ -57,20 +57,57 @@ pub async fn create_with_retries(
     agent: &str,
     body: &Value,
 ) -> Option<String> {
+    let id = send_with_retries(
+        sh,
+        process,
+        key,
+        agent,
+        "/v1/intents",
+        body,
+        &body["payload"],
+        &json!({}),
+    )
+    .await;
+    if let Some(id) = &id {
+        if sh.chance(0.3) {
+            let (sh2, id2) = (sh.clone(), id.clone());
+            tokio::spawn(async move { consumers::follow_events(sh2, id2).await });
+        }
+    }
+    id
+}
+
+/// Posts `body` to `path` of a random node with the `Idempotency-Key` `key` until an answer
+/// is definite (or tries run out), recording each try as a `create` op whose invoke and
+/// completion also carry `extra`. Returns the intent id on success.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_with_retries(
+    sh: &Arc<Shared>,
+    process: &str,
+    key: &str,
+    agent: &str,
+    path: &str,
+    body: &Value,
+    payload: &Value,
+    extra: &Value,
+) -> Option<String> {
     let h = sh.history();
     for attempt in 1..=MAX_TRIES {
         let (node, url) = sh.node();
         h.invoke(
             process,
             "create",
-            json!({"key": key, "agent": agent, "payload": body["payload"], "try": attempt}),
+            client::merge(
+                json!({"key": key, "agent": agent, "payload": payload, "try": attempt}),
+                extra,
+            ),
             Some(&node),
         );
         let out = sh
             .api
             .call(
                 Method::POST,
-                &format!("{url}/v1/intents"),
+                &format!("{url}{path}"),
                 Some(body),
                 &[("Idempotency-Key", key.to_string())],
                 Duration::from_secs(5),
@@ -86,15 +123,14 @@ pub async fn create_with_retries(
                 h.ok(
                     process,
                     "create",
-                    json!({"key": key, "intent_id": id, "status": status}),
+                    client::merge(
+                        json!({"key": key, "intent_id": id, "status": status}),
+                        extra,
+                    ),
                     Some(&node),
                 );
                 if let Some(id) = &id {
                     sh.learn(id, Some(key), Some(agent));
-                    if sh.chance(0.3) {
-                        let (sh2, id2) = (sh.clone(), id.clone());
-                        tokio::spawn(async move { consumers::follow_events(sh2, id2).await });
-                    }
                 }
                 return id;
             }

@@ -17,14 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::client::{self, Outcome};
+use super::create::send_with_retries;
 use super::Shared;
-
-/// How many times one key is tried.
-const MAX_TRIES: u32 = 6;
 
 /// The graph every bundle runs: its first step and each step's `on_success`/`on_failure`
 /// target (`null`: the workflow ends there). Recorded with each apply.
@@ -69,71 +65,18 @@ pub async fn applier(sh: Arc<Shared>) {
     }
 }
 
-/// Applies one bundle with one key until an answer is definite (or tries run out).
+/// Applies one bundle with one key until an answer is definite (or tries run out), recorded
+/// as `create` ops that carry the graph.
 async fn apply_with_retries(sh: &Arc<Shared>, process: &str, key: &str, body: &Value) {
-    let h = sh.history();
-    let agent = sh.agents.stream.as_str();
-    for attempt in 1..=MAX_TRIES {
-        let (node, url) = sh.node();
-        h.invoke(
-            process,
-            "create",
-            json!({"key": key, "agent": agent, "payload": body["intent"]["payload"],
-                   "try": attempt, "workflow": graph()}),
-            Some(&node),
-        );
-        let out = sh
-            .api
-            .call(
-                Method::POST,
-                &format!("{url}/v1/scenarios/apply"),
-                Some(body),
-                &[("Idempotency-Key", key.to_string())],
-                Duration::from_secs(5),
-            )
-            .await;
-        match &out {
-            Outcome::Ok(v) => {
-                let id = v
-                    .get("intent_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                h.ok(
-                    process,
-                    "create",
-                    json!({"key": key, "intent_id": id, "workflow": true}),
-                    Some(&node),
-                );
-                if let Some(id) = &id {
-                    sh.learn(id, Some(key), Some(agent));
-                }
-                return;
-            }
-            Outcome::Fail(v) => {
-                h.fail(
-                    process,
-                    "create",
-                    client::merge(json!({"key": key}), v),
-                    Some(&node),
-                );
-                let retry = v.get("error").is_some() || out.http() == Some(429);
-                if !retry {
-                    return;
-                }
-            }
-            Outcome::Info(v) => {
-                h.info(
-                    process,
-                    "create",
-                    client::merge(json!({"key": key}), v),
-                    Some(&node),
-                );
-            }
-        }
-        if sh.stopping() && attempt >= 2 {
-            return;
-        }
-        let backoff = sh.rand(|r| r.gen_range(100..400)) * u64::from(attempt);
-        tokio::time::sleep(Duration::from_millis(backoff)).await;
-    }
+    send_with_retries(
+        sh,
+        process,
+        key,
+        &sh.agents.stream,
+        "/v1/scenarios/apply",
+        body,
+        &body["intent"]["payload"],
+        &json!({"workflow": graph()}),
+    )
+    .await;
 }
