@@ -5,21 +5,47 @@ Starts a three-node intentd on loopback (as bench/compare.py does), drives it wi
 (bench/create.lua) for a warm-up and then a measured run, and divides each node's CPU time
 (utime + stime of every thread, from /proc/PID/task/*/stat) by the creates completed, grouped
 as the WAL writer thread, sled's threads (IO pool and log flusher) and the tokio workers (HTTP,
-openraft, apply). Also prints how many commands one Raft entry carried on average. CPU per
+openraft, apply), and the bytes each group handed to write calls per create (files and sockets:
+sled's write amplification shows here). Also prints how many commands one Raft entry carried on average. CPU per
 write is steadier than throughput on a shared machine, so it is what to compare between two
 binaries (run them alternately).
 
 Usage: python3 bench/cpu_per_write.py [--binary PATH] [--mode leader|spread] [--connections 32]
-                                      [--seconds 8]
+                                      [--seconds 8] [--perf-dir DIR]
 """
 
 import argparse
 import collections
 import os
 import shutil
+import subprocess
 import tempfile
 
 import compare
+
+
+def group_of(comm):
+    if comm.startswith("sled") or comm == "log flusher":
+        return "sled"
+    if "tokio" in comm:
+        return "tokio"
+    return comm
+
+
+def bytes_written(pid):
+    """Bytes handed to write-like system calls by one process, per thread group (`wchar` of
+    /proc/PID/task/*/io: files and sockets alike, before the page cache)."""
+    out = collections.Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                fields = dict(line.split(": ") for line in f.read().splitlines())
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[group_of(comm)] += int(fields["wchar"])
+    return out
 
 
 def thread_groups(pid):
@@ -34,14 +60,23 @@ def thread_groups(pid):
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the thread ended meanwhile
-        if comm.startswith("sled") or comm == "log flusher":
-            group = "sled"
-        elif "tokio" in comm:
-            group = "tokio"
-        else:
-            group = comm
-        out[group] += (int(fields[11]) + int(fields[12])) / tick
+        out[group_of(comm)] += (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def start_profiles(args, cluster, leader):
+    """perf on the leader and one follower for the measured run (release builds carry
+    debuginfo); `perf report -i FILE --children --sort sym -g none` reads them."""
+    if not args.perf_dir:
+        return []
+    os.makedirs(args.perf_dir, exist_ok=True)
+    follower = next(i for i in cluster.ids if i != leader)
+    return [subprocess.Popen(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
+         "-o", os.path.join(args.perf_dir, f"{role}.data"), "-p", str(cluster.node[i].pid),
+         "--", "sleep", str(args.seconds)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for role, i in (("leader", leader), ("follower", follower))]
 
 
 def main():
@@ -51,6 +86,8 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--value-bytes", type=int, default=200)
+    ap.add_argument("--perf-dir", help="also record a call-graph profile of the leader and of "
+                    "one follower during the measured run (perf record -e cpu-clock) here")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="intentd-cpu-")
@@ -70,8 +107,13 @@ def main():
         health = lambda: compare.http_json(f"http://{cluster.addr(leader)}/health")
         index_before = health()["last_log_index"]
         before = {i: thread_groups(cluster.node[i].pid) for i in cluster.ids}
+        wrote_before = {i: bytes_written(cluster.node[i].pid) for i in cluster.ids}
+        profilers = start_profiles(args, cluster, leader)
         result = run(args.seconds)
+        for p in profilers:
+            p.wait()
         after = {i: thread_groups(cluster.node[i].pid) for i in cluster.ids}
+        wrote_after = {i: bytes_written(cluster.node[i].pid) for i in cluster.ids}
         entries = max(1, health()["last_log_index"] - index_before)
         n = max(1, result["requests"])
         print(f"{args.mode} c={args.connections} req/s={result['rps']:.0f} "
@@ -85,6 +127,9 @@ def main():
             role = "leader  " if i == leader else "follower"
             groups = " ".join(f"{g}={v:.0f}" for g, v in sorted(per.items()) if v >= 1)
             print(f"  node {i} {role} cpu_us_per_create: {groups} total={node_total:.0f}")
+            wrote = {g: (wrote_after[i][g] - wrote_before[i].get(g, 0)) / n for g in wrote_after[i]}
+            print(f"  node {i} {role} bytes_written_per_create: " + " ".join(
+                f"{g}={v:.0f}" for g, v in sorted(wrote.items()) if v >= 1))
         print(f"  cluster cpu_us_per_create={total:.0f}")
     finally:
         procs.stop()

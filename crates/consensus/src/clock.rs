@@ -110,6 +110,11 @@ pub struct ClockStatus {
     pub peers: BTreeMap<u64, PeerClock>,
 }
 
+/// A sample whose wall-clock reading has since moved apart from the monotonic clock by more
+/// than `max_offset / JUMP_FRACTION` was taken before a jump of our clock. Slewing (at most a
+/// few milliseconds within `stale_after`) stays far below it.
+const JUMP_FRACTION: i64 = 10;
+
 /// Samples kept per peer. Judging by the sharpest recent one (the shortest round trip, as NTP
 /// does) keeps a jittery link from fencing a node whose clock is fine.
 const SAMPLES_PER_PEER: usize = 8;
@@ -183,15 +188,30 @@ impl ClockWatch {
             let age = now_mono.saturating_duration_since(latest.mono);
             let fresh =
                 |s: &&Sample| now_mono.saturating_duration_since(s.mono) <= self.policy.stale_after;
-            let Some(sample) = kept.iter().filter(fresh).min_by_key(|s| s.uncertainty) else {
+            // If our wall clock moved differently from the monotonic clock since a sample, our
+            // clock jumped (or drifted) by that much; the peer's did not move with it.
+            let drift = |s: &Sample| {
+                let since = now_mono.saturating_duration_since(s.mono);
+                (now_wall - s.wall) - since.as_micros() as i64
+            };
+            // Samples taken on our clock as it is now measure the offset directly, and a probe
+            // answered after a jump outranks every sample from before it, however sharp. Only
+            // until such a probe answers (one probe interval) do the older samples judge,
+            // corrected by the jump. Without that rule, one wall-clock step shared by every
+            // node (a paused and resumed VM host, an NTP step on a one-host cluster) fenced
+            // all of them for as long as the sharpest pre-jump sample stayed fresh.
+            let present = kept
+                .iter()
+                .filter(fresh)
+                .filter(|s| drift(s).abs() <= max / JUMP_FRACTION)
+                .min_by_key(|s| s.uncertainty);
+            let sample =
+                present.or_else(|| kept.iter().filter(fresh).min_by_key(|s| s.uncertainty));
+            let Some(sample) = sample else {
                 peers.insert(id, PeerClock::unknown(Some(age)));
                 continue;
             };
-            // If our wall clock moved differently from the monotonic clock since the sample,
-            // our clock jumped (or drifted) by that much; the peer's did not move with it.
-            let since = now_mono.saturating_duration_since(sample.mono);
-            let drift = (now_wall - sample.wall) - since.as_micros() as i64;
-            let offset = sample.offset - drift;
+            let offset = sample.offset - drift(sample);
             let distance = offset.unsigned_abs() as i64;
             let verdict = if distance + sample.uncertainty <= max {
                 Verdict::Agrees
@@ -357,6 +377,42 @@ mod tests {
         assert!(!jumped.synchronized);
         let offset = jumped.peers[&2].offset_ms.unwrap();
         assert!((offset + 86_400_000.0).abs() < 1.0, "{offset}");
+    }
+
+    #[test]
+    fn a_probe_after_our_clock_jumped_outranks_the_samples_before_it() {
+        // `peer_ahead`: how far the peers' clocks are from ours after the jump, as the first
+        // probe after it measures.
+        let after_jump = |peer_ahead: i64| {
+            let w = watch();
+            let mono = Instant::now();
+            // Sharp samples before the jump: peers agree.
+            probe(&w, 2, 100 * SEC, mono, 0);
+            probe(&w, 3, 100 * SEC, mono, 0);
+            // Our wall clock jumps 21 s ahead of the monotonic clock: until a probe answers,
+            // that reads as our clock being off.
+            let jumped_at = mono + Duration::from_millis(100);
+            let jumped = 121 * SEC + 100_000;
+            assert!(!w.assess(1, &[1, 2, 3], jumped, jumped_at).synchronized);
+            // Probes after the jump, over a slower link than before.
+            let t = jumped_at + Duration::from_millis(250);
+            let sent = jumped + 250_000;
+            for peer in [2, 3] {
+                let back = t + Duration::from_millis(4);
+                w.record(peer, sent, t, sent + 2_000 + peer_ahead, back);
+            }
+            w.assess(1, &[1, 2, 3], sent + 4_000, t + Duration::from_millis(4))
+        };
+        // Every clock jumped together (a resumed VM host whose clock caught up): the probes
+        // find the peers where our clock now is, and they decide.
+        let shared = after_jump(0);
+        assert!(shared.synchronized, "{shared:?}");
+        assert_eq!(shared.peers[&2].verdict, Verdict::Agrees);
+        // Our clock alone stepped: the probes after it measure the step.
+        let alone = after_jump(-21 * SEC);
+        assert!(!alone.synchronized, "{alone:?}");
+        let offset = alone.peers[&2].offset_ms.unwrap();
+        assert!((offset + 21_000.0).abs() < 1.0, "{offset}");
     }
 
     #[test]
