@@ -5,10 +5,10 @@ Starts a three-node intentd on loopback (as bench/compare.py does), drives it wi
 (bench/create.lua) for a warm-up and then a measured run, and divides each node's CPU time
 (utime + stime of every thread, from /proc/PID/task/*/stat) by the creates completed, grouped
 as the WAL writer thread, sled's threads (IO pool and log flusher) and the tokio workers (HTTP,
-openraft, apply), and the bytes each group handed to write calls per create (files and sockets:
-sled's write amplification shows here). Also prints how many commands one Raft entry carried on average. CPU per
-write is steadier than throughput on a shared machine, so it is what to compare between two
-binaries (run them alternately).
+openraft, apply), and the bytes each group handed to write calls per create (files and
+sockets: sled's write amplification shows here). Also prints how many commands one Raft entry
+carried on average. CPU per write is steadier than throughput on a shared machine, so it is
+what to compare between two binaries (run them alternately).
 
 Usage: python3 bench/cpu_per_write.py [--binary PATH] [--mode leader|spread] [--connections 32]
                                       [--seconds 8] [--perf-dir DIR]
@@ -32,36 +32,25 @@ def group_of(comm):
     return comm
 
 
-def bytes_written(pid):
-    """Bytes handed to write-like system calls by one process, per thread group (`wchar` of
-    /proc/PID/task/*/io: files and sockets alike, before the page cache)."""
-    out = collections.Counter()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/io") as f:
-                fields = dict(line.split(": ") for line in f.read().splitlines())
-        except OSError:
-            continue  # the thread ended meanwhile
-        out[group_of(comm)] += int(fields["wchar"])
-    return out
-
-
 def thread_groups(pid):
-    """CPU seconds of one process, summed per thread group."""
-    out = collections.Counter()
+    """CPU seconds (utime + stime) and bytes handed to write-like system calls (`wchar`:
+    files and sockets alike, before the page cache) of one process, each summed per thread
+    group."""
+    cpu, wrote = collections.Counter(), collections.Counter()
     tick = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read().strip()
+                group = group_of(f.read().strip())
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                io = dict(line.split(": ") for line in f.read().splitlines())
         except OSError:
             continue  # the thread ended meanwhile
-        out[group_of(comm)] += (int(fields[11]) + int(fields[12])) / tick
-    return out
+        cpu[group] += (int(fields[11]) + int(fields[12])) / tick
+        wrote[group] += int(io["wchar"])
+    return cpu, wrote
 
 
 def start_profiles(args, cluster, leader):
@@ -107,13 +96,11 @@ def main():
         health = lambda: compare.http_json(f"http://{cluster.addr(leader)}/health")
         index_before = health()["last_log_index"]
         before = {i: thread_groups(cluster.node[i].pid) for i in cluster.ids}
-        wrote_before = {i: bytes_written(cluster.node[i].pid) for i in cluster.ids}
         profilers = start_profiles(args, cluster, leader)
         result = run(args.seconds)
         for p in profilers:
             p.wait()
         after = {i: thread_groups(cluster.node[i].pid) for i in cluster.ids}
-        wrote_after = {i: bytes_written(cluster.node[i].pid) for i in cluster.ids}
         entries = max(1, health()["last_log_index"] - index_before)
         n = max(1, result["requests"])
         print(f"{args.mode} c={args.connections} req/s={result['rps']:.0f} "
@@ -121,13 +108,14 @@ def main():
               f"commands_per_entry={result['requests'] / entries:.1f}")
         total = 0.0
         for i in cluster.ids:
-            per = {g: (after[i][g] - before[i].get(g, 0.0)) / n * 1e6 for g in after[i]}
+            (cpu0, wrote0), (cpu1, wrote1) = before[i], after[i]
+            per = {g: (cpu1[g] - cpu0.get(g, 0.0)) / n * 1e6 for g in cpu1}
             node_total = sum(per.values())
             total += node_total
             role = "leader  " if i == leader else "follower"
             groups = " ".join(f"{g}={v:.0f}" for g, v in sorted(per.items()) if v >= 1)
             print(f"  node {i} {role} cpu_us_per_create: {groups} total={node_total:.0f}")
-            wrote = {g: (wrote_after[i][g] - wrote_before[i].get(g, 0)) / n for g in wrote_after[i]}
+            wrote = {g: (wrote1[g] - wrote0.get(g, 0)) / n for g in wrote1}
             print(f"  node {i} {role} bytes_written_per_create: " + " ".join(
                 f"{g}={v:.0f}" for g, v in sorted(wrote.items()) if v >= 1))
         print(f"  cluster cpu_us_per_create={total:.0f}")
