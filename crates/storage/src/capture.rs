@@ -18,11 +18,11 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    /// Remembers what `tree` holds under `keys` before an apply changes them, for keys the
-    /// scan has yet to reach and that no earlier apply already changed.
+    /// Remembers what the state holds (`get`) under `keys` before an apply changes them, for
+    /// keys the scan has yet to reach and that no earlier apply already changed.
     pub(crate) fn preserve<'k>(
         &mut self,
-        tree: &sled::Tree,
+        get: impl Fn(&[u8]) -> Result<Option<sled::IVec>, StorageError>,
         keys: impl Iterator<Item = &'k Vec<u8>>,
     ) -> Result<(), StorageError> {
         for key in keys {
@@ -30,7 +30,7 @@ impl Capture {
             if passed || key.first() == Some(&keys::META) || self.before.contains_key(key) {
                 continue;
             }
-            self.before.insert(key.clone(), tree.get(key)?);
+            self.before.insert(key.clone(), get(key)?);
         }
         Ok(())
     }
@@ -63,13 +63,19 @@ mod tests {
     fn a_change_ahead_of_the_scan_keeps_the_value_at_the_start() {
         let tree = tree();
         let mut capture = Capture::default();
-        capture.preserve(&tree, [key("c")].iter()).unwrap();
+        capture
+            .preserve(|k| Ok(tree.get(k)?), [key("c")].iter())
+            .unwrap();
         tree.insert("c", "changed").unwrap();
         assert_eq!(capture.at_start(b"c", "changed".into()), Some("C".into()));
         // A second change of the same key is not its value at the start.
-        capture.preserve(&tree, [key("e")].iter()).unwrap();
+        capture
+            .preserve(|k| Ok(tree.get(k)?), [key("e")].iter())
+            .unwrap();
         tree.insert("e", "once").unwrap();
-        capture.preserve(&tree, [key("e")].iter()).unwrap();
+        capture
+            .preserve(|k| Ok(tree.get(k)?), [key("e")].iter())
+            .unwrap();
         tree.insert("e", "twice").unwrap();
         assert_eq!(capture.at_start(b"e", "twice".into()), Some("E".into()));
     }
@@ -80,7 +86,7 @@ mod tests {
         let mut capture = Capture::default();
         assert_eq!(capture.at_start(b"c", "C".into()), Some("C".into()));
         capture
-            .preserve(&tree, [key("a"), key("c")].iter())
+            .preserve(|k| Ok(tree.get(k)?), [key("a"), key("c")].iter())
             .unwrap();
         assert!(capture.before.is_empty());
     }
@@ -90,7 +96,7 @@ mod tests {
         let tree = tree();
         let mut capture = Capture::default();
         capture
-            .preserve(&tree, [key("d"), key("e")].iter())
+            .preserve(|k| Ok(tree.get(k)?), [key("d"), key("e")].iter())
             .unwrap();
         tree.insert("d", "new").unwrap();
         tree.remove("e").unwrap();
@@ -111,7 +117,7 @@ mod tests {
         let tree = tree();
         let mut capture = Capture::default();
         capture
-            .preserve(&tree, [keys::LAST_APPLIED.to_vec()].iter())
+            .preserve(|k| Ok(tree.get(k)?), [keys::LAST_APPLIED.to_vec()].iter())
             .unwrap();
         assert!(capture.before.is_empty());
     }

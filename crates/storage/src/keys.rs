@@ -79,6 +79,8 @@ pub(crate) const MESH_EVENT: u8 = b'M';
 pub(crate) const MESH_EVENT_CURSOR: &[u8] = b"nmesh_events";
 pub(crate) const LAST_APPLIED: &[u8] = b"mlast_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"mmembership";
+/// How far the record store's segments belong to the applied batches (`records::Mark`).
+pub(crate) const RECORDS_MARK: &[u8] = b"mrecords";
 
 fn with(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -377,7 +379,10 @@ mod tests {
         ] {
             assert_eq!(key[0], b'n', "{key:?}");
         }
-        assert_eq!([LAST_APPLIED[0], MEMBERSHIP[0]], [META, META]);
+        assert_eq!(
+            [LAST_APPLIED[0], MEMBERSHIP[0], RECORDS_MARK[0]],
+            [META, META, META]
+        );
     }
 
     #[test]

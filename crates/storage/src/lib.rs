@@ -6,6 +6,7 @@
 //! <data>/raft/vote.json       the vote, replaced atomically
 //! <data>/snapshots/*.snap     the newest snapshot (streamed, checksummed records)
 //! <data>/sm/                  sled: the state machine, rebuildable from snapshot + log
+//! <data>/records/<tree>/*.seg intents and events of the state machine (append-only segments)
 //! ```
 //!
 //! What openraft is told is durable is durable: log entries before the `append` callback,
@@ -23,6 +24,7 @@ mod keys;
 mod live;
 mod proposal;
 mod reader;
+mod records;
 mod sm;
 mod snapshot;
 mod wake;
@@ -78,6 +80,9 @@ pub struct StorageOptions {
     pub wal_segment_bytes: u64,
     /// sled's page cache.
     pub sled_cache_bytes: u64,
+    /// A segment of the intent and event record store is sealed once it holds this many
+    /// bytes; compaction reclaims space a whole segment at a time.
+    pub record_segment_bytes: u64,
     /// TEST-ONLY (jepsen): the WAL writer skips the fdatasync that covers appended entries, so
     /// a power loss can lose acknowledged entries. Only the chaos harness sets it (through the
     /// hidden `intentd serve --unsafe-skip-log-fsync`), to prove its checker sees the loss.
@@ -90,6 +95,7 @@ impl Default for StorageOptions {
         StorageOptions {
             wal_segment_bytes: 64 << 20,
             sled_cache_bytes: 256 << 20,
+            record_segment_bytes: 16 << 20,
             unsafe_skip_log_fsync: false,
         }
     }
@@ -105,7 +111,13 @@ pub fn open(dir: &Path, opts: StorageOptions) -> Result<(LogStore, StateMachine)
     std::fs::create_dir_all(dir)?;
     let lock = Arc::new(fsutil::DirLock::acquire(dir)?);
     let log = LogStore::open(&dir.join("raft"), &opts, Arc::clone(&lock))?;
-    let sm = StateMachine::open(&dir.join("sm"), &dir.join("snapshots"), &opts, lock)?;
+    let sm = StateMachine::open(
+        &dir.join("sm"),
+        &dir.join("records"),
+        &dir.join("snapshots"),
+        &opts,
+        lock,
+    )?;
     let purged = log.log_state().last_purged_log_id;
     let applied = sm.last_applied()?;
     if purged.is_some() && applied < purged {

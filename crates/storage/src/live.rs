@@ -13,6 +13,7 @@ use crate::capture::Capture;
 use crate::feed::Feed;
 use crate::fsutil::DirLock;
 use crate::hot::Hot;
+use crate::records::Records;
 use crate::snapshot::{self, Meta};
 use crate::wake::Notifier;
 
@@ -20,8 +21,11 @@ use crate::wake::Notifier;
 /// `StateReader`.
 pub(crate) struct SmShared {
     pub(crate) db: sled::Db,
-    /// The live state tree, swapped whole by an install.
-    pub(crate) tree: RwLock<(String, sled::Tree)>,
+    /// The live state: its sled tree and its record store, swapped together by an install.
+    pub(crate) live: RwLock<Live>,
+    /// Where each generation's record store has its directory.
+    pub(crate) records_root: PathBuf,
+    pub(crate) record_segment_bytes: u64,
     /// The live tree's small, hot record families, in memory (see [`crate::hot`]).
     pub(crate) hot: Hot,
     /// Serialises everything that writes the live tree or must see it still: apply, the
@@ -50,13 +54,30 @@ pub(crate) struct SmShared {
     pub(crate) _lock: Arc<DirLock>,
 }
 
+/// One generation of the state: a sled tree and the record store beside it.
+pub(crate) struct Live {
+    pub(crate) name: String,
+    pub(crate) tree: sled::Tree,
+    pub(crate) records: Arc<Records>,
+}
+
 impl SmShared {
     pub(crate) fn tree(&self) -> sled::Tree {
-        self.tree
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
+        self.live().tree.clone()
+    }
+
+    pub(crate) fn records(&self) -> Arc<Records> {
+        Arc::clone(&self.live().records)
+    }
+
+    /// The tree and the record store of one generation, read together.
+    pub(crate) fn both(&self) -> (sled::Tree, Arc<Records>) {
+        let live = self.live();
+        (live.tree.clone(), Arc::clone(&live.records))
+    }
+
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn applied_index(&self) -> u64 {

@@ -21,6 +21,7 @@ pub struct RecordCounts {
     pub dead_letters: u64,
 }
 use crate::live::SmShared;
+use crate::records;
 use crate::wake::{Waiter, WakeKey};
 use crate::{FeedEntry, FeedGone, StorageError};
 
@@ -58,6 +59,9 @@ fn decode<T: DeserializeOwned>(v: &[u8]) -> Result<T, StorageError> {
     Ok(serde_json::from_slice(v)?)
 }
 
+/// Records per page of the record store while walking it.
+const PAGE: usize = 256;
+
 fn bad_key(key: &[u8]) -> StorageError {
     StorageError::Inconsistent(format!("malformed state key {key:?}"))
 }
@@ -67,10 +71,14 @@ impl StateReader {
         StateReader { shared }
     }
 
-    /// The raw value under `key`: from the in-memory mirror for its families, else sled.
+    /// The raw value under `key`: from the in-memory mirror or the record store for their
+    /// families, else sled.
     fn raw(&self, key: &[u8]) -> Result<Option<sled::IVec>, StorageError> {
         if Hot::holds(key) {
             return Ok(self.shared.hot().get(key));
+        }
+        if records::holds(key) {
+            return Ok(self.shared.records().get(key)?.map(sled::IVec::from));
         }
         Ok(self.shared.tree().get(key)?)
     }
@@ -107,13 +115,11 @@ impl StateReader {
         let Some(from) = since.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let prefix = keys::events_of(id);
         self.shared
-            .tree()
-            .range(keys::event(id, from)..)
-            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-            .take(limit)
-            .map(|r| decode(&r?.1))
+            .records()
+            .events(id, from, limit)?
+            .iter()
+            .map(|v| decode(v))
             .collect()
     }
 
@@ -272,16 +278,20 @@ impl StateReader {
         scan: usize,
         mut visit: impl FnMut(Intent) -> bool,
     ) -> Result<usize, StorageError> {
-        let tree = self.shared.tree();
-        let end = match before {
-            Some(id) => keys::intent(&id),
-            None => vec![keys::INTENT + 1],
-        };
+        let records = self.shared.records();
+        let mut before = before;
         let mut read = 0;
-        for item in tree.range(vec![keys::INTENT]..end).rev() {
-            let (_, v) = item?;
-            read += 1;
-            if !visit(decode(&v)?) || read == scan {
+        while read < scan {
+            let page = records.intents_before(before, (scan - read).min(PAGE))?;
+            let full = page.len() == (scan - read).min(PAGE);
+            for (id, v) in page {
+                read += 1;
+                before = Some(id);
+                if !visit(decode(&v)?) {
+                    return Ok(read);
+                }
+            }
+            if !full {
                 break;
             }
         }
@@ -514,7 +524,17 @@ impl StateReader {
                 || b.windows(text.len()).any(|w| w == text.as_bytes())
         };
         let mut out = Vec::new();
-        for r in self.shared.tree().iter() {
+        let (tree, records) = self.shared.both();
+        let mut page = records.page_after(None, PAGE)?;
+        while let Some((last, _)) = page.last() {
+            let next = records.page_after(Some(last), PAGE)?;
+            for (k, v) in std::mem::replace(&mut page, next) {
+                if names(&k) || names(&v) {
+                    out.push(k);
+                }
+            }
+        }
+        for r in tree.iter() {
             let (k, v) = r?;
             if k.first() != Some(&keys::META) && (names(&k) || names(&v)) {
                 out.push(k.to_vec());

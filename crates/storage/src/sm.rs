@@ -45,8 +45,9 @@ use crate::capture::Capture;
 use crate::feed::{Feed, FeedEntry};
 use crate::fsutil::{self, DirLock};
 use crate::hot::Hot;
-use crate::live::SmShared;
+use crate::live::{Live, SmShared};
 use crate::reader::StateReader;
+use crate::records::{self, Records};
 use crate::snapshot::{self, Meta};
 use crate::wake::WakeKey;
 use crate::{keys, Outcome, Response, StorageError, StorageOptions, TypeConfig};
@@ -104,8 +105,8 @@ impl SmShared {
         entries: Vec<Entry<TypeConfig>>,
     ) -> Result<Vec<Response>, StorageError> {
         let _guard = lock(&self.apply_lock);
-        let tree = self.tree();
-        let view = BatchView::new(&tree, &self.hot);
+        let (tree, records) = self.both();
+        let view = BatchView::new(&tree, &self.hot, &records);
         let mut responses = Vec::with_capacity(entries.len());
         let mut last = None;
         let mut membership = None;
@@ -147,25 +148,34 @@ impl SmShared {
         };
         let overlay = view.overlay.into_inner();
         if let Some(capture) = lock(&self.capture).as_mut() {
-            capture.preserve(&tree, overlay.keys())?;
+            capture.preserve(|k| state_get(&tree, &records, k), overlay.keys())?;
         }
         let hot_writes: Vec<_> = overlay
             .iter()
             .filter(|(k, _)| Hot::holds(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // The records first: the mark sled stores with the batch must not point past them.
+        let mark = records.append(
+            overlay
+                .iter()
+                .filter(|(k, _)| records::holds(k))
+                .map(|(k, v)| (k.as_slice(), v.as_deref())),
+        )?;
         let mut batch = sled::Batch::default();
-        for (k, v) in overlay {
+        for (k, v) in overlay.into_iter().filter(|(k, _)| !records::holds(k)) {
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
         }
+        batch.insert(keys::RECORDS_MARK, mark.encode());
         batch.insert(keys::LAST_APPLIED, serde_json::to_vec(&last)?);
         if let Some(m) = membership {
             batch.insert(keys::MEMBERSHIP, serde_json::to_vec(&m)?);
         }
         tree.apply_batch(batch)?;
+        records.retire(|| Ok(self.db.flush().map(drop)?))?;
         self.hot.apply(hot_writes.iter().map(|(k, v)| (k, v)));
         self.feed.record(view.feed.into_inner());
         self.wakes.wake(&view.touched.into_inner());
@@ -192,9 +202,9 @@ impl SmShared {
     fn build_blocking(&self) -> Result<(Meta, File), StorageError> {
         let seq = self.snap_seq.fetch_add(1, Ordering::Relaxed);
         let _scan = lock(&self.scan_lock);
-        let (meta, tree) = {
+        let (meta, tree, records) = {
             let _guard = lock(&self.apply_lock);
-            let tree = self.tree();
+            let (tree, records) = self.both();
             let (last, membership) = read_applied(&tree)?;
             let (term, index) = last.map_or((0, 0), |l| (l.leader_id.term, l.index));
             *lock(&self.capture) = Some(Capture::default());
@@ -203,7 +213,7 @@ impl SmShared {
                 last_membership: membership,
                 snapshot_id: format!("{term}-{index}-{seq}"),
             };
-            (meta, tree)
+            (meta, tree, records)
         };
         let path = self.snap_dir.join(snapshot::file_name(&meta, seq));
         let tmp = fsutil::tmp_path(&path);
@@ -211,7 +221,7 @@ impl SmShared {
             // Ends the capture whatever the scan's outcome, a panic included: applies must not
             // go on recording pre-images for a build that is gone.
             let capture = CaptureEnd(&self.capture);
-            let scanned = self.scan_as_of_start(&tree, &meta, &tmp);
+            let scanned = self.scan_as_of_start(&tree, &records, &meta, &tmp);
             scanned.map(|(w, count)| (w, count, capture.take()))
         };
         let (mut w, count, removed_ahead) = scanned?;
@@ -243,10 +253,12 @@ impl SmShared {
     }
 
     /// Writes the header and every record the scan reaches, each as of the build's start;
-    /// the caller adds the records removed ahead of the scan and the trailer.
+    /// the caller adds the records removed ahead of the scan and the trailer. sled's keys and
+    /// the record store's are walked merged, in one key order, as the capture requires.
     fn scan_as_of_start(
         &self,
         tree: &sled::Tree,
+        records: &Records,
         meta: &Meta,
         tmp: &Path,
     ) -> Result<(BufWriter<File>, u64), StorageError> {
@@ -254,7 +266,7 @@ impl SmShared {
         snapshot::write_header(&mut w, meta)?;
         let mut buf = Vec::new();
         let mut count = 0;
-        for r in tree.iter() {
+        for r in merged(tree, records) {
             let (k, now) = r?;
             if k.first() == Some(&keys::META) {
                 continue;
@@ -306,35 +318,52 @@ impl SmShared {
                 });
             }
         }
-        let generation = {
-            let live = self.tree.read().unwrap_or_else(|p| p.into_inner());
-            tree_generation(&live.0).unwrap_or(0) + 1
-        };
+        let generation = tree_generation(&self.live.read().unwrap_or_else(|p| p.into_inner()).name)
+            .unwrap_or(0)
+            + 1;
         let name = format!("{TREE_PREFIX}{generation:020}");
         let fresh = self.db.open_tree(&name)?;
         fresh.clear()?;
-        let filled = (|| -> Result<(), StorageError> {
+        let records_dir = records::dir_for(&self.records_root, &name);
+        if records_dir.exists() {
+            fs::remove_dir_all(&records_dir)?;
+        }
+        let filled = (|| -> Result<(Hot, Records), StorageError> {
+            let fresh_records = Records::open(&records_dir, None, self.record_segment_bytes)?;
             let mut batch = sled::Batch::default();
+            let mut kept: KeyValues = Vec::new();
             let mut n = 0;
             for rec in reader {
                 let (k, v) = rec?;
+                if records::holds(&k) {
+                    kept.push((k, v));
+                    if kept.len() == LOAD_BATCH {
+                        append_all(&fresh_records, &std::mem::take(&mut kept))?;
+                    }
+                    continue;
+                }
                 batch.insert(k, v);
                 n += 1;
                 if n % LOAD_BATCH == 0 {
                     fresh.apply_batch(std::mem::take(&mut batch))?;
                 }
             }
+            let mark = append_all(&fresh_records, &kept)?;
+            // On disk before the pointer names this generation (as `db.flush` below does for
+            // the tree), so an installed state survives what the old one would have.
+            fresh_records.sync()?;
+            batch.insert(keys::RECORDS_MARK, mark.encode());
             batch.insert(keys::LAST_APPLIED, serde_json::to_vec(&meta.last_log_id)?);
             batch.insert(keys::MEMBERSHIP, serde_json::to_vec(&meta.last_membership)?);
             fresh.apply_batch(batch)?;
-            Ok(())
+            Ok((Hot::load(&fresh)?, fresh_records))
         })();
-        let hot = filled.and_then(|()| Hot::load(&fresh));
-        let hot = match hot {
-            Ok(hot) => hot,
+        let (hot, fresh_records) = match filled {
+            Ok(x) => x,
             Err(e) => {
                 drop(fresh);
                 let _ = self.db.drop_tree(&name);
+                let _ = fs::remove_dir_all(&records_dir);
                 return Err(e);
             }
         };
@@ -343,12 +372,18 @@ impl SmShared {
         let _guard = lock(&self.apply_lock);
         self.db.insert(CURRENT_TREE, name.as_bytes())?;
         let old = std::mem::replace(
-            &mut *self.tree.write().unwrap_or_else(|p| p.into_inner()),
-            (name, fresh),
+            &mut *self.live.write().unwrap_or_else(|p| p.into_inner()),
+            Live {
+                name,
+                tree: fresh,
+                records: Arc::new(fresh_records),
+            },
         );
         self.hot.replace(hot);
-        self.db.drop_tree(&old.0)?;
+        self.db.drop_tree(&old.name)?;
         self.db.flush()?;
+        // Readers holding the old store keep reading it: its files are open.
+        fs::remove_dir_all(records::dir_for(&self.records_root, &old.name))?;
         self.publish(meta.last_log_id);
         self.feed.reset(meta.last_log_id.map_or(0, |l| l.index));
         // Any key may have changed, and the install says nothing about which.
@@ -407,10 +442,71 @@ fn tree_generation(name: &str) -> Option<u64> {
 
 type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The value under `key` in one generation of the state, wherever its family is kept.
+fn state_get(
+    tree: &sled::Tree,
+    records: &Records,
+    key: &[u8],
+) -> Result<Option<sled::IVec>, StorageError> {
+    if records::holds(key) {
+        return Ok(records.get(key)?.map(sled::IVec::from));
+    }
+    Ok(tree.get(key)?)
+}
+
+fn append_all(records: &Records, kvs: &KeyValues) -> Result<records::Mark, StorageError> {
+    records.append(kvs.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))))
+}
+
+/// Records per page of the record store while walking it whole.
+const PAGE: usize = 256;
+
+/// Every key and value of one generation, sled's and the record store's, in key order.
+/// The record store is read a page at a time, each page as it is when read: like sled's
+/// iterator, the walk is not a point-in-time view (a snapshot build's capture makes it one).
+fn merged<'a>(
+    tree: &sled::Tree,
+    records: &'a Records,
+) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StorageError>> + 'a {
+    let mut sled_iter = tree
+        .iter()
+        .map(|r| r.map_err(StorageError::from))
+        .peekable();
+    let mut page: std::collections::VecDeque<(Vec<u8>, Vec<u8>)> = Default::default();
+    let mut last: Option<Vec<u8>> = None;
+    let mut exhausted = false;
+    std::iter::from_fn(move || {
+        if page.is_empty() && !exhausted {
+            match records.page_after(last.as_deref(), PAGE) {
+                Ok(p) => {
+                    exhausted = p.len() < PAGE;
+                    last = p.last().map(|(k, _)| k.clone()).or(last.take());
+                    page.extend(p);
+                }
+                Err(e) => {
+                    exhausted = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let take_record = match (page.front(), sled_iter.peek()) {
+            (Some(_), Some(Err(_))) | (None, _) => false,
+            (Some(_), None) => true,
+            (Some((rk, _)), Some(Ok((sk, _)))) => rk.as_slice() < sk.as_ref(),
+        };
+        if take_record {
+            let (k, v) = page.pop_front()?;
+            return Some(Ok((k.into(), v.into())));
+        }
+        sled_iter.next()
+    })
+}
+
 /// The state as seen by one entry of a batch: sled plus the writes of the entries before it.
 struct BatchView<'a> {
     tree: &'a sled::Tree,
     hot: &'a Hot,
+    records: &'a Records,
     /// Writes of this batch so far; `None` is a removal.
     overlay: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// `StateView` cannot return errors; the first one is kept here and fails the batch.
@@ -424,10 +520,11 @@ struct BatchView<'a> {
 }
 
 impl<'a> BatchView<'a> {
-    fn new(tree: &'a sled::Tree, hot: &'a Hot) -> Self {
+    fn new(tree: &'a sled::Tree, hot: &'a Hot, records: &'a Records) -> Self {
         BatchView {
             tree,
             hot,
+            records,
             overlay: RefCell::new(BTreeMap::new()),
             error: RefCell::new(None),
             touched: RefCell::new(HashSet::new()),
@@ -443,6 +540,9 @@ impl<'a> BatchView<'a> {
         if Hot::holds(key) {
             return Ok(self.hot.get(key).map(|v| v.to_vec()));
         }
+        if records::holds(key) {
+            return self.records.get(key);
+        }
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
@@ -453,6 +553,10 @@ impl<'a> BatchView<'a> {
         if Hot::holds(prefix) {
             for (k, v) in self.hot.scan(prefix) {
                 merged.insert(k, Some(v.to_vec()));
+            }
+        } else if records::holds(prefix) {
+            for (k, v) in self.records.scan(prefix)? {
+                merged.insert(k, Some(v));
             }
         } else {
             for r in self.tree.scan_prefix(prefix) {
@@ -889,8 +993,40 @@ fn open_sled(dir: &Path, opts: &StorageOptions) -> Result<sled::Db, StorageError
         .open()?)
 }
 
-/// Opens the live tree named by the pointer, creating the first one, and drops any other
-/// state tree (an install that never switched, or an old one not yet dropped).
+/// Opens the live tree named by the pointer (creating the first one) and its record store,
+/// and drops every other generation (an install that never switched, or an old one not yet
+/// dropped).
+///
+/// Fails, so that the caller rebuilds from snapshot + log, when the record store lacks
+/// records the tree's batches rely on, or when the tree still holds intents or events itself
+/// (written before the record store existed: the rebuild moves them).
+fn open_live(
+    db: &sled::Db,
+    records_root: &Path,
+    segment_bytes: u64,
+) -> Result<(Live, Option<LogId<u64>>), StorageError> {
+    let (name, tree, last) = open_live_tree(db)?;
+    records::remove_others(records_root, &name)?;
+    for family in [keys::INTENT, keys::EVENT] {
+        if tree.scan_prefix([family]).next().is_some() {
+            return Err(StorageError::Inconsistent(
+                "the state tree holds intents or events from before the record store".into(),
+            ));
+        }
+    }
+    let mark = tree
+        .get(keys::RECORDS_MARK)?
+        .map(|v| records::Mark::decode(&v))
+        .transpose()?;
+    let records = Records::open(&records::dir_for(records_root, &name), mark, segment_bytes)?;
+    let live = Live {
+        name,
+        tree,
+        records: Arc::new(records),
+    };
+    Ok((live, last))
+}
+
 fn open_live_tree(db: &sled::Db) -> Result<(String, sled::Tree, Option<LogId<u64>>), StorageError> {
     let name = match db.get(CURRENT_TREE)? {
         Some(v) => String::from_utf8(v.to_vec())
@@ -915,10 +1051,12 @@ fn open_live_tree(db: &sled::Db) -> Result<(String, sled::Tree, Option<LogId<u64
 }
 
 impl StateMachine {
-    /// Opens sled under `sm_dir`, rebuilding it from the newest snapshot in `snap_dir` when it
-    /// is damaged or behind that snapshot (see the module doc for why that is sound).
+    /// Opens sled under `sm_dir` and the record store under `records_root`, rebuilding both
+    /// from the newest snapshot in `snap_dir` when either is damaged, or sled is behind that
+    /// snapshot (see the module doc for why that is sound).
     pub(crate) fn open(
         sm_dir: &Path,
+        records_root: &Path,
         snap_dir: &Path,
         opts: &StorageOptions,
         lock: Arc<DirLock>,
@@ -936,28 +1074,32 @@ impl StateMachine {
         let snap_seq = snaps.iter().map(|s| s.seq + 1).max().unwrap_or(1);
 
         let opened = open_sled(sm_dir, opts).and_then(|db| {
-            let live = open_live_tree(&db)?;
+            let live = open_live(&db, records_root, opts.record_segment_bytes)?;
             Ok((db, live))
         });
-        let (db, (name, tree, last)) = match opened {
+        let (db, (live, last)) = match opened {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, dir = %sm_dir.display(), "state machine unreadable; rebuilding it from snapshot and log");
-                if sm_dir.exists() {
-                    fs::remove_dir_all(sm_dir)?;
+                for dir in [sm_dir, records_root] {
+                    if dir.exists() {
+                        fs::remove_dir_all(dir)?;
+                    }
                 }
                 let db = open_sled(sm_dir, opts)?;
-                let live = open_live_tree(&db)?;
+                let live = open_live(&db, records_root, opts.record_segment_bytes)?;
                 (db, live)
             }
         };
         let (watch, _) = watch::channel(last.map_or(0, |l| l.index));
-        let hot = Hot::load(&tree)?;
+        let hot = Hot::load(&live.tree)?;
         let feed = Feed::default();
         feed.reset(last.map_or(0, |l| l.index));
         let shared = SmShared {
             db,
-            tree: RwLock::new((name, tree)),
+            live: RwLock::new(live),
+            records_root: records_root.to_path_buf(),
+            record_segment_bytes: opts.record_segment_bytes,
             hot,
             apply_lock: Mutex::new(()),
             scan_lock: Mutex::new(()),

@@ -14,6 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let opts = StorageOptions {
             // Small segments so the suite also crosses segment boundaries.
             wal_segment_bytes: 512,
+            record_segment_bytes: 512,
             ..StorageOptions::default()
         };
         let (log, sm) = intentd_storage::open(dir.path(), opts)
